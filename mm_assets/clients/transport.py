@@ -1,0 +1,69 @@
+"""What every delivery transport to MediaMath (SFTP, Cloud File Transfer) offers.
+
+The delivery code talks to this protocol only; the SFTP and CFT clients implement it.
+No Dagster import here (DESIGN.md, layer 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class OutgoingFile:
+    """A built S2S file ready to leave the machine."""
+
+    name: str  # the final remote name == FileIdentifier (S2S-HDR)
+    path: Path  # the local file in the outbox
+    size: int  # gzipped bytes
+    md5_hex: str
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    remote_path: str
+    size: int
+    attempts: int
+
+
+class DeliveryError(Exception):
+    """A delivery failed. Messages never carry a secret (password, key, token)."""
+
+    retryable: bool = False
+
+
+class TransientDeliveryError(DeliveryError):
+    """Connection reset, timeout, 5xx: worth another try on a fresh connection."""
+
+    retryable = True
+
+
+class AuthenticationFailed(DeliveryError):
+    """Wrong username/password or refused credentials: never retried."""
+
+
+class HostKeyRejected(DeliveryError):
+    """The server's host key is unknown or changed (S2S-SFTP): never retried."""
+
+
+class FileRefused(DeliveryError):
+    """The file breaks a transport rule (size limit, multipart) and was not sent."""
+
+
+class Transport(Protocol):
+    """One way into MediaMath's drop (S2S-SFTP or CFT-PUT)."""
+
+    name: str  # "sftp" or "cft"
+    max_file_bytes: int  # 4 GB for SFTP (S2S-QUOTA), 5 GB for CFT (CFT-PUT)
+
+    def upload(self, file: OutgoingFile) -> UploadResult:
+        """Send the file so it only ever appears complete under `file.name`."""
+        ...
+
+    def remote_size(self, name: str) -> int | None:
+        """Size of `name` in the drop, or None when it is not (or no longer) there."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,72 @@
+"""What a build of S2S files needs to know: the partner's namespaces, limits and the input mapping.
+
+A plain dataclass so the core stays free of Dagster; the Dagster resource fills it from `EnvVar`s.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from mm_assets.core.s2s_format import require_name_part
+
+GLOBAL_TAXONOMY = "@global"  # names the global data in `hashed_taxonomies`
+INPUT_COLUMNS = ("user_id", "segment", "timestamp", "client", "device_type")
+REQUIRED_COLUMNS = ("user_id", "segment")
+
+
+def parse_column_map(text: str) -> dict[str, str]:
+    """`user_id=uid,segment=seg_code` -> {"user_id": "uid", "segment": "seg_code"}."""
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        ours, _, theirs = item.partition("=")
+        if ours.strip() not in INPUT_COLUMNS or not theirs.strip():
+            raise ValueError(
+                f"column map entry {item!r}: expected one of {', '.join(INPUT_COLUMNS)}=NAME"
+            )
+        mapping[ours.strip()] = theirs.strip()
+    return mapping
+
+
+def parse_size(text: str | int) -> int:
+    """`4GB`, `512MiB`, `1e9` or plain bytes -> bytes (GB = 10**9, GiB = 2**30)."""
+    if isinstance(text, int):
+        return text
+    value = text.strip().upper().replace(" ", "")
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+             "K": 10**3, "M": 10**6, "G": 10**9, "B": 1}
+    for unit, factor in units.items():
+        if value.endswith(unit):
+            return int(float(value[: -len(unit)]) * factor)
+    return int(float(value))
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    partner_name: str
+    segment_namespace: str
+    user_namespace: str = "mm"
+    user_table_id: str | None = None
+    # Taxonomies whose segment codes are strings (S2S-SEG, `HashSegments: 1`): sanitised agency
+    # names, and GLOBAL_TAXONOMY for the global file.
+    hashed_taxonomies: frozenset[str] = frozenset()
+    hash_ids: bool = False
+    # S2S-QUOTA: 4 GB per gzipped file; "GB" read as 10**9 bytes, the stricter reading.
+    max_file_bytes: int = 4 * 10**9
+    memory_budget_bytes: int = 1 * 2**30
+    column_map: dict[str, str] = field(default_factory=dict)
+    gzip_level: int = 6
+    threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+
+    def __post_init__(self) -> None:
+        require_name_part(self.partner_name, "partner name")
+        if not self.segment_namespace or not self.user_namespace:
+            raise ValueError("segment and user namespaces must not be empty (S2S-HDR)")
+        if self.max_file_bytes < 4096:
+            raise ValueError("the per-file size limit must be at least 4096 bytes")
+
+    def is_hashed(self, agency: str) -> bool:
+        return (agency or GLOBAL_TAXONOMY) in self.hashed_taxonomies
+
+    def source_column(self, column: str) -> str:
+        return self.column_map.get(column, column)

@@ -1,0 +1,87 @@
+"""Resources that turn settings into the core's inputs: where batches live, how files are built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from mm_assets.core.build_settings import BuildSettings, parse_column_map, parse_size
+from mm_assets.defs.settings import SAMPLE_EXPORT_DIR, STATE_DIR, setting
+
+
+class BatchStorage(dg.ConfigurableResource):
+    """The local export folder (one sub-folder per batch), the work area and the outbox."""
+
+    export_dir: str
+    work_dir: str
+    outbox_dir: str
+
+    def batch_dir(self, batch: str) -> Path:
+        return Path(self.export_dir) / batch
+
+    def work(self, batch: str, step: str) -> Path:
+        return Path(self.work_dir) / batch / step
+
+    def outbox(self, batch: str) -> Path:
+        return Path(self.outbox_dir) / batch
+
+    def list_batches(self) -> list[str]:
+        root = Path(self.export_dir)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir()
+                      if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+class S2sFileSettings(dg.ConfigurableResource):
+    """How S2S files are written for this partner (S2S-HDR, S2S-NAME, S2S-SEG, S2S-QUOTA)."""
+
+    partner_name: str
+    segment_namespace: str
+    user_namespace: str = "mm"
+    user_table_id: str = ""
+    hashed_taxonomies: str = ""  # comma-separated agency names; "@global" for the global file
+    hash_ids: str = "false"  # "true" only with MediaMath's permission (S2S-HDR HashIDs)
+    max_file_bytes: str = "4GB"
+    memory_budget: str = "1GiB"
+    column_map: str = ""  # e.g. "user_id=uid,segment=seg_code"
+    gzip_level: str = "6"
+
+    def build_settings(self) -> BuildSettings:
+        return BuildSettings(
+            partner_name=self.partner_name,
+            segment_namespace=self.segment_namespace,
+            user_namespace=self.user_namespace,
+            user_table_id=self.user_table_id or None,
+            hashed_taxonomies=frozenset(
+                t.strip() for t in self.hashed_taxonomies.split(",") if t.strip()),
+            hash_ids=self.hash_ids.strip().lower() in ("1", "true", "yes"),
+            max_file_bytes=parse_size(self.max_file_bytes),
+            memory_budget_bytes=parse_size(self.memory_budget),
+            column_map=parse_column_map(self.column_map),
+            gzip_level=int(self.gzip_level),
+        )
+
+
+def default_batch_storage(export_dir: str | None = None) -> BatchStorage:
+    return BatchStorage(
+        export_dir=export_dir or setting("MM_ASSETS_EXPORT_DIR", str(SAMPLE_EXPORT_DIR)),
+        work_dir=setting("MM_ASSETS_WORK_DIR", str(STATE_DIR / "work")),
+        outbox_dir=setting("MM_ASSETS_OUTBOX_DIR", str(STATE_DIR / "outbox")),
+    )
+
+
+def default_s2s_file_settings() -> S2sFileSettings:
+    return S2sFileSettings(
+        partner_name=setting("MM_PARTNER_NAME", "ExamplePartner"),
+        segment_namespace=setting("MM_SEGMENT_NAMESPACE", "ep"),
+        user_namespace=setting("MM_USER_NAMESPACE", "mm"),
+        user_table_id=setting("MM_USER_TABLE_ID", ""),
+        hashed_taxonomies=setting("MM_HASHED_TAXONOMIES", "SportsDaily"),
+        hash_ids=setting("MM_HASH_IDS", "false"),
+        max_file_bytes=setting("MM_MAX_FILE_BYTES", "4GB"),
+        memory_budget=setting("MM_ASSETS_MEMORY_BUDGET", "1GiB"),
+        column_map=setting("MM_ASSETS_COLUMN_MAP", ""),
+        gzip_level=setting("MM_ASSETS_GZIP_LEVEL", "6"),
+    )

@@ -1,0 +1,142 @@
+"""Build MediaMath S2S files for one export batch: read, merge, write (DESIGN.md asset graph)."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from mm_assets.core.export_reader import read_export_batch
+from mm_assets.core.s2s_writer import write_s2s_files
+from mm_assets.core.segment_merge import merge_segment_loads
+from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.resources import BatchStorage, S2sFileSettings
+from mm_assets.defs.s2s_build.metadata import md_table
+
+REPORT = "report.json"
+
+moloco_export_objects = dg.AssetSpec(
+    "moloco_export_objects",
+    description="Raw audience files of one Moloco MCM export batch (a folder of CSV, JSONL or "
+    "Parquet files, optionally gzipped). Read by `raw_audiences`.",
+    group_name="s2s_build",
+    partitions_def=export_batches,
+    kinds={"file"},
+)
+
+
+def save_report(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))
+
+
+def load_report(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@dg.asset(
+    deps=[moloco_export_objects],
+    partitions_def=export_batches,
+    group_name="s2s_build",
+    kinds={"duckdb", "parquet"},
+    description="The batch's rows checked against the input contract and normalised; every row "
+    "that cannot be used is quarantined with its file, line and reason.",
+)
+def raw_audiences(
+    context: dg.AssetExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
+) -> dg.MaterializeResult:
+    batch = context.partition_key
+    report = read_export_batch(storage.batch_dir(batch), storage.work(batch, "raw_audiences"),
+                               s2s.build_settings())
+    save_report(storage.work(batch, "raw_audiences") / REPORT, {
+        "rows_read": report.rows_read, "rows_accepted": report.rows_accepted,
+        "rows_quarantined": report.rows_quarantined,
+        "quarantine_reasons": report.quarantine_reasons,
+        "file_issues": [[i.file, i.message] for i in report.file_issues],
+        "files": report.files,
+    })
+    for issue in report.file_issues:
+        context.log.warning(f"{issue.file}: {issue.message}")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": report.rows_accepted,
+        "rows_read": report.rows_read,
+        "rows_quarantined": report.rows_quarantined,
+        "files_read": len(report.files),
+        "files_unusable": len(report.file_issues),
+        "quarantine_reasons": dg.MetadataValue.md(md_table(
+            ["reason", "rows"], list(report.quarantine_reasons.items()))),
+        "quarantine_preview": dg.MetadataValue.md(md_table(
+            ["file", "line", "reason", "user_id", "segment", "timestamp", "client",
+             "device_type"], [list(r.values()) for r in report.quarantine_preview])),
+        "unusable_files": dg.MetadataValue.md(md_table(
+            ["file", "problem"], [[i.file, i.message] for i in report.file_issues])),
+        "files": dg.MetadataValue.md(md_table(
+            ["file", "rows", "quarantined"],
+            [[name, f["rows"], f["quarantined"]] for name, f in report.files.items()])),
+        "client_name_collisions": dg.MetadataValue.json(report.client_collisions),
+        "user_buckets": report.buckets,
+        "quarantine_table": dg.MetadataValue.path(str(report.quarantine_path)),
+    })
+
+
+@dg.asset(
+    deps=[raw_audiences],
+    partitions_def=export_batches,
+    group_name="s2s_build",
+    kinds={"duckdb", "parquet"},
+    description="One S2S line per user and file: repeated loads folded, conflicting loads "
+    "resolved (removal, then add-now, then the latest timestamp wins), long users continued.",
+)
+def merged_segment_loads(
+    context: dg.AssetExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
+) -> dg.MaterializeResult:
+    batch = context.partition_key
+    out = storage.work(batch, "merged_segment_loads")
+    report = merge_segment_loads(storage.work(batch, "raw_audiences") / "loads", out,
+                                 s2s.build_settings())
+    families = [[k.agency or "(global)", "mobile" if k.mobile else "cookie", v.users, v.lines,
+                 v.loads, v.text_bytes] for k, v in report.by_file.items()]
+    save_report(out / REPORT, {
+        "loads_out": report.loads_out, "users": report.users, "conflicts": report.conflicts,
+        "families": families,
+    })
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": report.users,
+        "loads_in": report.rows_in,
+        "loads_out": report.loads_out,
+        "repeats_folded": report.repeats_folded,
+        "conflicting_loads": report.conflicts,
+        "users_continued_on_more_lines": report.continued_users,
+        "user_buckets": report.buckets,
+        "file_families": dg.MetadataValue.md(md_table(
+            ["agency", "ids", "users", "lines", "loads", "text bytes"], families)),
+    })
+
+
+@dg.asset(
+    deps=[merged_segment_loads],
+    partitions_def=export_batches,
+    group_name="s2s_build",
+    kinds={"gzip"},
+    description="Gzipped S2S files in the outbox, one per agency plus one global, cookie and "
+    "mobile apart, split under the size limit, with a manifest (name, bytes, md5).",
+)
+def s2s_files(
+    context: dg.AssetExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
+) -> dg.MaterializeResult:
+    batch = context.partition_key
+    outbox = storage.outbox(batch)
+    built = write_s2s_files(storage.work(batch, "merged_segment_loads") / "lines", outbox,
+                            s2s.build_settings(), batch=batch)
+    rows = [[f.name, f.agency or "(global)", int(f.mobile), int(f.hash_segments), f.users,
+             f.loads, f.bytes, f.md5] for f in built]
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(built),
+        "files": len(built),
+        "gz_bytes": sum(f.bytes for f in built),
+        "users": sum(f.users for f in built),
+        "loads": sum(f.loads for f in built),
+        "manifest": dg.MetadataValue.md(md_table(
+            ["name", "agency", "mobile", "hashed", "users", "loads", "bytes", "md5"], rows)),
+        "outbox": dg.MetadataValue.path(str(outbox)),
+    })

@@ -1,0 +1,21 @@
+"""Settings from the environment, read through `dg.EnvVar` when set, else the embedded default.
+
+Every variable is listed in the README's settings table. With none set, the project runs on the
+sample export in `data/` and the local sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_EXPORT_DIR = PROJECT_ROOT / "data" / "export"
+STATE_DIR = PROJECT_ROOT / ".mm_assets"
+
+
+def setting(name: str, default: str) -> str | dg.EnvVar:
+    """`dg.EnvVar(name)` when the variable is set (so the UI shows its source), else `default`."""
+    return dg.EnvVar(name) if os.environ.get(name) else default

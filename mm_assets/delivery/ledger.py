@@ -1,0 +1,373 @@
+"""The delivery ledger: receipts, in-flight records and quota use (S2S-QUOTA).
+
+It must survive restarts and be shared by concurrent runs (several Dagster steps, several
+machines), so it lives in a database: a SQLite file by default, any SQLAlchemy URL
+(Postgres in production). Only SQLAlchemy Core constructs are used, so the SQL is portable.
+
+Quota accounting, deliberately conservative (over-counting only delays a file, under-counting
+could get the integration suspended):
+
+- a receipt counts in the hour and the day holding its `uploaded_at`;
+- an in-flight row counts in the *current* hour and day whatever its age, because as far as
+  the ledger knows the file may land at any moment. A row left by a crashed run therefore
+  holds one slot until the next delivery of its batch reconciles it.
+
+`reserve` checks the quota and inserts the in-flight row in one transaction that excludes
+every other writer: `BEGIN IMMEDIATE` on SQLite (the write lock is taken before the counts
+are read), `SELECT ... FOR UPDATE` of a single-row lock table elsewhere. Two processes can
+therefore never both take the last slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from mm_assets.clients.transport import OutgoingFile, UploadResult
+from mm_assets.core.quota import (
+    Decision,
+    QuotaLimits,
+    QuotaUsage,
+    as_utc,
+    day_window,
+    decide,
+    hour_window,
+)
+from mm_assets.core.quota import usage as quota_usage
+
+DEFAULT_LEDGER_URL = "sqlite:///ledger.sqlite"
+# Long enough to wait out another process's reserve/complete, which take milliseconds.
+SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of a SQLite ledger file at `path`."""
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes stored as naive UTC.
+
+    SQLite has no time zone type; storing naive UTC everywhere keeps comparisons correct and
+    identical on every backend.
+    """
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return as_utc(value).replace(tzinfo=None)
+
+    def process_result_value(
+        self, value: datetime | None, dialect: sa.Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+metadata = sa.MetaData()
+
+receipts_table = sa.Table(
+    "receipts",
+    metadata,
+    sa.Column("file_name", sa.String(255), primary_key=True),
+    sa.Column("batch", sa.String(255), nullable=False, index=True),
+    sa.Column("transport", sa.String(32), nullable=False),
+    sa.Column("remote_path", sa.String(1024), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("md5", sa.String(32), nullable=False),
+    sa.Column("uploaded_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
+
+in_flight_table = sa.Table(
+    "in_flight",
+    metadata,
+    sa.Column("file_name", sa.String(255), primary_key=True),
+    sa.Column("batch", sa.String(255), nullable=False, index=True),
+    sa.Column("transport", sa.String(32), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("md5", sa.String(32), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("run_id", sa.String(255), nullable=False),
+)
+
+# One row; writers lock it with SELECT ... FOR UPDATE on backends that support row locks.
+lock_table = sa.Table(
+    "ledger_lock",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    file_name: str
+    batch: str
+    transport: str
+    remote_path: str
+    bytes: int
+    md5: str
+    uploaded_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class InFlight:
+    file_name: str
+    batch: str
+    transport: str
+    bytes: int
+    md5: str
+    started_at: datetime
+    run_id: str
+
+
+class AlreadyTracked(Exception):
+    """`reserve` found a receipt or an in-flight row for the file: it must not be sent now."""
+
+    def __init__(self, file_name: str, state: str) -> None:
+        what = "a receipt" if state == "receipt" else "an in-flight record"
+        super().__init__(f"{file_name} already has {what}")
+        self.file_name = file_name
+        self.state = state  # "receipt" or "in_flight"
+
+
+class Ledger:
+    """Delivery state shared by every run that delivers to MediaMath."""
+
+    def __init__(self, url: str | Path = DEFAULT_LEDGER_URL, *, echo: bool = False) -> None:
+        """Open (and create if needed) the ledger at a SQLAlchemy URL or a SQLite file path."""
+        if isinstance(url, Path) or "://" not in url:
+            url = sqlite_url(url)
+        parsed = sa.engine.make_url(url)
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        if self._sqlite and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        connect_args: dict[str, Any] = {}
+        if self._sqlite:
+            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_SECONDS
+        self.url = parsed
+        self._lock_row_ready = False
+        self.engine: Engine = sa.create_engine(url, echo=echo, connect_args=connect_args)
+        if self._sqlite:
+            self._take_over_sqlite_transactions()
+        self._create_schema()
+
+    def __repr__(self) -> str:
+        # render_as_string hides a Postgres password by default.
+        return f"Ledger({self.url.render_as_string(hide_password=True)!r})"
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _take_over_sqlite_transactions(self) -> None:
+        # pysqlite's own implicit BEGIN is deferred: two processes could both read the counts
+        # and then both insert. Emitting BEGIN ourselves lets writers use BEGIN IMMEDIATE.
+        @sa.event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                # WAL lets readers (usage display) proceed while a writer holds the lock.
+                cursor.execute("PRAGMA journal_mode=WAL")
+            finally:
+                cursor.close()
+
+        @sa.event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("ledger_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    def _create_schema(self) -> None:
+        for attempt in range(2):
+            try:
+                with self._write() as conn:
+                    metadata.create_all(conn)
+                    if conn.execute(sa.select(lock_table.c.id)).first() is None:
+                        conn.execute(lock_table.insert().values(id=1))
+                self._lock_row_ready = True
+                return
+            except (IntegrityError, ProgrammingError, OperationalError):
+                # Another process created the schema at the same moment; its tables are
+                # there now, so one more pass only checks them.
+                if attempt:
+                    raise
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that excludes every other writer until it ends."""
+        conn = self.engine.connect().execution_options(ledger_write=True)
+        with conn, conn.begin():
+            if not self._sqlite and self._lock_row_ready:
+                conn.execute(
+                    sa.select(lock_table.c.id).where(lock_table.c.id == 1).with_for_update()
+                )
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- quota -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _used(conn: Connection, now: datetime) -> tuple[int, int, int]:
+        """(files this hour, bytes today, in-flight files) as counted for the quota."""
+        hour_start, _ = hour_window(now)
+        day_start, _ = day_window(now)
+        r, f = receipts_table.c, in_flight_table.c
+        files_hour = conn.execute(
+            sa.select(sa.func.count()).where(r.uploaded_at >= hour_start)
+        ).scalar_one()
+        bytes_day = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(r.bytes), 0)).where(r.uploaded_at >= day_start)
+        ).scalar_one()
+        flying, flying_bytes = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.bytes), 0))
+        ).one()
+        return int(files_hour) + int(flying), int(bytes_day) + int(flying_bytes), int(flying)
+
+    def usage(self, now: datetime, limits: QuotaLimits) -> QuotaUsage:
+        """Used and left quota in the windows holding `now` (in-flight files included)."""
+        with self._read() as conn:
+            files, nbytes, flying = self._used(conn, now)
+        return quota_usage(now, files, nbytes, limits, in_flight_files=flying)
+
+    def reserve(
+        self,
+        file: OutgoingFile,
+        batch: str,
+        transport: str,
+        now: datetime,
+        limits: QuotaLimits,
+        run_id: str = "",
+    ) -> Decision:
+        """Decide on `file` and, when it may be sent, record it as in flight, atomically.
+
+        Raises AlreadyTracked when the file has a receipt or is in flight already (another
+        run may have reserved it since the caller looked).
+        """
+        with self._write() as conn:
+            if self._receipt(conn, file.name) is not None:
+                raise AlreadyTracked(file.name, "receipt")
+            if self._in_flight(conn, file.name) is not None:
+                raise AlreadyTracked(file.name, "in_flight")
+            files, nbytes, _ = self._used(conn, now)
+            decision = decide(file.size, now, files, nbytes, limits)
+            if decision.send:
+                conn.execute(
+                    in_flight_table.insert().values(
+                        file_name=file.name,
+                        batch=batch,
+                        transport=transport,
+                        bytes=file.size,
+                        md5=file.md5_hex,
+                        started_at=now,
+                        run_id=run_id,
+                    )
+                )
+        return decision
+
+    # -- state changes ---------------------------------------------------------------------
+
+    def complete(self, file_name: str, result: UploadResult, now: datetime) -> Receipt:
+        """Turn the in-flight row of `file_name` into its receipt.
+
+        Idempotent: when the receipt exists already (another run reconciled the file while
+        this one was uploading it) that receipt is returned. Raises LookupError when the file
+        has neither.
+        """
+        with self._write() as conn:
+            existing = self._receipt(conn, file_name)
+            if existing is not None:
+                conn.execute(
+                    in_flight_table.delete().where(in_flight_table.c.file_name == file_name)
+                )
+                return existing
+            flight = self._in_flight(conn, file_name)
+            if flight is None:
+                raise LookupError(f"{file_name} is not in flight; nothing to complete")
+            receipt = Receipt(
+                file_name=file_name,
+                batch=flight.batch,
+                transport=flight.transport,
+                remote_path=result.remote_path,
+                bytes=result.size,
+                md5=flight.md5,
+                uploaded_at=as_utc(now),
+                attempts=result.attempts,
+            )
+            conn.execute(receipts_table.insert().values(**receipt.__dict__))
+            conn.execute(in_flight_table.delete().where(in_flight_table.c.file_name == file_name))
+        return receipt
+
+    def abandon(self, file_name: str) -> bool:
+        """Drop the in-flight row of a file that certainly did not land. True if one existed."""
+        with self._write() as conn:
+            deleted = conn.execute(
+                in_flight_table.delete().where(in_flight_table.c.file_name == file_name)
+            )
+        return bool(deleted.rowcount)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _receipt(conn: Connection, file_name: str) -> Receipt | None:
+        row = conn.execute(
+            sa.select(receipts_table).where(receipts_table.c.file_name == file_name)
+        ).mappings().first()
+        return Receipt(**row) if row is not None else None
+
+    @staticmethod
+    def _in_flight(conn: Connection, file_name: str) -> InFlight | None:
+        row = conn.execute(
+            sa.select(in_flight_table).where(in_flight_table.c.file_name == file_name)
+        ).mappings().first()
+        return InFlight(**row) if row is not None else None
+
+    def receipt(self, file_name: str) -> Receipt | None:
+        with self._read() as conn:
+            return self._receipt(conn, file_name)
+
+    def in_flight_record(self, file_name: str) -> InFlight | None:
+        with self._read() as conn:
+            return self._in_flight(conn, file_name)
+
+    def receipts(self, batch: str) -> list[Receipt]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(receipts_table)
+                .where(receipts_table.c.batch == batch)
+                .order_by(receipts_table.c.uploaded_at, receipts_table.c.file_name)
+            ).mappings()
+            return [Receipt(**row) for row in rows]
+
+    def in_flight(self, batch: str) -> list[InFlight]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(in_flight_table)
+                .where(in_flight_table.c.batch == batch)
+                .order_by(in_flight_table.c.started_at, in_flight_table.c.file_name)
+            ).mappings()
+            return [InFlight(**row) for row in rows]
