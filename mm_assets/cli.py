@@ -3,6 +3,9 @@
     mm-assets build BATCH_DIR     materialise raw_audiences -> merged_segment_loads -> s2s_files
                                   for one batch folder through Dagster, print a summary
     mm-assets validate FILE...    check built S2S files against every S2S-* rule
+    mm-assets deliver BATCH       materialise upload_receipts: send the built files (quotas,
+                                  receipts, exactly once) and print what happened
+    mm-assets sandbox             run the local MediaMath sandbox (SFTP drop, CFT) until stopped
 """
 
 from __future__ import annotations
@@ -25,9 +28,36 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def build(batch_dir: Path) -> int:
+def _run(job_name: str, batch: str, export_dir: str | None = None):
+    """Materialise one job's assets for one batch partition, in process, on the instance."""
     from mm_assets.definitions import build_definitions
     from mm_assets.defs.partitions import export_batches
+
+    defs = build_definitions(export_dir=export_dir)
+    instance = _instance()
+    instance.add_dynamic_partitions(export_batches.name, [batch])
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, partition_key=batch, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    print(f"batch {batch}  (run {result.run_id})")
+    return defs, result
+
+
+def _report_failures_and_checks(result) -> int:
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None) if event.is_failure else None
+        if error is not None:
+            print(f"  failed: {error.message.strip()}", file=sys.stderr)
+    evaluations = result.get_asset_check_evaluations()
+    for evaluation in evaluations:
+        state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+        print(f"  check {evaluation.check_name}: {state}")
+    failed = [e for e in evaluations if not e.passed]
+    return 0 if result.success and not failed else 1
+
+
+def build(batch_dir: Path) -> int:
     from mm_assets.defs.s2s_build.assets import REPORT, load_report
     from mm_assets.defs.s2s_build.sensors import build_s2s_files_job
 
@@ -36,17 +66,8 @@ def build(batch_dir: Path) -> int:
         print(f"mm-assets build: {batch_dir} is not a folder", file=sys.stderr)
         return 2
     batch = batch_dir.name
-    defs = build_definitions(export_dir=str(batch_dir.parent))
-    instance = _instance()
-    instance.add_dynamic_partitions(export_batches.name, [batch])
-    job = defs.resolve_job_def(build_s2s_files_job.name)
-    result = job.execute_in_process(
-        instance=instance, partition_key=batch, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
-    storage = defs.resources["storage"]
-    print(f"batch {batch}  (run {result.run_id})")
-    raw_report = storage.work(batch, "raw_audiences") / REPORT
+    defs, result = _run(build_s2s_files_job.name, batch, str(batch_dir.parent))
+    raw_report = defs.resources["storage"].work(batch, "raw_audiences") / REPORT
     if raw_report.exists():
         raw = load_report(raw_report)
         print(f"  rows read        {raw['rows_read']:>12,}")
@@ -55,37 +76,50 @@ def build(batch_dir: Path) -> int:
             print(f"      {count:>8,}  {reason}")
         for name, message in raw["file_issues"]:
             print(f"  unusable file    {name}: {message}")
-    if not result.success:
-        for event in result.all_events:
-            if event.is_failure and event.event_specific_data is not None:
-                error = getattr(event.event_specific_data, "error", None)
-                if error is not None:
-                    print(f"  failed: {error.message.strip()}", file=sys.stderr)
-        return 1
     for mat in result.asset_materializations_for_node("s2s_files"):
         meta = mat.metadata
         print(f"  users            {meta['users'].value:>12,}")
         print(f"  files            {meta['files'].value:>12,}")
         print(f"  gz bytes         {meta['gz_bytes'].value:>12,}")
         print(f"  outbox           {meta['outbox'].value}")
-    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
-    for evaluation in result.get_asset_check_evaluations():
-        state = "passed" if evaluation.passed else "FAILED"
-        print(f"  check {evaluation.check_name}: {state}")
-    return 1 if failed else 0
+    return _report_failures_and_checks(result)
+
+
+def deliver(batch: str) -> int:
+    from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
+
+    _, result = _run(deliver_s2s_files_job.name, batch)
+    for mat in result.asset_materializations_for_node("upload_receipts"):
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        counts = ", ".join(f"{k[6:]}={v}" for k, v in meta.items() if k.startswith("files_"))
+        print(f"  transport {meta['transport']}: {counts}")
+        print(f"  quota left: {meta['quota_files_left_this_hour']} files this hour, "
+              f"{meta['quota_bytes_left_today']:,} bytes today")
+        if meta["next_send_after"]:
+            print(f"  deferred files go after {meta['next_send_after']}")
+    return _report_failures_and_checks(result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mm-assets", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else argv
+    # `validate` and `sandbox` own their arguments (their modules parse them).
+    if argv[:1] == ["validate"]:
+        return s2s_validator.main(argv[1:])
+    if argv[:1] == ["sandbox"]:
+        from mm_assets.sandbox.run_sandbox import main as sandbox_main
+
+        return sandbox_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="mm-assets", description=__doc__.splitlines()[0],
+                                     epilog="also: mm-assets validate FILE..., mm-assets sandbox")
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="build the S2S files of one batch folder")
     build_cmd.add_argument("batch_dir", type=Path)
-    validate_cmd = commands.add_parser("validate", help="validate S2S files", add_help=False)
-    validate_cmd.add_argument("args", nargs=argparse.REMAINDER)
+    deliver_cmd = commands.add_parser("deliver", help="deliver a built batch to MediaMath")
+    deliver_cmd.add_argument("batch")
     args = parser.parse_args(argv)
     if args.command == "build":
         return build(args.batch_dir)
-    return s2s_validator.main(args.args)
+    return deliver(args.batch)
 
 
 if __name__ == "__main__":

@@ -332,9 +332,6 @@ class _CftCredentialProvider(CredentialProvider):
 class _CredentialsRefused(Exception):
     """S3 refused the credentials; one forced refresh may help (internal)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
 
 class MediaMathCft:
     """`Transport` into MediaMath's CFT bucket (CFT-CRED, CFT-PUT)."""
@@ -390,6 +387,8 @@ class MediaMathCft:
             password,
             ca_bundle=ca_bundle,
             credentials_lifetime=credentials_lifetime,
+            # Its retries run inside one of our attempts (and inside botocore's refresh),
+            # so they stay short; our own loop does the long waits.
             backoff_base_seconds=min(backoff_base_seconds, 1.0),
         )
         self._config = Config(

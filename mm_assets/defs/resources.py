@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from mm_assets.core.build_settings import BuildSettings, parse_column_map, parse_size
-from mm_assets.defs.settings import SAMPLE_EXPORT_DIR, STATE_DIR, setting
+from mm_assets.defs.settings import SAMPLE_EXPORT_DIR, STATE_DIR, is_true, setting
 
 
 class BatchStorage(dg.ConfigurableResource):
@@ -56,7 +56,7 @@ class S2sFileSettings(dg.ConfigurableResource):
             user_table_id=self.user_table_id or None,
             hashed_taxonomies=frozenset(
                 t.strip() for t in self.hashed_taxonomies.split(",") if t.strip()),
-            hash_ids=self.hash_ids.strip().lower() in ("1", "true", "yes"),
+            hash_ids=is_true(self.hash_ids),
             max_file_bytes=parse_size(self.max_file_bytes),
             memory_budget_bytes=parse_size(self.memory_budget),
             column_map=parse_column_map(self.column_map),

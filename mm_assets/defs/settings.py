@@ -19,3 +19,11 @@ STATE_DIR = PROJECT_ROOT / ".mm_assets"
 def setting(name: str, default: str) -> str | dg.EnvVar:
     """`dg.EnvVar(name)` when the variable is set (so the UI shows its source), else `default`."""
     return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def int_setting(name: str, default: int) -> int | dg.EnvVar:
+    return dg.EnvVar.int(name) if os.environ.get(name) else default
+
+
+def is_true(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes")

@@ -159,8 +159,10 @@ class SandboxCft:
         self.max_put_bytes = max_put_bytes
         self.enforce_auth = enforce_auth
         self.report_expiration = report_expiration
-        # Fault injection: answer the next N credential requests with 503.
+        # Fault injection: answer the next N credential requests with 503; report a wrong
+        # ETag on the next N object HEADs (as if the stored object were not what was sent).
         self.fail_credentials_requests = 0
+        self.tamper_next_head_etags = 0
 
         self.credentials_requests = 0
         self.credentials_issued = 0
@@ -435,9 +437,18 @@ class SandboxCft:
                     [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
                 )
                 return [body]
+            if environ.get("REQUEST_METHOD") == "HEAD" and self._take_head_tamper():
+                return moto_app(environ, _with_bogus_etag(start_response))
             return moto_app(environ, start_response)
 
         return app
+
+    def _take_head_tamper(self) -> bool:
+        with self._lock:
+            if self.tamper_next_head_etags <= 0:
+                return False
+            self.tamper_next_head_etags -= 1
+            return True
 
     def _check(self, environ: _Environ, path: str) -> tuple[str, str, str] | None:
         method = environ.get("REQUEST_METHOD", "")
@@ -514,6 +525,14 @@ def _access_key_id(environ: _Environ, query: dict[str, list[str]]) -> str | None
     if presigned:
         return presigned[0].split("/", 1)[0]
     return None
+
+
+def _with_bogus_etag(start_response: _StartResponse) -> _StartResponse:
+    def patched(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+        headers = [(k, '"' + "0" * 32 + '"' if k.lower() == "etag" else v) for k, v in headers]
+        return start_response(status, headers, *args)
+
+    return patched
 
 
 def _drain(environ: _Environ) -> None:

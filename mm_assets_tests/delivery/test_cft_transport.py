@@ -21,6 +21,7 @@ from mm_assets.clients.transport import (
     DeliveryError,
     FileRefused,
     OutgoingFile,
+    TransientDeliveryError,
 )
 from mm_assets.sandbox.cft_server import SandboxCft
 
@@ -102,6 +103,24 @@ def test_guard_refuses_multipart_initiation(sandbox: SandboxCft) -> None:
     assert sandbox.multipart_refusals == 1
     # The same credentials may put single objects: only multipart is refused.
     s3.put_object(Bucket=sandbox.bucket, Key=f"{INTEGRATION}/small.log.gz", Body=b"x")
+
+
+def test_etag_mismatch_after_put_is_retried(sandbox: SandboxCft, tmp_path: Path) -> None:
+    sandbox.tamper_next_head_etags = 1
+    file = make_file(tmp_path, "Acme_Partner_20260101000000.log.gz", 2048)
+    with make_transport(sandbox) as cft:
+        result = cft.upload(file)
+    assert result.attempts == 2
+    assert len([r for r in sandbox.seen if r.method == "PUT"]) == 2
+    assert sandbox.get_object_bytes(f"{INTEGRATION}/{file.name}")[1] == file.md5_hex
+
+
+def test_etag_mismatch_on_every_attempt_gives_up(sandbox: SandboxCft, tmp_path: Path) -> None:
+    sandbox.tamper_next_head_etags = 10
+    file = make_file(tmp_path, "Acme_Partner_20260101000000.log.gz", 2048)
+    with make_transport(sandbox, max_attempts=2) as cft, pytest.raises(TransientDeliveryError):
+        cft.upload(file)
+    assert len([r for r in sandbox.seen if r.method == "PUT"]) == 2
 
 
 def test_client_refuses_oversize_file_before_sending(sandbox: SandboxCft, tmp_path: Path) -> None:
