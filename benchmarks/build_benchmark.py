@@ -21,8 +21,6 @@ import time
 import zlib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def run_ours(src: Path, out: Path, memory_budget: str, gzip_level: int) -> dict:
     from mm_assets.core.build_settings import BuildSettings, parse_size
@@ -116,15 +114,16 @@ def main() -> None:
         print(json.dumps(run_baseline(args.src, args.out)))
         return
 
-    from generate_export import write_export
-
     root = args.workdir or Path(tempfile.mkdtemp(prefix="mm-bench-"))
     print(f"machine: {os.cpu_count()} cores; memory budget {args.memory_budget}; "
           f"gzip level {args.gzip_level}; work dir {root}")
     for rows in (int(r) for r in args.rows.split(",")):
         src = root / f"export_{rows}" / f"batch_{rows}"
         if not src.exists():
-            write_export(rows, src)
+            # In a child process: a child forked from a parent holding the generated rows
+            # would report the parent's pages as its own peak RSS.
+            subprocess.run([sys.executable, str(Path(__file__).with_name("generate_export.py")),
+                            "--rows", str(rows), "--out", str(src)], check=True)
         ours, rss = measure(["--worker", "ours", "--src", str(src), "--out",
                              str(root / f"ours_{rows}"), "--memory-budget", args.memory_budget,
                              "--gzip-level", str(args.gzip_level)])

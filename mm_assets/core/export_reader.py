@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mm_assets.core.build_settings import (
     GLOBAL_TAXONOMY,
@@ -75,6 +77,7 @@ class ReadReport:
     loads_dir: Path
     quarantine_path: Path
     quarantine_preview: list[dict[str, object]] = field(default_factory=list)
+    quarantined_by_file: dict[str, int] = field(default_factory=dict)
 
 
 def batch_files(batch_dir: Path) -> list[Path]:
@@ -91,57 +94,83 @@ def file_format(path: Path) -> str | None:
 
 
 def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -> ReadReport:
-    """Read every file of `batch_dir`; write loads (by user bucket) and quarantine to `out_dir`."""
+    """Read every file of `batch_dir`; write loads (by user bucket) and quarantine to `out_dir`.
+
+    One streaming pass per file: each row is checked and written straight to its user bucket,
+    or to the quarantine, so memory does not grow with the batch.
+    """
     if not batch_dir.is_dir():
         raise FileNotFoundError(f"export batch folder {batch_dir} does not exist")
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
+    loads_dir.mkdir(parents=True)
+    parts_dir.mkdir()
+    files = batch_files(batch_dir)
+    budget = max(settings.memory_budget_bytes // 2, 64 * 2**20)
+    buckets = max(1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget))
     con = open_duckdb(":memory:", settings, out_dir / "spill")
     try:
-        con.execute(STAGED_TABLE)
+        con.execute(REJECTED_TABLE)
         issues: list[FileIssue] = []
-        for path in batch_files(batch_dir):
+        rows_by_file: dict[str, int] = {}
+        for index, path in enumerate(files):
             rel = path.relative_to(batch_dir).as_posix()
-            issue = _stage_file(con, path, rel, settings)
+            issue, rows_by_file[rel] = _read_file(con, path, rel, index, settings, buckets,
+                                                  out_dir)
             if issue:
                 issues.append(FileIssue(rel, issue))
-        collisions = _client_collisions(con)
+        collisions = _client_collisions(con, loads_dir)
         if collisions:
-            con.execute("UPDATE staged SET reason = ? WHERE reason IS NULL AND list_contains(?, "
-                        "lower(agency))", [CLIENT_COLLISION, list(collisions)])
-        report = _write_outputs(con, batch_dir.name, out_dir, settings, issues, collisions)
+            _quarantine_collisions(con, loads_dir, parts_dir, collisions)
+        report = _write_outputs(con, batch_dir.name, out_dir, issues, collisions, buckets)
+        report.files = {
+            name: {"rows": rows, "quarantined": report.quarantined_by_file.get(name, 0)}
+            for name, rows in rows_by_file.items() if rows}
     finally:
         con.close()
-    (out_dir / "staging.duckdb").unlink(missing_ok=True)
     shutil.rmtree(out_dir / "spill", ignore_errors=True)
     return report
 
 
-STAGED_TABLE = """
-CREATE TABLE staged (
-    source_file VARCHAR, line BIGINT, reason VARCHAR,
-    agency VARCHAR, client VARCHAR, mobile BOOLEAN, user_id VARCHAR, segment VARCHAR, ts BIGINT,
-    raw_user_id VARCHAR, raw_segment VARCHAR, raw_timestamp VARCHAR, raw_client VARCHAR,
-    raw_device_type VARCHAR
-)"""
+# Rows DuckDB's readers rejected (undecodable bytes, malformed CSV), per file.
+REJECTED_TABLE = """
+CREATE TABLE rejected (source_file VARCHAR, line BIGINT, reason VARCHAR, raw_user_id VARCHAR)"""
+QUARANTINE = "quarantine"  # the partition value of rows that cannot be used
+
+
+def _estimated_rows(path: Path) -> int:
+    """Rows to expect from a file, to size the user buckets before reading."""
+    if file_format(path) == "parquet":
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException):
+            return 0
+    size = path.stat().st_size
+    return size * (5 if path.name.lower().endswith(".gz") else 1) // 40
 
 
 def _source_columns(con: duckdb.DuckDBPyConnection, scan: str) -> list[str]:
     return [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
 
 
-def _stage_file(
-    con: duckdb.DuckDBPyConnection, path: Path, rel: str, settings: BuildSettings
-) -> str | None:
-    """Stage one file's rows (good and quarantined); return a message when the file is unusable."""
+def _read_file(
+    con: duckdb.DuckDBPyConnection, path: Path, rel: str, index: int, settings: BuildSettings,
+    buckets: int, out_dir: Path,
+) -> tuple[str | None, int]:
+    """Check one file's rows into the user buckets and the quarantine, in one streaming pass.
+
+    Returns a message when the file cannot be used at all (then nothing of it is kept), and
+    the rows read.
+    """
     fmt = file_format(path)
     if fmt is None:
-        return f"unsupported file type (expected one of: {', '.join(FORMATS)})"
+        return f"unsupported file type (expected one of: {', '.join(FORMATS)})", 0
     if path.stat().st_size == 0:
-        return "file is empty (0 bytes)"
+        return "file is empty (0 bytes)", 0
     quoted = sql_string(str(path))
-    rejects = "rejects_" + str(abs(hash(rel)))
+    rejects = f"rejects_{index}"
+    scratch = out_dir / f"reading_{index}"
     try:
         if fmt == "csv":
             scan = (f"read_csv({quoted}, all_varchar=true, header=true, delim=',', quote='\"', "
@@ -150,7 +179,7 @@ def _stage_file(
             columns = _source_columns(con, scan)
             missing = [c for c in REQUIRED_COLUMNS if settings.source_column(c) not in columns]
             if missing:
-                return _missing_columns_message(missing, settings)
+                return _missing_columns_message(missing, settings), 0
             fields = {c: (_ident(settings.source_column(c))
                           if settings.source_column(c) in columns else "NULL")
                       for c in INPUT_COLUMNS}
@@ -176,7 +205,7 @@ def _stage_file(
             columns = _source_columns(con, scan)
             missing = [c for c in REQUIRED_COLUMNS if settings.source_column(c) not in columns]
             if missing:
-                return _missing_columns_message(missing, settings)
+                return _missing_columns_message(missing, settings), 0
             select = ", ".join(
                 (f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
                  if settings.source_column(c) in columns else f"NULL AS {c}")
@@ -184,18 +213,27 @@ def _stage_file(
             source = f"SELECT file_row_number + 1 AS line, {select} FROM {scan}"
         if fmt != "jsonl":
             source = f"SELECT *, false AS bad_json FROM ({source})"
-        before = con.execute("SELECT count(*) FROM staged").fetchone()[0]
-        con.execute(_normalise_sql(source),
-                    [rel, sorted(t.lower() for t in settings.hashed_taxonomies)])
+        # Written aside first: a file that fails half-way (corrupt gzip) leaves nothing behind.
+        rows = con.execute(
+            f"COPY ({_normalise_sql(source, buckets)}) TO {sql_string(str(scratch))} "
+            f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION lz4_raw, "
+            f"WRITE_PARTITION_COLUMNS false, FILENAME_PATTERN 'file{index}_{{i}}')",
+            [rel, sorted(t.lower() for t in settings.hashed_taxonomies)]).fetchone()[0]
         if fmt != "parquet":
-            _stage_rejects(con, rejects, rel)
-        rows = con.execute("SELECT count(*) FROM staged").fetchone()[0] - before
+            rows += _record_rejects(con, rejects, rel)
     except duckdb.Error as exc:
-        con.execute("DELETE FROM staged WHERE source_file = ?", [rel])
-        return f"cannot be read: {_first_line(exc)}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        con.execute("DELETE FROM rejected WHERE source_file = ?", [rel])
+        return f"cannot be read: {_first_line(exc)}", 0
+    for part in scratch.glob("bucket=*/*.parquet"):
+        target = out_dir / ("quarantine_parts" if part.parent.name == f"bucket={QUARANTINE}"
+                            else f"loads/{part.parent.name}")
+        target.mkdir(exist_ok=True)
+        part.rename(target / part.name)
+    shutil.rmtree(scratch)
     if rows == 0:
-        return "file is empty (no data rows)"
-    return None
+        return "file is empty (no data rows)", 0
+    return None, rows
 
 
 def _missing_columns_message(missing: list[str], settings: BuildSettings) -> str:
@@ -217,13 +255,14 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:300]
 
 
-def _normalise_sql(source: str) -> str:
-    """Check and normalise rows of `source` (columns as in INPUT_COLUMNS, all text) into staged.
+def _normalise_sql(source: str, buckets: int) -> str:
+    """Check and normalise the rows of `source` (INPUT_COLUMNS, all text) into bucketed rows.
 
+    A good row goes to its user's bucket (a hash, so one user's loads meet in one bucket); a
+    bad row goes to the quarantine partition with its reason and raw values.
     Parameters: $1 the file's name in the batch, $2 the hashed taxonomies (lower case).
     """
     return f"""
-INSERT INTO staged
 WITH t AS (
     SELECT line, bad_json,
            trim(user_id) AS u, trim(segment) AS s,
@@ -257,15 +296,25 @@ WITH t AS (
     END AS reason
     FROM r
 )
-SELECT $1, line, reason, agency, c, mobile,
-       -- S2S-MOB: device IDs are case-insensitive, so one device is one spelling.
-       CASE WHEN mobile THEN lower(u) ELSE u END,
-       CASE WHEN hashed THEN s ELSE CAST(TRY_CAST(s AS BIGINT) AS VARCHAR) END,
+, normalised AS (
+    SELECT *,
+           -- S2S-MOB: device IDs are case-insensitive, so one device is one spelling.
+           CASE WHEN mobile THEN lower(u) ELSE u END AS user_id
+    FROM checked
+)
+SELECT CASE WHEN reason IS NULL THEN CAST(hash(agency, mobile, user_id) % {buckets} AS VARCHAR)
+            ELSE '{QUARANTINE}' END AS bucket,
+       agency, c AS client, mobile, user_id,
+       CASE WHEN hashed THEN s ELSE CAST(TRY_CAST(s AS BIGINT) AS VARCHAR) END AS segment,
        ts,
-       CASE WHEN reason IS NOT NULL THEN r_u END, CASE WHEN reason IS NOT NULL THEN r_s END,
-       CASE WHEN reason IS NOT NULL THEN r_t END, CASE WHEN reason IS NOT NULL THEN r_c END,
-       CASE WHEN reason IS NOT NULL THEN r_d END
-FROM checked"""
+       -- Kept on good rows too: a client-name collision found later quarantines them.
+       $1 AS source_file, line, reason,
+       CASE WHEN reason IS NOT NULL THEN r_u END AS raw_user_id,
+       CASE WHEN reason IS NOT NULL THEN r_s END AS raw_segment,
+       CASE WHEN reason IS NOT NULL THEN r_t END AS raw_timestamp,
+       CASE WHEN reason IS NOT NULL THEN r_c END AS raw_client,
+       CASE WHEN reason IS NOT NULL THEN r_d END AS raw_device_type
+FROM normalised"""
 
 
 def _contains_any(column: str, chars: str) -> str:
@@ -277,85 +326,115 @@ def _sq(text: str) -> str:
     return text.replace("'", "''")
 
 
-def _stage_rejects(
-    con: duckdb.DuckDBPyConnection, rejects: str, rel: str
-) -> None:
-    """Quarantine the lines DuckDB's reader rejected and correct the good rows' line numbers.
+def _record_rejects(con: duckdb.DuckDBPyConnection, rejects: str, rel: str) -> int:
+    """Keep the lines DuckDB's reader rejected (undecodable bytes, malformed CSV) for quarantine.
 
-    A rejected line is left out of the scan, so a row's ordinal undercounts its line by the
-    number of rejected lines before it: the j-th rejected line r_j (1-based) shifts every row
-    whose uncorrected line is at least r_j - (j - 1).
+    Returns how many lines were rejected.
     """
-    rows = con.execute(
-        f"SELECT line, any_value(error_type), any_value(csv_line) FROM {rejects} "
-        "GROUP BY line ORDER BY line").fetchall()
+    count = con.execute(f"""
+        INSERT INTO rejected
+        SELECT ?, line,
+               CASE any_value(error_type) WHEN 'INVALID ENCODING' THEN '{_sq(UNDECODABLE)}'
+                    ELSE '{MALFORMED_CSV}: ' || lower(any_value(error_type)) END,
+               left(any_value(csv_line), 200)
+        FROM {rejects} GROUP BY line""", [rel]).fetchone()[0]
     con.execute(f"DROP TABLE {rejects}")
-    if not rows:
-        return
-    con.execute("CREATE OR REPLACE TEMP TABLE shift (threshold BIGINT)")
-    con.executemany("INSERT INTO shift VALUES (?)",
-                    [[line - j] for j, (line, _, _) in enumerate(rows)])
-    con.execute("UPDATE staged SET line = line + (SELECT count(*) FROM shift "
-                "WHERE threshold <= staged.line) WHERE source_file = ? AND line >= ?",
-                [rel, rows[0][0]])
-    con.executemany(
-        "INSERT INTO staged (source_file, line, reason, raw_user_id) VALUES (?, ?, ?, ?)",
-        [[rel, line,
-          UNDECODABLE if kind == "INVALID ENCODING" else f"{MALFORMED_CSV}: {kind.lower()}",
-          (text or "")[:200]] for line, kind, text in rows])
+    return count
 
 
-def _client_collisions(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+def _parquet_glob(folder: Path) -> str | None:
+    """A read_parquet pattern for a folder's files, or None when it holds none."""
+    return sql_string(str(folder / "**" / "*.parquet")) if any(folder.rglob("*.parquet")) \
+        else None
+
+
+def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[str, list[str]]:
     """S2S-NAME: distinct client names that sanitise to one file name (case-insensitively)."""
-    rows = con.execute("""
+    if (loads := _parquet_glob(loads_dir)) is None:
+        return {}
+    rows = con.execute(f"""
         SELECT lower(agency), list(DISTINCT client ORDER BY client)
-        FROM staged WHERE reason IS NULL AND agency <> ''
+        FROM read_parquet({loads}) WHERE agency <> ''
         GROUP BY lower(agency) HAVING count(DISTINCT client) > 1""").fetchall()
     return {key: names for key, names in rows}
 
 
+def _quarantine_collisions(
+    con: duckdb.DuckDBPyConnection, loads_dir: Path, parts_dir: Path,
+    collisions: dict[str, list[str]],
+) -> None:
+    """Move the rows of colliding clients from their buckets to the quarantine (rare path)."""
+    keys = list(collisions)
+    for bucket in sorted(loads_dir.glob("bucket=*")):
+        files = sql_string(str(bucket / "*.parquet"))
+        con.execute(f"""
+            COPY (SELECT * REPLACE ('{_sq(CLIENT_COLLISION)}' AS reason,
+                                    user_id AS raw_user_id, segment AS raw_segment,
+                                    CAST(ts AS VARCHAR) AS raw_timestamp, client AS raw_client)
+                  FROM read_parquet({files}) WHERE list_contains(?, lower(agency)))
+            TO {sql_string(str(parts_dir / f"collisions_{bucket.name[7:]}.parquet"))}
+            (FORMAT parquet)""", [keys])
+        kept = bucket.with_name(bucket.name + ".kept")
+        kept.mkdir()
+        con.execute(f"""
+            COPY (SELECT * FROM read_parquet({files}) WHERE NOT list_contains(?, lower(agency)))
+            TO {sql_string(str(kept / "kept.parquet"))} (FORMAT parquet, COMPRESSION lz4_raw)""",
+                    [keys])
+        shutil.rmtree(bucket)
+        kept.rename(bucket)
+
+
 def _write_outputs(
-    con: duckdb.DuckDBPyConnection, batch: str, out_dir: Path, settings: BuildSettings,
-    issues: list[FileIssue], collisions: dict[str, list[str]],
+    con: duckdb.DuckDBPyConnection, batch: str, out_dir: Path, issues: list[FileIssue],
+    collisions: dict[str, list[str]], buckets: int,
 ) -> ReadReport:
-    accepted, total = con.execute(
-        "SELECT count(*) FILTER (WHERE reason IS NULL), count(*) FROM staged").fetchone()
-    budget = max(settings.memory_budget_bytes // 2, 64 * 2**20)
-    buckets = max(1, -(-accepted * MERGE_BYTES_PER_ROW // budget))
-    loads_dir = out_dir / "loads"
-    loads_dir.mkdir()
-    # Every bucket exists (possibly empty) so the merge can rely on the layout.
+    loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
+    for bucket in range(buckets):  # every bucket exists, possibly empty: the merge relies on it
+        (loads_dir / f"bucket={bucket}").mkdir(exist_ok=True)
+    parts = _parquet_glob(parts_dir)
+    # A rejected line is left out of the scan, so a row's ordinal undercounts its line by the
+    # rejected lines before it: the j-th rejected line r_j (0-based j) shifts every row whose
+    # uncorrected line is at least r_j - j.
+    from_parts = f"""
+        SELECT p.source_file AS file,
+               p.line + (SELECT count(*) FROM shift s
+                         WHERE s.source_file = p.source_file AND s.threshold <= p.line) AS line,
+               p.reason, p.raw_user_id AS user_id, p.raw_segment AS segment,
+               p.raw_timestamp AS timestamp, p.raw_client AS client,
+               p.raw_device_type AS device_type
+        FROM read_parquet({parts}, union_by_name=true) p
+        UNION ALL""" if parts else ""
     con.execute(f"""
-        COPY (SELECT agency, mobile, user_id, segment, ts,
-                     hash(agency, mobile, user_id) % {buckets} AS bucket
-              FROM staged WHERE reason IS NULL)
-        TO {sql_string(str(loads_dir))} (FORMAT parquet, PARTITION_BY (bucket),
-                                          COMPRESSION lz4_raw, WRITE_PARTITION_COLUMNS false)""")
+        CREATE TABLE quarantine AS
+        WITH shift AS (
+            SELECT source_file,
+                   line - (row_number() OVER (PARTITION BY source_file ORDER BY line) - 1)
+                   AS threshold
+            FROM rejected)
+        {from_parts}
+        SELECT source_file AS file, line, reason, raw_user_id AS user_id,
+               NULL::VARCHAR AS segment, NULL::VARCHAR AS timestamp, NULL::VARCHAR AS client,
+               NULL::VARCHAR AS device_type
+        FROM rejected""")
     quarantine_path = out_dir / "quarantine.parquet"
-    con.execute(f"""
-        COPY (SELECT source_file AS file, line, reason, raw_user_id AS user_id,
-                     raw_segment AS segment, raw_timestamp AS timestamp, raw_client AS client,
-                     raw_device_type AS device_type
-              FROM staged WHERE reason IS NOT NULL ORDER BY file, line)
-        TO {sql_string(str(quarantine_path))} (FORMAT parquet)""")
+    con.execute(f"COPY (SELECT * FROM quarantine ORDER BY file, line) "
+                f"TO {sql_string(str(quarantine_path))} (FORMAT parquet)")
+    shutil.rmtree(parts_dir)
+    loads = _parquet_glob(loads_dir)
+    accepted = con.execute(f"SELECT count(*) FROM read_parquet({loads})").fetchone()[0] \
+        if loads else 0
     reasons = Counter(dict(con.execute(
-        "SELECT reason, count(*) FROM staged WHERE reason IS NOT NULL GROUP BY reason"
-    ).fetchall()))
-    files = {
-        name: {"rows": rows, "quarantined": bad}
-        for name, rows, bad in con.execute(
-            "SELECT source_file, count(*), count(reason) FROM staged GROUP BY source_file "
-            "ORDER BY source_file").fetchall()
-    }
-    preview_cursor = con.execute(
-        "SELECT source_file AS file, line, reason, raw_user_id AS user_id, raw_segment AS segment,"
-        " raw_timestamp AS timestamp, raw_client AS client, raw_device_type AS device_type "
-        "FROM staged WHERE reason IS NOT NULL ORDER BY file, line LIMIT 20")
+        "SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall()))
+    quarantined_by_file = dict(con.execute(
+        "SELECT file, count(*) FROM quarantine GROUP BY file").fetchall())
+    preview_cursor = con.execute("SELECT * FROM quarantine ORDER BY file, line LIMIT 20")
     names = [d[0] for d in preview_cursor.description]
     preview = [dict(zip(names, row, strict=True)) for row in preview_cursor.fetchall()]
+    quarantined = sum(reasons.values())
     return ReadReport(
-        batch=batch, files=files, file_issues=issues, rows_read=total, rows_accepted=accepted,
-        rows_quarantined=total - accepted, quarantine_reasons=dict(reasons.most_common()),
-        client_collisions=collisions, buckets=buckets, loads_dir=loads_dir,
-        quarantine_path=quarantine_path, quarantine_preview=preview,
+        batch=batch, files={}, file_issues=issues, rows_read=accepted + quarantined,
+        rows_accepted=accepted, rows_quarantined=quarantined,
+        quarantine_reasons=dict(reasons.most_common()), client_collisions=collisions,
+        buckets=buckets, loads_dir=loads_dir, quarantine_path=quarantine_path,
+        quarantine_preview=preview, quarantined_by_file=quarantined_by_file,
     )

@@ -72,7 +72,8 @@ def merge_segment_loads(loads_dir: Path, out_dir: Path, settings: BuildSettings)
     by_file: dict[FileKey, FileKeyStats] = defaultdict(FileKeyStats)
     try:
         for bucket in buckets:
-            _merge_bucket(con, bucket, merged_dir, totals, by_file)
+            if any(bucket.glob("*.parquet")):
+                _merge_bucket(con, bucket, merged_dir, totals, by_file)
     finally:
         con.close()
         shutil.rmtree(out_dir / "spill", ignore_errors=True)
