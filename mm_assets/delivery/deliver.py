@@ -186,6 +186,8 @@ def _already_delivered(file: OutgoingFile, receipt: Receipt) -> DeliveryEntry:
             f"a file named {file.name} was delivered before with md5 {receipt.md5} "
             f"({receipt.bytes} bytes); the local file differs and is not sent"
         )
+        # Not "done": MediaMath holds other bytes under this name, which someone must settle.
+        return _from_receipt(file, receipt, Status.NEEDS_ATTENTION, message)
     return _from_receipt(file, receipt, Status.ALREADY_DELIVERED, message)
 
 

@@ -39,7 +39,7 @@ def upload_receipts(
             files, batch, transport, ledger, delivery.quota_limits(transport.max_file_bytes),
             run_id=context.run_id, dry_run=delivery.is_dry_run)
     for entry in report.entries:
-        if entry.status not in DONE_STATUSES:
+        if entry.status not in DONE_STATUSES or entry.message:
             context.log.warning(f"{entry.name}: {entry.status} {entry.message}".rstrip())
     usage = report.usage.as_dict()
     next_time = report.next_not_before
@@ -65,10 +65,12 @@ def every_file_has_a_receipt(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage, delivery: MediaMathDelivery
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
-    names = [f.name for f in outgoing_files(storage, batch)]
+    files = outgoing_files(storage, batch)
     with delivery.get_ledger() as ledger:
-        receipts = {r.file_name for r in ledger.receipts(batch)}
-    missing = [n for n in names if n not in receipts]
+        receipts = {r.file_name: r.md5 for r in ledger.receipts(batch)}
+    # A receipt for other bytes under the same name does not cover this file.
+    missing = [f.name for f in files if receipts.get(f.name) != f.md5_hex]
+    names = [f.name for f in files]
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=upload_receipts.key, asset_partitions=[batch]),
         limit=1).records
