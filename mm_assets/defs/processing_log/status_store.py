@@ -1,0 +1,226 @@
+"""Per-file processing-log status (S2S-LOG), kept in a table beside the delivery ledger.
+
+One row per delivered (or built, not yet delivered) file name: MediaMath's status and message,
+the raw records, when it was last asked and when it may be asked next. It outlives the sensor's
+process, so a restart neither forgets a verdict nor restarts a file's deadline. Rows are never
+deleted: a rejected file rebuilt under a new name gets a new row and the old one stays, so both
+attempts stay visible. `built_at` (from the outbox manifest) numbers the attempts of a batch.
+
+SQLAlchemy Core only, in the ledger's database (SQLite file by default, any URL), in its own
+table, so the ledger module is not touched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from mm_assets.delivery.ledger import SQLITE_BUSY_TIMEOUT_SECONDS, UtcDateTime, sqlite_url
+
+
+class FileState(StrEnum):
+    NOT_DELIVERED = "not_delivered"  # built, no receipt yet (deferred or failed delivery)
+    PENDING = "pending"  # delivered, MediaMath has not answered
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"  # no answer before the deadline; no longer polled
+
+
+FINAL_STATES = frozenset({FileState.ACCEPTED, FileState.REJECTED, FileState.TIMED_OUT})
+
+_metadata = sa.MetaData()
+
+status_table = sa.Table(
+    "processing_log_status",
+    _metadata,
+    sa.Column("file_name", sa.String(255), primary_key=True),
+    sa.Column("batch", sa.String(255), nullable=False, index=True),
+    sa.Column("built_at", sa.String(64), nullable=False),
+    sa.Column("transport", sa.String(32), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("uploaded_at", UtcDateTime, nullable=True),
+    sa.Column("deadline_at", UtcDateTime, nullable=True),
+    sa.Column("status", sa.String(32), nullable=False, index=True),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("raw_records", sa.Text, nullable=False),  # JSON list, as MediaMath sent them
+    sa.Column("polls", sa.Integer, nullable=False),
+    sa.Column("last_checked_at", UtcDateTime, nullable=True),
+    sa.Column("next_check_at", UtcDateTime, nullable=True),
+    sa.Column("answered_at", UtcDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    file_name: str
+    batch: str
+    built_at: str
+    transport: str
+    bytes: int
+    uploaded_at: datetime | None
+    deadline_at: datetime | None
+    status: FileState
+    message: str
+    raw_records: list[Any]
+    polls: int
+    last_checked_at: datetime | None
+    next_check_at: datetime | None
+    answered_at: datetime | None
+    last_error: str
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    def waited(self, now: datetime) -> float | None:
+        """Seconds from upload to MediaMath's answer (or to `now` while waiting)."""
+        if self.uploaded_at is None:
+            return None
+        end = self.answered_at or now
+        return max(0.0, (end - self.uploaded_at).total_seconds())
+
+    def _row(self) -> dict[str, Any]:
+        row = dict(self.__dict__)
+        row["status"] = str(self.status)
+        row["raw_records"] = json.dumps(self.raw_records, default=str)
+        return row
+
+    @classmethod
+    def _from_row(cls, row: Any) -> FileStatus:
+        data = dict(row)
+        data["status"] = FileState(data["status"])
+        data["raw_records"] = json.loads(data["raw_records"] or "[]")
+        return cls(**data)
+
+
+class StatusStore:
+    """Read and write per-file processing-log status."""
+
+    def __init__(self, url: str | Path) -> None:
+        if isinstance(url, Path) or "://" not in url:
+            url = sqlite_url(url)
+        parsed = sa.engine.make_url(url)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        if sqlite and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.url = parsed
+        self.engine = sa.create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {})
+        _metadata.create_all(self.engine, checkfirst=True)
+
+    def __repr__(self) -> str:
+        return f"StatusStore({self.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @staticmethod
+    def _get(conn: Connection, file_name: str) -> FileStatus | None:
+        row = conn.execute(sa.select(status_table).where(
+            status_table.c.file_name == file_name)).mappings().first()
+        return FileStatus._from_row(row) if row is not None else None
+
+    def get(self, file_name: str) -> FileStatus | None:
+        with self._tx() as conn:
+            return self._get(conn, file_name)
+
+    def register(self, file_name: str, batch: str, built_at: str, transport: str, nbytes: int,
+                 uploaded_at: datetime | None, deadline_at: datetime | None) -> FileStatus:
+        """Track a file of a batch; idempotent. A file registered before its delivery becomes
+        pending once it has a receipt; a known delivered file keeps its status and deadline."""
+        try:
+            return self._register(file_name, batch, built_at, transport, nbytes, uploaded_at,
+                                  deadline_at)
+        except IntegrityError:
+            # Another check registered it between our read and our insert: theirs stands.
+            return self._register(file_name, batch, built_at, transport, nbytes, uploaded_at,
+                                  deadline_at)
+
+    def _register(self, file_name: str, batch: str, built_at: str, transport: str, nbytes: int,
+                  uploaded_at: datetime | None, deadline_at: datetime | None) -> FileStatus:
+        with self._tx() as conn:
+            known = self._get(conn, file_name)
+            if known is None:
+                status = FileStatus(
+                    file_name=file_name, batch=batch, built_at=built_at, transport=transport,
+                    bytes=nbytes, uploaded_at=uploaded_at, deadline_at=deadline_at,
+                    status=FileState.PENDING if uploaded_at else FileState.NOT_DELIVERED,
+                    message="", raw_records=[], polls=0, last_checked_at=None,
+                    next_check_at=uploaded_at, answered_at=None, last_error="")
+                conn.execute(status_table.insert().values(**status._row()))
+                return status
+            if known.status is FileState.NOT_DELIVERED and uploaded_at is not None:
+                known = replace(known, status=FileState.PENDING, uploaded_at=uploaded_at,
+                                deadline_at=deadline_at, transport=transport, bytes=nbytes,
+                                next_check_at=uploaded_at)
+                self._put(conn, known)
+            return known
+
+    @staticmethod
+    def _put(conn: Connection, status: FileStatus) -> None:
+        row = status._row()
+        conn.execute(status_table.update().where(
+            status_table.c.file_name == status.file_name).values(**row))
+
+    def save(self, status: FileStatus) -> None:
+        """Write a row back after a poll; a final verdict is never overwritten by a later,
+        weaker one (two pollers racing cannot turn `accepted` back into `pending`)."""
+        with self._tx() as conn:
+            known = self._get(conn, status.file_name)
+            if known is None:
+                conn.execute(status_table.insert().values(**status._row()))
+            elif known.final and not status.final:
+                return
+            else:
+                self._put(conn, status)
+
+    def batch(self, batch: str) -> list[FileStatus]:
+        """Every row of the batch, oldest attempt first."""
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(status_table).where(status_table.c.batch == batch)
+                                .order_by(status_table.c.built_at, status_table.c.uploaded_at,
+                                          status_table.c.file_name)).mappings()
+            return [FileStatus._from_row(r) for r in rows]
+
+    def due(self, now: datetime, limit: int = 100) -> list[FileStatus]:
+        """Pending files whose next poll is due, oldest first."""
+        c = status_table.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(status_table)
+                .where(c.status == str(FileState.PENDING))
+                .where(sa.or_(c.next_check_at.is_(None), c.next_check_at <= now))
+                .order_by(c.next_check_at, c.file_name).limit(limit)).mappings()
+            return [FileStatus._from_row(r) for r in rows]
+
+    def batches_with(self, states: Sequence[FileState]) -> list[str]:
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(status_table.c.batch).distinct().where(
+                status_table.c.status.in_([str(s) for s in states])))
+            return sorted(r[0] for r in rows)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,352 @@
+"""`upload_receipts / every_file_accepted_by_mediamath` and `processing_log_poller` (S2S-LOG).
+
+Real delivery path over real sockets: the sample batch built once through Dagster, delivered by
+`upload_receipts` with the `sftp` transport to the in-process asyncssh drop, whose folder the
+sandbox processing log reads and judges with the independent validator.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from mm_assets.core.s2s_writer import MANIFEST, NAME_REGISTER, read_manifest
+from mm_assets.defs.delivery.assets import upload_receipts
+from mm_assets.defs.delivery.resources import MediaMathDelivery
+from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
+from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.processing_log.checks import CHECK_NAME, every_file_accepted_by_mediamath
+from mm_assets.defs.processing_log.polling import parse_duration
+from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
+from mm_assets.defs.processing_log.sensors import processing_log_poller
+from mm_assets.defs.processing_log.status_store import FileState, StatusStore
+from mm_assets.defs.resources import BatchStorage, S2sFileSettings
+from mm_assets.defs.s2s_build import assets as build_assets
+from mm_assets.sandbox.processing_log_server import SandboxProcessingLog
+from mm_assets.sandbox.sftp_server import SandboxSftpServer
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_BATCH = PROJECT_ROOT / "data" / "export" / "batch_20261120"
+BATCH = SAMPLE_BATCH.name
+# Distinctive, so a leak cannot hide behind a common substring.
+SFTP_PASSWORD = "SftpPw-" + "Lg7tR2mQ9xVb4NcK"
+WRONG_PASSWORD = "WrongPw-" + "Yh3dS8pW1zJe6TuF"
+BUILD_ASSETS = [build_assets.moloco_export_objects, build_assets.raw_audiences,
+                build_assets.merged_segment_loads, build_assets.s2s_files]
+S2S_SETTINGS = S2sFileSettings(partner_name="ExamplePartner", segment_namespace="ep",
+                               hashed_taxonomies="SportsDaily")
+CHECK_KEY = dg.AssetCheckKey(upload_receipts.key, CHECK_NAME)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample batch built once through Dagster (build assets only)."""
+    root = tmp_path_factory.mktemp("built")
+    shutil.copytree(SAMPLE_BATCH, root / "export" / BATCH)
+    storage = BatchStorage(export_dir=str(root / "export"), work_dir=str(root / "work"),
+                           outbox_dir=str(root / "outbox"))
+    (root / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
+        instance.add_dynamic_partitions(export_batches.name, [BATCH])
+        assert dg.materialize(BUILD_ASSETS, selection=BUILD_ASSETS[1:], partition_key=BATCH,
+                              instance=instance,
+                              resources={"storage": storage, "s2s": S2S_SETTINGS}).success
+    return root
+
+
+@pytest.fixture
+def storage(built: Path, tmp_path: Path) -> BatchStorage:
+    """This test's copy of the outbox (and of its name register, so a rebuild gets new names)."""
+    shutil.copytree(built / "outbox" / BATCH, tmp_path / "outbox" / BATCH)
+    shutil.copy(built / "outbox" / NAME_REGISTER, tmp_path / "outbox" / NAME_REGISTER)
+    shutil.copytree(built / "work", tmp_path / "work")
+    return BatchStorage(export_dir=str(built / "export"), work_dir=str(tmp_path / "work"),
+                        outbox_dir=str(tmp_path / "outbox"))
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as opened:
+        opened.add_dynamic_partitions(export_batches.name, [BATCH])
+        yield opened
+
+
+@pytest.fixture
+def sftp_server(tmp_path: Path) -> Iterator[SandboxSftpServer]:
+    with SandboxSftpServer(tmp_path / "drop", password=SFTP_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def delivery(sftp_server: SandboxSftpServer, tmp_path: Path) -> MediaMathDelivery:
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(sftp_server.known_hosts_line + "\n")
+    return MediaMathDelivery(
+        transport="sftp", sftp_host=sftp_server.host, sftp_port=sftp_server.port,
+        username=sftp_server.username, password=sftp_server.password,
+        known_hosts=str(known_hosts), ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+
+
+def log_server(sftp_server: SandboxSftpServer, *, delay: float = 0.0,
+               password: str = SFTP_PASSWORD) -> SandboxProcessingLog:
+    return SandboxProcessingLog([sftp_server.root_dir], sftp_server.username, password,
+                                processing_delay_seconds=delay, allowed_namespaces=["ep"],
+                                page_size=2)
+
+
+def processing_log(server: SandboxProcessingLog, **overrides: Any) -> MediaMathProcessingLog:
+    settings: dict[str, Any] = {"url": server.url, "poll_interval": "0s", "backoff_seconds": 0.01,
+                                "max_total_wait_seconds": 1.0, "timeout_seconds": 5.0}
+    settings.update(overrides)
+    return MediaMathProcessingLog(**settings)
+
+
+def deliver(instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
+            log: MediaMathProcessingLog) -> dg.AssetCheckEvaluation:
+    result = dg.materialize(
+        [upload_receipts, every_file_accepted_by_mediamath], partition_key=BATCH,
+        instance=instance, resources={"storage": storage, "delivery": delivery,
+                                      "processing_log": log})
+    assert result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.check_name == CHECK_NAME
+    return evaluation
+
+
+def tick(instance: dg.DagsterInstance, delivery: MediaMathDelivery,
+         log: MediaMathProcessingLog) -> dg.SensorResult:
+    """One sensor evaluation, its asset events stored the way the sensor daemon stores them."""
+    context = dg.build_sensor_context(instance=instance,
+                                      resources={"delivery": delivery, "processing_log": log})
+    result = processing_log_poller(context)
+    assert isinstance(result, dg.SensorResult)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    return result
+
+
+def meta(evaluation: dg.AssetCheckEvaluation) -> dict[str, Any]:
+    return {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def break_header(storage: BatchStorage, name: str) -> None:
+    """Rewrite one built file with its header out of order (S2S-HDR) and fix the manifest, as
+    if the writer had a bug the blocking build check did not stop (it was not run)."""
+    outbox = storage.outbox(BATCH)
+    path = outbox / name
+    head, _, body = gzip.decompress(path.read_bytes()).partition(b"\n\n")
+    lines = head.split(b"\n")
+    lines[0], lines[1] = lines[1], lines[0]  # FileIdentifier before Version
+    data = gzip.compress(b"\n".join(lines) + b"\n\n" + body)
+    path.write_bytes(data)
+    manifest = json.loads((outbox / MANIFEST).read_text())
+    for entry in manifest["files"]:
+        if entry["name"] == name:
+            entry["bytes"], entry["md5"] = len(data), hashlib.md5(data).hexdigest()
+    (outbox / MANIFEST).write_text(json.dumps(manifest))
+
+
+def all_event_text(instance: dg.DagsterInstance) -> str:
+    records = instance.get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION))
+    runs = {r.event_log_entry.run_id for r in records}
+    texts = [str(r.event_log_entry) for r in records]
+    for run_id in runs:
+        texts += [str(entry) for entry in instance.all_logs(run_id)]
+    return "\n".join(texts)
+
+
+# -- rejected, then rebuilt and re-sent ------------------------------------------------------
+
+
+def test_a_broken_header_fails_with_invalid_headers_and_a_rebuild_passes(
+    instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
+    sftp_server: SandboxSftpServer,
+) -> None:
+    first_names = [f.name for f in read_manifest(storage.outbox(BATCH))]
+    broken = first_names[0]
+    break_header(storage, broken)
+    with log_server(sftp_server) as server:
+        log = processing_log(server)
+        evaluation = deliver(instance, storage, delivery, log)
+        assert not evaluation.passed
+        assert evaluation.severity is dg.AssetCheckSeverity.ERROR
+        assert f"{broken}: Invalid headers" in (evaluation.description or "")
+        values = meta(evaluation)
+        assert values["files_rejected"] == 1
+        assert values["files_accepted"] == len(first_names) - 1
+        assert values["mediamath_records"][broken][0]["message"] == "Invalid headers"
+        table = values["processing_log"]
+        assert "| name | bytes | transport |" in table.replace("attempt | ", "")
+        assert f"| 1 | {broken} |" in table and "| sftp |" in table
+
+        # On purpose: rebuild (new file names, FileIdentifier stays unique) and re-send.
+        assert dg.materialize(BUILD_ASSETS, selection=[build_assets.s2s_files],
+                              partition_key=BATCH, instance=instance,
+                              resources={"storage": storage, "s2s": S2S_SETTINGS}).success
+        second_names = [f.name for f in read_manifest(storage.outbox(BATCH))]
+        assert not set(second_names) & set(first_names)
+        again = deliver(instance, storage, delivery, log)
+
+    assert again.passed, again.description
+    assert again.description == f"MediaMath accepted all {len(second_names)} file(s)"
+    table = meta(again)["processing_log"]
+    # Both attempts stay visible: the rejected row of attempt 1 next to attempt 2's.
+    assert f"| 1 | {broken} |" in table and "Invalid headers" in table
+    assert table.count("| superseded |") == len(first_names)
+    assert all(f"| 2 | {name} |" in table for name in second_names)
+    assert SFTP_PASSWORD not in all_event_text(instance)
+
+
+# -- pending, then accepted by the sensor ----------------------------------------------------
+
+
+def test_pending_files_pass_when_the_sensor_polls_after_processing(
+    instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
+    sftp_server: SandboxSftpServer, tmp_path: Path,
+) -> None:
+    names = [f.name for f in read_manifest(storage.outbox(BATCH))]
+    with log_server(sftp_server, delay=1.5) as server:
+        log = processing_log(server)
+        evaluation = deliver(instance, storage, delivery, log)
+        assert not evaluation.passed
+        assert evaluation.severity is dg.AssetCheckSeverity.WARN
+        assert f"{len(names)} of {len(names)} file(s) waiting" in (evaluation.description or "")
+        assert meta(evaluation)["files_pending"] == len(names)
+
+        server.fail_next, server.retry_after = [503] * 20, ""
+        outage = tick(instance, delivery, log)
+        # One file is tried (5 requests), the others are not asked while the log is down.
+        assert outage.asset_events == [] and len(server.fail_next) == 15
+        with StatusStore(delivery.ledger_url) as store:
+            errors = [r.last_error for r in store.batch(BATCH) if r.last_error]
+        assert len(errors) == 1 and "HTTP 503" in errors[0]
+        server.fail_next = []
+        early = tick(instance, delivery, log)
+        assert early.asset_events == []  # asked, no answer yet, nothing to report
+        time.sleep(1.6)
+        answered = tick(instance, delivery, log)
+        requests_after = len(server.requests_seen)
+        quiet = tick(instance, delivery, log)
+
+    [event] = answered.asset_events
+    assert isinstance(event, dg.AssetCheckEvaluation)
+    assert (event.asset_key, event.check_name, event.partition) == (
+        upload_receipts.key, CHECK_NAME, BATCH)
+    assert event.passed and meta(event)["files_accepted"] == len(names)
+    assert event.target_materialization_data is not None
+    # Nothing pending any more: the next tick asks MediaMath nothing.
+    assert quiet.asset_events == [] and len(server.requests_seen) == requests_after
+
+    [latest] = instance.event_log_storage.get_asset_check_execution_history(CHECK_KEY, limit=1)
+    assert latest.event is not None and latest.event.dagster_event is not None
+    stored = latest.event.dagster_event.event_specific_data
+    assert stored.passed and stored.partition == BATCH
+    # The verdicts outlive the sensor's process: a new store on the same database has them.
+    with StatusStore(delivery.ledger_url) as store:
+        assert {r.status for r in store.batch(BATCH)} == {FileState.ACCEPTED}
+
+
+# -- deadline --------------------------------------------------------------------------------
+
+
+def test_no_answer_by_the_deadline_is_timed_out_and_no_longer_polled(
+    instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
+    sftp_server: SandboxSftpServer,
+) -> None:
+    with log_server(sftp_server, delay=3600) as server:
+        log = processing_log(server, deadline="1s")
+        evaluation = deliver(instance, storage, delivery, log)
+        assert evaluation.severity is dg.AssetCheckSeverity.WARN
+        time.sleep(1.1)
+        result = tick(instance, delivery, log)
+        requests_after = len(server.requests_seen)
+        assert tick(instance, delivery, log).asset_events == []
+        assert len(server.requests_seen) == requests_after
+    [event] = result.asset_events
+    assert not event.passed and event.severity is dg.AssetCheckSeverity.ERROR
+    assert "no answer before the deadline" in (event.description or "")
+    values = meta(event)
+    assert values["files_timed_out"] == values["files"] > 0
+    assert "no answer from MediaMath after" in values["processing_log"]
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+def test_refused_credentials_fail_the_check_without_showing_the_password(
+    instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
+    sftp_server: SandboxSftpServer,
+) -> None:
+    with log_server(sftp_server, password=WRONG_PASSWORD) as server:
+        evaluation = deliver(instance, storage, delivery, processing_log(server))
+        assert server.auth_failures == 1  # not retried
+    assert not evaluation.passed and evaluation.severity is dg.AssetCheckSeverity.ERROR
+    assert "refused the credentials" in (evaluation.description or "")
+    text = all_event_text(instance)
+    assert SFTP_PASSWORD not in text and WRONG_PASSWORD not in text
+
+
+# -- wiring ----------------------------------------------------------------------------------
+
+
+def test_sandbox_transport_reads_the_log_url_and_credentials_from_the_sandbox_state(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "sandbox"
+    state.mkdir()
+    (state / "sftp_password").write_text(SFTP_PASSWORD + "\n")
+    (state / "sandbox.json").write_text(json.dumps({
+        "sftp_port": 2222, "sftp_username": "mm_partner", "cft_credentials_url": "",
+        "cft_s3_endpoint_url": "", "cft_username": "", "cft_integration": "", "cft_bucket": "",
+        "processing_log_url": "http://127.0.0.1:5056"}))
+    delivery = MediaMathDelivery(transport="sandbox", sandbox_state_dir=str(state))
+    with MediaMathProcessingLog().client(delivery) as client:
+        assert client.base_url == "http://127.0.0.1:5056"
+        assert client.username == "mm_partner"
+        assert SFTP_PASSWORD not in repr(client)
+    real = MediaMathDelivery(transport="sftp", username="u", password="p")
+    with MediaMathProcessingLog().client(real) as client:
+        assert client.base_url == "https://s2s-api.datasvc.mediamath.com"
+
+
+def test_the_check_runs_with_the_delivery_job_and_the_definitions_load() -> None:
+    defs = dg.Definitions(
+        assets=[*BUILD_ASSETS, upload_receipts],
+        asset_checks=[every_file_accepted_by_mediamath],
+        jobs=[deliver_s2s_files_job],
+        sensors=[processing_log_poller],
+        resources={"storage": BatchStorage(export_dir="e", work_dir="w", outbox_dir="o"),
+                   "s2s": S2S_SETTINGS, "delivery": MediaMathDelivery(),
+                   "processing_log": MediaMathProcessingLog()},
+    )
+    dg.Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def(deliver_s2s_files_job.name)
+    # The check runs in every delivery run (CLI, deferred_deliveries sensor), not on its own.
+    assert set(job.graph.node_names()) == {"upload_receipts",
+                                           f"upload_receipts_{CHECK_NAME}"}
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("6h", 21600), ("30m", 1800), ("90s", 90), ("1d", 86400), ("1h30m", 5400), ("45", 45),
+    ("0s", 0),
+])
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "6x", "h", "-1h"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
