@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="2000000,20000000")
     parser.add_argument("--memory-budget", default="1GiB")
-    parser.add_argument("--gzip-level", type=int, default=6)
+    parser.add_argument("--gzip-level", type=int, default=4)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)

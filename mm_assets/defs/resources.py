@@ -46,7 +46,7 @@ class S2sFileSettings(dg.ConfigurableResource):
     max_file_bytes: str = "4GB"
     memory_budget: str = "1GiB"
     column_map: str = ""  # e.g. "user_id=uid,segment=seg_code"
-    gzip_level: str = "6"
+    gzip_level: str = "4"
 
     def build_settings(self) -> BuildSettings:
         return BuildSettings(
@@ -83,5 +83,5 @@ def default_s2s_file_settings() -> S2sFileSettings:
         max_file_bytes=setting("MM_MAX_FILE_BYTES", "4GB"),
         memory_budget=setting("MM_ASSETS_MEMORY_BUDGET", "1GiB"),
         column_map=setting("MM_ASSETS_COLUMN_MAP", ""),
-        gzip_level=setting("MM_ASSETS_GZIP_LEVEL", "6"),
+        gzip_level=setting("MM_ASSETS_GZIP_LEVEL", "4"),
     )
