@@ -71,7 +71,9 @@ def build(batch_dir: Path) -> int:
         return 2
     batch = batch_dir.name
     defs, result = _run(build_s2s_files_job.name, batch, str(batch_dir.parent))
-    raw_report = defs.resources["storage"].work(batch, "raw_audiences") / REPORT
+    # Resolved as in the run (its settings may be dg.EnvVar).
+    storage = defs.resources["storage"].process_config_and_initialize()
+    raw_report = storage.work(batch, "raw_audiences") / REPORT
     if raw_report.exists():
         raw = load_report(raw_report)
         print(f"  rows read        {raw['rows_read']:>12,}")

@@ -66,7 +66,8 @@ class BuildSettings:
             raise ValueError("the per-file size limit must be at least 4096 bytes")
 
     def is_hashed(self, agency: str) -> bool:
-        return (agency or GLOBAL_TAXONOMY) in self.hashed_taxonomies
+        # Case-insensitive, as the reader's check of segment codes (S2S-SEG) is.
+        return (agency or GLOBAL_TAXONOMY).lower() in {t.lower() for t in self.hashed_taxonomies}
 
     def source_column(self, column: str) -> str:
         return self.column_map.get(column, column)

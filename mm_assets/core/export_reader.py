@@ -135,7 +135,8 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
 
 # Rows DuckDB's readers rejected (undecodable bytes, malformed CSV), per file.
 REJECTED_TABLE = """
-CREATE TABLE rejected (source_file VARCHAR, line BIGINT, reason VARCHAR, raw_user_id VARCHAR)"""
+CREATE TABLE rejected (source_file VARCHAR, line BIGINT, reason VARCHAR, raw_user_id VARCHAR);
+CREATE TABLE skipped_lines (source_file VARCHAR, line BIGINT)"""
 QUARANTINE = "quarantine"  # the partition value of rows that cannot be used
 
 
@@ -221,6 +222,8 @@ def _read_file(
             [rel, sorted(t.lower() for t in settings.hashed_taxonomies)]).fetchone()[0]
         if fmt != "parquet":
             rows += _record_rejects(con, rejects, rel)
+        if fmt == "csv":
+            _record_blank_lines(con, quoted, rel)
     except duckdb.Error as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         con.execute("DELETE FROM rejected WHERE source_file = ?", [rel])
@@ -304,7 +307,7 @@ WITH t AS (
 )
 SELECT CASE WHEN reason IS NULL THEN CAST(hash(agency, mobile, user_id) % {buckets} AS VARCHAR)
             ELSE '{QUARANTINE}' END AS bucket,
-       agency, c AS client, mobile, user_id,
+       agency, c AS client, d AS device_type, mobile, user_id,
        CASE WHEN hashed THEN s ELSE CAST(TRY_CAST(s AS BIGINT) AS VARCHAR) END AS segment,
        ts,
        -- Kept on good rows too: a client-name collision found later quarantines them.
@@ -342,6 +345,19 @@ def _record_rejects(con: duckdb.DuckDBPyConnection, rejects: str, rel: str) -> i
     return count
 
 
+def _record_blank_lines(con: duckdb.DuckDBPyConnection, quoted_path: str, rel: str) -> None:
+    """DuckDB's CSV reader skips blank lines: note them so line numbers stay physical.
+
+    Read as Latin-1, where every byte is a character, so undecodable lines count too.
+    """
+    con.execute(f"""
+        INSERT INTO skipped_lines
+        SELECT ?, ordinality FROM read_csv({quoted_path}, columns={{'line': 'VARCHAR'}},
+                                          header=false, delim='\\x1e', quote='', escape='',
+                                          encoding='latin-1') WITH ORDINALITY
+        WHERE line IS NULL OR trim(line) = ''""", [rel])
+
+
 def _parquet_glob(folder: Path) -> str | None:
     """A read_parquet pattern for a folder's files, or None when it holds none."""
     return sql_string(str(folder / "**" / "*.parquet")) if any(folder.rglob("*.parquet")) \
@@ -370,7 +386,8 @@ def _quarantine_collisions(
         con.execute(f"""
             COPY (SELECT * REPLACE ('{_sq(CLIENT_COLLISION)}' AS reason,
                                     user_id AS raw_user_id, segment AS raw_segment,
-                                    CAST(ts AS VARCHAR) AS raw_timestamp, client AS raw_client)
+                                    CAST(ts AS VARCHAR) AS raw_timestamp, client AS raw_client,
+                                    device_type AS raw_device_type)
                   FROM read_parquet({files}) WHERE list_contains(?, lower(agency)))
             TO {sql_string(str(parts_dir / f"collisions_{bucket.name[7:]}.parquet"))}
             (FORMAT parquet)""", [keys])
@@ -392,9 +409,9 @@ def _write_outputs(
     for bucket in range(buckets):  # every bucket exists, possibly empty: the merge relies on it
         (loads_dir / f"bucket={bucket}").mkdir(exist_ok=True)
     parts = _parquet_glob(parts_dir)
-    # A rejected line is left out of the scan, so a row's ordinal undercounts its line by the
-    # rejected lines before it: the j-th rejected line r_j (0-based j) shifts every row whose
-    # uncorrected line is at least r_j - j.
+    # A rejected or blank line is left out of the scan, so a row's ordinal undercounts its line
+    # by the skipped lines before it: the j-th skipped line r_j (0-based j) shifts every row
+    # whose uncorrected line is at least r_j - j.
     from_parts = f"""
         SELECT p.source_file AS file,
                p.line + (SELECT count(*) FROM shift s
@@ -406,11 +423,13 @@ def _write_outputs(
         UNION ALL""" if parts else ""
     con.execute(f"""
         CREATE TABLE quarantine AS
-        WITH shift AS (
+        WITH skipped AS (SELECT source_file, line FROM rejected
+                         UNION SELECT source_file, line FROM skipped_lines),
+        shift AS (
             SELECT source_file,
                    line - (row_number() OVER (PARTITION BY source_file ORDER BY line) - 1)
                    AS threshold
-            FROM rejected)
+            FROM skipped)
         {from_parts}
         SELECT source_file AS file, line, reason, raw_user_id AS user_id,
                NULL::VARCHAR AS segment, NULL::VARCHAR AS timestamp, NULL::VARCHAR AS client,

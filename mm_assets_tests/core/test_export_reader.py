@@ -142,16 +142,19 @@ def test_clients_that_sanitise_to_one_name_are_all_quarantined_and_reported(tmp_
     assert accepted_loads(report) == [("Other", False, "u2", "2", 0)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: export_reader.read_export_batch quarantines client-collision rows with an UPDATE "
-    "after staging, but the raw_* columns are only filled for rows that had a reason at "
-    "INSERT time, so these quarantine rows have user_id/segment/timestamp/client = NULL"))
-def test_collision_quarantine_rows_keep_the_raw_values(tmp_path):
+def test_collision_quarantine_rows_keep_the_row_values(tmp_path):
     report = read(tmp_path, {"a.csv": csv_bytes([("u1", "1", "0", "Acme Retail", ""),
-                                                 ("u2", "2", "5", "Acme-Retail", "idfa")])})
+                                                 ("U2", "2", "5", "Acme-Retail", "cookie")])})
     rows = quarantine_rows(report)
-    assert [(r["user_id"], r["segment"], r["client"]) for r in rows] == [
-        ("u1", "1", "Acme Retail"), ("u2", "2", "Acme-Retail")]
+    assert [(r["line"], r["user_id"], r["segment"], r["timestamp"], r["client"])
+            for r in rows] == [(2, "u1", "1", "0", "Acme Retail"),
+                               (3, "U2", "2", "5", "Acme-Retail")]
+
+
+def test_collision_quarantine_rows_keep_the_device_type(tmp_path):
+    report = read(tmp_path, {"a.csv": csv_bytes([("u1", "1", "0", "Acme Retail", "idfa"),
+                                                 ("u2", "2", "5", "Acme-Retail", "cookie")])})
+    assert [r["device_type"] for r in quarantine_rows(report)] == ["idfa", "cookie"]
 
 
 def test_undecodable_bytes_quarantined_at_their_physical_line_later_lines_keep_theirs(tmp_path):
@@ -179,10 +182,6 @@ def test_undecodable_bytes_in_csv_gz_are_quarantined_too(tmp_path):
     assert users_accepted(report) == {"g1", "g3"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: export_reader._stage_file numbers CSV rows by DuckDB's ordinality + 1, but "
-    "read_csv skips blank lines, so every row after a blank line is quarantined with a line "
-    "number that is too small (physical line 4 reported as 3)"))
 def test_blank_lines_in_csv_do_not_shift_quarantine_line_numbers(tmp_path):
     body = CSV_HEADER.encode() + b"g1,1,0,,\n\nb1,x,0,,\n"  # b1 is on physical line 4
     report = read(tmp_path, {"p.csv": body})

@@ -165,11 +165,6 @@ def test_hashed_taxonomy_file_declares_hash_segments(tmp_path):
     assert_all_valid(s2s_files_in(result.outbox))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: build_settings.BuildSettings.is_hashed compares the agency with hashed_taxonomies "
-    "case-sensitively, but export_reader accepts string segments when the taxonomy matches "
-    "case-insensitively; 'sportsdaily' configured + client 'SportsDaily' gives a file with "
-    "string segments and no 'HashSegments: 1' (S2S-SEG)"))
 def test_hashed_taxonomy_matching_is_case_insensitive_end_to_end(tmp_path):
     result = build(tmp_path, [("u1", "sports_fan", "0", "SportsDaily", "")],
                    hashed_taxonomies=frozenset({"sportsdaily"}))
