@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 FORMAT_VERSION = 3
-# S2S-LINE: "each line must be fewer than 8,000 characters"; we count bytes (>= characters) and
-# leave out the terminating LF, so the longest line we write has 7,999 bytes before its LF.
+# S2S-LINE: "each line must be fewer than 8,000 characters", counted without the terminating LF
+# (as the validator counts them), so the longest line we write has 7,999 characters.
 MAX_LINE_CHARS = 7_999
 MAX_SEGMENT_CODE = 2_147_483_647  # S2S-SEG
 REMOVE = -1  # S2S-TS: remove the user from the segment
@@ -109,11 +109,11 @@ def split_user_line(user_id: str, loads: list[str]) -> Iterator[str]:
     Greedy: a load goes on the current line unless it would reach 8,000 characters, so a
     continuation line exists only because the previous one could not hold its first load.
     """
-    prefix = len(user_id.encode())
+    prefix = len(user_id)
     line: list[str] = []
     length = prefix
     for load in loads:
-        extra = 1 + len(load.encode())
+        extra = 1 + len(load)
         if line and length + extra > MAX_LINE_CHARS:
             yield user_id + " " + " ".join(line)
             line, length = [], prefix

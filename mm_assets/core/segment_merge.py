@@ -134,7 +134,7 @@ def _continue_long_lines(con, totals) -> None:
     Rare (a long tail of users with hundreds of loads), so plain Python is fast enough here.
     """
     long_rows = con.execute(
-        f"SELECT rowid, user_id, text FROM user_lines WHERE strlen(text) > {MAX_LINE_CHARS + 1}"
+        f"SELECT rowid, user_id, text FROM user_lines WHERE length(text) > {MAX_LINE_CHARS + 1}"
     ).fetchall()
     updates = []
     for rowid, user_id, text in long_rows:

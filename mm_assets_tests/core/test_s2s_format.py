@@ -226,3 +226,12 @@ def test_split_property_lines_short_continuations_only_when_needed_loads_in_orde
         first_load = nxt[len(user) + 1:].split(" ")[0]
         # A continuation exists only because the previous line could not take its first load.
         assert len(previous) + 1 + len(first_load) >= 8000
+
+
+def test_line_length_counts_characters_as_the_validator_does():
+    """S2S-LINE counts characters: a non-ASCII user ID must not end its lines early."""
+    user = "é" * 30  # 30 characters, 60 bytes
+    lines = list(split_user_line(user, ["12345:0"] * 3000))
+    assert all(len(line) <= MAX_LINE_CHARS for line in lines)
+    for line in lines[:-1]:
+        assert len(line) + len(" 12345:0") > MAX_LINE_CHARS
