@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD}
 state=.mm_assets/sandbox
+mkdir -p "$state"
 # A fresh sandbox MediaMath each time: empty drop, no receipts, full quota (host key kept).
 rm -rf "$state/sandbox.json" "$state/sftp_drop" "$state/ledger.sqlite"
 .venv/bin/mm-assets sandbox --state-dir "$state" > .mm_assets/sandbox.log 2>&1 &
