@@ -63,7 +63,7 @@ def _report_failures_and_checks(result) -> int:
 
 def build(batch_dir: Path) -> int:
     from mm_assets.defs.s2s_build.assets import REPORT, load_report
-    from mm_assets.defs.s2s_build.sensors import build_s2s_files_job
+    from mm_assets.defs.s2s_build.jobs import build_s2s_files_job
 
     batch_dir = batch_dir.resolve()
     if not batch_dir.is_dir():

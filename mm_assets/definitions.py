@@ -7,27 +7,31 @@ import dagster as dg
 from mm_assets.defs.delivery import assets as delivery_assets
 from mm_assets.defs.delivery import sensors as delivery_sensors
 from mm_assets.defs.delivery.resources import default_delivery
+from mm_assets.defs.moloco_source.assets import moloco_export_objects
+from mm_assets.defs.moloco_source.resources import default_moloco_source
+from mm_assets.defs.moloco_source.sensors import moloco_export_batches
 from mm_assets.defs.processing_log.checks import every_file_accepted_by_mediamath
 from mm_assets.defs.processing_log.resources import default_processing_log
 from mm_assets.defs.processing_log.sensors import processing_log_poller
 from mm_assets.defs.resources import default_batch_storage, default_s2s_file_settings
-from mm_assets.defs.s2s_build import assets, checks, sensors
+from mm_assets.defs.s2s_build import assets, checks, jobs
 
 
 def build_definitions(export_dir: str | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=[assets.moloco_export_objects, assets.raw_audiences,
+        assets=[moloco_export_objects, assets.raw_audiences,
                 assets.merged_segment_loads, assets.s2s_files, delivery_assets.upload_receipts],
         asset_checks=[checks.files_conform_to_s2s_spec, checks.outbox_matches_manifest,
                       delivery_assets.every_file_has_a_receipt, every_file_accepted_by_mediamath],
-        jobs=[sensors.build_s2s_files_job, delivery_sensors.deliver_s2s_files_job],
-        sensors=[sensors.local_export_batches, delivery_sensors.deferred_deliveries,
+        jobs=[jobs.build_s2s_files_job, delivery_sensors.deliver_s2s_files_job],
+        sensors=[moloco_export_batches, delivery_sensors.deferred_deliveries,
                  processing_log_poller],
         resources={
             "storage": default_batch_storage(export_dir),
             "s2s": default_s2s_file_settings(),
             "delivery": default_delivery(),
             "processing_log": default_processing_log(),
+            "moloco_source": default_moloco_source(),
         },
     )
 

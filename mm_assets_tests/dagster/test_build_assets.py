@@ -13,6 +13,7 @@ import pytest
 from mm_assets.cli import main
 from mm_assets.core.s2s_validator import validate_file
 from mm_assets.core.s2s_writer import read_manifest
+from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets, checks
@@ -38,6 +39,7 @@ def resources(tmp_path: Path) -> dict[str, object]:
                                 outbox_dir=str(tmp_path / "outbox")),
         "s2s": S2sFileSettings(partner_name="ExamplePartner", segment_namespace="ep",
                                hashed_taxonomies="SportsDaily"),
+        "moloco_source": MolocoExportSource(),  # method "local": the export folder itself
     }
 
 
@@ -164,5 +166,6 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
     build_job = defs.resolve_job_def("build_s2s_files")
     assert build_job.partitions_def == export_batches
     assert {k.to_user_string() for k in build_job.asset_layer.executable_asset_keys} == {
-        "raw_audiences", "merged_segment_loads", "s2s_files"}
-    assert "local_export_batches" in {s.name for s in repo.sensor_defs}
+        "moloco_export_objects", "raw_audiences", "merged_segment_loads", "s2s_files"}
+    assert {s.name for s in repo.sensor_defs} == {
+        "moloco_export_batches", "deferred_deliveries", "processing_log_poller"}

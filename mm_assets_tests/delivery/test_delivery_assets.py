@@ -41,6 +41,7 @@ from mm_assets.defs.delivery.assets import (
     upload_receipts,
 )
 from mm_assets.defs.delivery.resources import MediaMathDelivery
+from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets as build_assets
@@ -95,7 +96,8 @@ def materialize_build_and_delivery(
         ],
         partition_key=BATCH,
         instance=instance,
-        resources={"storage": storage, "s2s": S2S_SETTINGS, "delivery": delivery},
+        resources={"storage": storage, "s2s": S2S_SETTINGS, "delivery": delivery,
+                   "moloco_source": MolocoExportSource()},
         raise_on_error=False,
     )
 
@@ -207,7 +209,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
             selection=BUILD_ASSETS[1:],
             partition_key=BATCH,
             instance=instance,
-            resources={"storage": storage, "s2s": S2S_SETTINGS},
+            resources={"storage": storage, "s2s": S2S_SETTINGS,
+                       "moloco_source": MolocoExportSource()},
         )
         assert result.success
         evaluations = result.get_asset_check_evaluations()

@@ -24,6 +24,7 @@ from mm_assets.core.s2s_writer import MANIFEST, NAME_REGISTER, read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
+from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.checks import CHECK_NAME, every_file_accepted_by_mediamath
 from mm_assets.defs.processing_log.polling import parse_duration
@@ -60,7 +61,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         instance.add_dynamic_partitions(export_batches.name, [BATCH])
         assert dg.materialize(BUILD_ASSETS, selection=BUILD_ASSETS[1:], partition_key=BATCH,
                               instance=instance,
-                              resources={"storage": storage, "s2s": S2S_SETTINGS}).success
+                              resources={"storage": storage, "s2s": S2S_SETTINGS,
+                                         "moloco_source": MolocoExportSource()}).success
     return root
 
 
@@ -194,7 +196,8 @@ def test_a_broken_header_fails_with_invalid_headers_and_a_rebuild_passes(
         # On purpose: rebuild (new file names, FileIdentifier stays unique) and re-send.
         assert dg.materialize(BUILD_ASSETS, selection=[build_assets.s2s_files],
                               partition_key=BATCH, instance=instance,
-                              resources={"storage": storage, "s2s": S2S_SETTINGS}).success
+                              resources={"storage": storage, "s2s": S2S_SETTINGS,
+                                         "moloco_source": MolocoExportSource()}).success
         second_names = [f.name for f in read_manifest(storage.outbox(BATCH))]
         assert not set(second_names) & set(first_names)
         again = deliver(instance, storage, delivery, log)
@@ -329,6 +332,7 @@ def test_the_check_runs_with_the_delivery_job_and_the_definitions_load() -> None
         sensors=[processing_log_poller],
         resources={"storage": BatchStorage(export_dir="e", work_dir="w", outbox_dir="o"),
                    "s2s": S2S_SETTINGS, "delivery": MediaMathDelivery(),
+                   "moloco_source": MolocoExportSource(),
                    "processing_log": MediaMathProcessingLog()},
     )
     dg.Definitions.validate_loadable(defs)

@@ -9,21 +9,12 @@ import dagster as dg
 from mm_assets.core.export_reader import read_export_batch
 from mm_assets.core.s2s_writer import write_s2s_files
 from mm_assets.core.segment_merge import merge_segment_loads
+from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.metadata import md_table
 
 REPORT = "report.json"
-
-moloco_export_objects = dg.AssetSpec(
-    "moloco_export_objects",
-    description="Raw audience files of one Moloco MCM export batch (a folder of CSV, JSONL or "
-    "Parquet files, optionally gzipped). Read by `raw_audiences`.",
-    group_name="s2s_build",
-    partitions_def=export_batches,
-    kinds={"file"},
-)
-
 
 def save_report(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

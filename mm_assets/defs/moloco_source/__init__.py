@@ -1,0 +1,1 @@
+"""The Moloco MCM export as a Dagster source: resource, staging asset, new-batch sensor."""
