@@ -122,7 +122,8 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
                 issues.append(FileIssue(rel, issue))
         collisions = _client_collisions(con, loads_dir)
         if collisions:
-            _quarantine_collisions(con, loads_dir, parts_dir, collisions)
+            usable = {rel: batch_dir / rel for rel, rows in rows_by_file.items() if rows}
+            _quarantine_collisions(con, usable, settings, loads_dir, parts_dir, collisions)
         report = _write_outputs(con, batch_dir.name, out_dir, issues, collisions, buckets)
         report.files = {
             name: {"rows": rows, "quarantined": report.quarantined_by_file.get(name, 0)}
@@ -138,6 +139,9 @@ REJECTED_TABLE = """
 CREATE TABLE rejected (source_file VARCHAR, line BIGINT, reason VARCHAR, raw_user_id VARCHAR);
 CREATE TABLE skipped_lines (source_file VARCHAR, line BIGINT)"""
 QUARANTINE = "quarantine"  # the partition value of rows that cannot be used
+QUARANTINE_JSON = ('{"file": "VARCHAR", "line": "BIGINT", "reason": "VARCHAR", '
+                   '"user_id": "VARCHAR", "segment": "VARCHAR", "timestamp": "VARCHAR", '
+                   '"client": "VARCHAR", "device_type": "VARCHAR"}')
 
 
 def _estimated_rows(path: Path) -> int:
@@ -155,6 +159,57 @@ def _source_columns(con: duckdb.DuckDBPyConnection, scan: str) -> list[str]:
     return [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
 
 
+class _Unusable(Exception):
+    """A file that cannot be used at all; the message says why."""
+
+
+def _file_source(
+    con: duckdb.DuckDBPyConnection, path: Path, settings: BuildSettings, rejects: str
+) -> str:
+    """SQL yielding the file's rows as text columns (INPUT_COLUMNS), its line, and bad_json.
+
+    Lines DuckDB's CSV reader rejects (undecodable bytes, malformed rows) go to `rejects`.
+    """
+    fmt = file_format(path)
+    if fmt is None:
+        raise _Unusable(f"unsupported file type (expected one of: {', '.join(FORMATS)})")
+    if path.stat().st_size == 0:
+        raise _Unusable("file is empty (0 bytes)")
+    quoted = sql_string(str(path))
+    if fmt == "jsonl":
+        scan = (f"read_csv({quoted}, columns={{'line': 'VARCHAR'}}, header=false, "
+                f"delim='\\x1e', quote='', escape='', store_rejects=true, "
+                f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
+        # A line that is not JSON shows up whole (cut) in the quarantine's user_id column.
+        extract = ", ".join(
+            f"CASE WHEN json_valid(j) THEN json_extract_string(j, "
+            f"{sql_string('$.' + _json_key(settings.source_column(c)))}) "
+            f"{'ELSE left(j, 200) ' if c == 'user_id' else ''}END AS {c}"
+            for c in INPUT_COLUMNS)
+        return (f"SELECT ordinality AS line, {extract}, "
+                f"CASE WHEN json_valid(j) THEN json_type(j) <> 'OBJECT' ELSE true END "
+                f"AS bad_json "
+                f"FROM (SELECT ordinality, line AS j FROM {scan} WITH ORDINALITY) "
+                f"WHERE j IS NOT NULL AND trim(j) <> ''")
+    if fmt == "csv":
+        scan = (f"read_csv({quoted}, all_varchar=true, header=true, delim=',', quote='\"', "
+                f"escape='\"', store_rejects=true, rejects_table='{rejects}', "
+                f"rejects_scan='{rejects}_scan')")
+        line, order = "ordinality + 1", " WITH ORDINALITY"
+    else:
+        scan = f"read_parquet({quoted}, file_row_number=true)"
+        line, order = "file_row_number + 1", ""
+    columns = _source_columns(con, scan)
+    missing = [c for c in REQUIRED_COLUMNS if settings.source_column(c) not in columns]
+    if missing:
+        raise _Unusable(_missing_columns_message(missing, settings))
+    select = ", ".join(
+        (f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
+         if settings.source_column(c) in columns else f"NULL AS {c}")
+        for c in INPUT_COLUMNS)
+    return f"SELECT {line} AS line, {select}, false AS bad_json FROM {scan}{order}"
+
+
 def _read_file(
     con: duckdb.DuckDBPyConnection, path: Path, rel: str, index: int, settings: BuildSettings,
     buckets: int, out_dir: Path,
@@ -164,66 +219,23 @@ def _read_file(
     Returns a message when the file cannot be used at all (then nothing of it is kept), and
     the rows read.
     """
-    fmt = file_format(path)
-    if fmt is None:
-        return f"unsupported file type (expected one of: {', '.join(FORMATS)})", 0
-    if path.stat().st_size == 0:
-        return "file is empty (0 bytes)", 0
-    quoted = sql_string(str(path))
     rejects = f"rejects_{index}"
     scratch = out_dir / f"reading_{index}"
     try:
-        if fmt == "csv":
-            scan = (f"read_csv({quoted}, all_varchar=true, header=true, delim=',', quote='\"', "
-                    f"escape='\"', store_rejects=true, rejects_table='{rejects}', "
-                    f"rejects_scan='{rejects}_scan')")
-            columns = _source_columns(con, scan)
-            missing = [c for c in REQUIRED_COLUMNS if settings.source_column(c) not in columns]
-            if missing:
-                return _missing_columns_message(missing, settings), 0
-            fields = {c: (_ident(settings.source_column(c))
-                          if settings.source_column(c) in columns else "NULL")
-                      for c in INPUT_COLUMNS}
-            select = ", ".join(f"{expr} AS {name}" for name, expr in fields.items())
-            source = f"SELECT ordinality + 1 AS line, {select} FROM {scan} WITH ORDINALITY"
-        elif fmt == "jsonl":
-            scan = (f"read_csv({quoted}, columns={{'line': 'VARCHAR'}}, header=false, "
-                    f"delim='\\x1e', quote='', escape='', store_rejects=true, "
-                    f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
-            # A line that is not JSON shows up whole (cut) in the quarantine's user_id column.
-            extract = ", ".join(
-                f"CASE WHEN json_valid(j) THEN json_extract_string(j, "
-                f"{sql_string('$.' + _json_key(settings.source_column(c)))}) "
-                f"{'ELSE left(j, 200) ' if c == 'user_id' else ''}END AS {c}"
-                for c in INPUT_COLUMNS)
-            source = (f"SELECT ordinality AS line, {extract}, "
-                      f"CASE WHEN json_valid(j) THEN json_type(j) <> 'OBJECT' ELSE true END "
-                      f"AS bad_json "
-                      f"FROM (SELECT ordinality, line AS j FROM {scan} WITH ORDINALITY) "
-                      f"WHERE j IS NOT NULL AND trim(j) <> ''")
-        else:
-            scan = f"read_parquet({quoted}, file_row_number=true)"
-            columns = _source_columns(con, scan)
-            missing = [c for c in REQUIRED_COLUMNS if settings.source_column(c) not in columns]
-            if missing:
-                return _missing_columns_message(missing, settings), 0
-            select = ", ".join(
-                (f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
-                 if settings.source_column(c) in columns else f"NULL AS {c}")
-                for c in INPUT_COLUMNS)
-            source = f"SELECT file_row_number + 1 AS line, {select} FROM {scan}"
-        if fmt != "jsonl":
-            source = f"SELECT *, false AS bad_json FROM ({source})"
+        source = _file_source(con, path, settings, rejects)
         # Written aside first: a file that fails half-way (corrupt gzip) leaves nothing behind.
+        # Uncompressed: these files live minutes, and compressing them cost 20 % of the read.
         rows = con.execute(
             f"COPY ({_normalise_sql(source, buckets)}) TO {sql_string(str(scratch))} "
-            f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION lz4_raw, "
+            f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION uncompressed, "
             f"WRITE_PARTITION_COLUMNS false, FILENAME_PATTERN 'file{index}_{{i}}')",
-            [rel, sorted(t.lower() for t in settings.hashed_taxonomies)]).fetchone()[0]
-        if fmt != "parquet":
+            [rel, _hashed(settings), []]).fetchone()[0]
+        if file_format(path) != "parquet":
             rows += _record_rejects(con, rejects, rel)
-        if fmt == "csv":
-            _record_blank_lines(con, quoted, rel)
+        if file_format(path) == "csv":
+            _record_blank_lines(con, sql_string(str(path)), rel)
+    except _Unusable as unusable:
+        return str(unusable), 0
     except duckdb.Error as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         con.execute("DELETE FROM rejected WHERE source_file = ?", [rel])
@@ -237,6 +249,10 @@ def _read_file(
     if rows == 0:
         return "file is empty (no data rows)", 0
     return None, rows
+
+
+def _hashed(settings: BuildSettings) -> list[str]:
+    return sorted(t.lower() for t in settings.hashed_taxonomies)
 
 
 def _missing_columns_message(missing: list[str], settings: BuildSettings) -> str:
@@ -263,7 +279,8 @@ def _normalise_sql(source: str, buckets: int) -> str:
 
     A good row goes to its user's bucket (a hash, so one user's loads meet in one bucket); a
     bad row goes to the quarantine partition with its reason and raw values.
-    Parameters: $1 the file's name in the batch, $2 the hashed taxonomies (lower case).
+    Parameters: $1 the file's name in the batch, $2 the hashed taxonomies, $3 the sanitised
+    client names that collide (all lower case).
     """
     return f"""
 WITH t AS (
@@ -296,6 +313,7 @@ WITH t AS (
         WHEN ts IS NULL OR NOT regexp_full_match(tr, '-?[0-9]+') THEN '{BAD_TIMESTAMP}'
         WHEN ts < -1 OR ts > {MAX_TIMESTAMP} THEN '{TIMESTAMP_RANGE}'
         WHEN c <> '' AND agency = '' THEN '{CLIENT_NOTHING_LEFT}'
+        WHEN list_contains($3, lower(agency)) THEN '{_sq(CLIENT_COLLISION)}'
     END AS reason
     FROM r
 )
@@ -310,13 +328,10 @@ SELECT CASE WHEN reason IS NULL THEN CAST(hash(agency, mobile, user_id) % {bucke
        agency, c AS client, d AS device_type, mobile, user_id,
        CASE WHEN hashed THEN s ELSE CAST(TRY_CAST(s AS BIGINT) AS VARCHAR) END AS segment,
        ts,
-       -- Kept on good rows too: a client-name collision found later quarantines them.
-       $1 AS source_file, line, reason,
-       CASE WHEN reason IS NOT NULL THEN r_u END AS raw_user_id,
-       CASE WHEN reason IS NOT NULL THEN r_s END AS raw_segment,
-       CASE WHEN reason IS NOT NULL THEN r_t END AS raw_timestamp,
-       CASE WHEN reason IS NOT NULL THEN r_c END AS raw_client,
-       CASE WHEN reason IS NOT NULL THEN r_d END AS raw_device_type
+       -- One column, NULL on good rows: six mostly-NULL columns cost 25 % of the write.
+       CASE WHEN reason IS NOT NULL THEN json_object(
+           'file', $1, 'line', line, 'reason', reason, 'user_id', r_u, 'segment', r_s,
+           'timestamp', r_t, 'client', r_c, 'device_type', r_d) END AS quarantine
 FROM normalised"""
 
 
@@ -376,27 +391,32 @@ def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[
 
 
 def _quarantine_collisions(
-    con: duckdb.DuckDBPyConnection, loads_dir: Path, parts_dir: Path,
-    collisions: dict[str, list[str]],
+    con: duckdb.DuckDBPyConnection, files: dict[str, Path], settings: BuildSettings,
+    loads_dir: Path, parts_dir: Path, collisions: dict[str, list[str]],
 ) -> None:
-    """Move the rows of colliding clients from their buckets to the quarantine (rare path)."""
+    """Move the rows of colliding clients from their buckets to the quarantine (rare path).
+
+    The buckets keep no file or line, so the files are read again for the quarantine rows.
+    """
     keys = list(collisions)
-    for bucket in sorted(loads_dir.glob("bucket=*")):
-        files = sql_string(str(bucket / "*.parquet"))
+    for index, (rel, path) in enumerate(files.items()):
+        rejects = f"rescan_{index}"
+        source = _file_source(con, path, settings, rejects)
         con.execute(f"""
-            COPY (SELECT * REPLACE ('{_sq(CLIENT_COLLISION)}' AS reason,
-                                    user_id AS raw_user_id, segment AS raw_segment,
-                                    CAST(ts AS VARCHAR) AS raw_timestamp, client AS raw_client,
-                                    device_type AS raw_device_type)
-                  FROM read_parquet({files}) WHERE list_contains(?, lower(agency)))
-            TO {sql_string(str(parts_dir / f"collisions_{bucket.name[7:]}.parquet"))}
-            (FORMAT parquet)""", [keys])
+            COPY (SELECT quarantine FROM ({_normalise_sql(source, 1)})
+                  WHERE quarantine->>'reason' = '{_sq(CLIENT_COLLISION)}')
+            TO {sql_string(str(parts_dir / f"collisions_{index}.parquet"))} (FORMAT parquet)""",
+                    [rel, _hashed(settings), keys])
+        if file_format(path) != "parquet":
+            con.execute(f"DROP TABLE IF EXISTS {rejects}")
+    for bucket in sorted(loads_dir.glob("bucket=*")):
         kept = bucket.with_name(bucket.name + ".kept")
         kept.mkdir()
         con.execute(f"""
-            COPY (SELECT * FROM read_parquet({files}) WHERE NOT list_contains(?, lower(agency)))
-            TO {sql_string(str(kept / "kept.parquet"))} (FORMAT parquet, COMPRESSION lz4_raw)""",
-                    [keys])
+            COPY (SELECT * FROM read_parquet({sql_string(str(bucket / "*.parquet"))})
+                  WHERE NOT list_contains(?, lower(agency)))
+            TO {sql_string(str(kept / "kept.parquet"))} (FORMAT parquet, COMPRESSION uncompressed)
+            """, [keys])
         shutil.rmtree(bucket)
         kept.rename(bucket)
 
@@ -413,13 +433,14 @@ def _write_outputs(
     # by the skipped lines before it: the j-th skipped line r_j (0-based j) shifts every row
     # whose uncorrected line is at least r_j - j.
     from_parts = f"""
-        SELECT p.source_file AS file,
+        SELECT p.file,
                p.line + (SELECT count(*) FROM shift s
-                         WHERE s.source_file = p.source_file AND s.threshold <= p.line) AS line,
-               p.reason, p.raw_user_id AS user_id, p.raw_segment AS segment,
-               p.raw_timestamp AS timestamp, p.raw_client AS client,
-               p.raw_device_type AS device_type
-        FROM read_parquet({parts}, union_by_name=true) p
+                         WHERE s.source_file = p.file AND s.threshold <= p.line) AS line,
+               p.reason, p.user_id, p.segment, p.timestamp, p.client, p.device_type
+        FROM (SELECT q.file, CAST(q.line AS BIGINT) AS line, q.reason, q.user_id, q.segment,
+                     q.timestamp, q.client, q.device_type
+              FROM (SELECT json_transform(quarantine, '{QUARANTINE_JSON}') AS q
+                    FROM read_parquet({parts}))) p
         UNION ALL""" if parts else ""
     con.execute(f"""
         CREATE TABLE quarantine AS
