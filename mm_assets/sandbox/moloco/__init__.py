@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -35,3 +35,32 @@ class ThreadedWsgi:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class WsgiStandIn:
+    """Start/stop and `with` support for a stand-in that serves `self._app` on `self._server`.
+
+    Subclasses call `self._serve()` in `__init__`, after their own state is set up.
+    """
+
+    url: str
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        self._server = ThreadedWsgi(self._app)
+        self.url = self._server.url
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

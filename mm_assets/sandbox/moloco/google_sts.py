@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 from werkzeug.wrappers import Request, Response
 
-from mm_assets.sandbox.moloco import ThreadedWsgi
+from mm_assets.sandbox.moloco import WsgiStandIn
 
 UNIVERSE = "sandbox.test"
 AWS_TOKEN_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
@@ -33,7 +33,7 @@ def _json(data: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(data), status, content_type="application/json")
 
 
-class GoogleStsStandIn:
+class GoogleStsStandIn(WsgiStandIn):
     def __init__(self, audience: str,
                  service_account: str = "mcm-export@moloco.iam.gserviceaccount.com",
                  expected_aws_key_id: str | None = None) -> None:
@@ -45,21 +45,7 @@ class GoogleStsStandIn:
         self.exchanges: list[dict[str, str]] = []  # no secrets: key id, audience, types
         self.impersonations = 0
         self._lock = threading.Lock()
-        self._server = ThreadedWsgi(self._app)
-        self.url = self._server.url
-
-    def start(self) -> GoogleStsStandIn:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> GoogleStsStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._serve()
 
     def token_ok(self, token: str) -> bool:
         return token in self.access_tokens
@@ -134,7 +120,7 @@ class GoogleStsStandIn:
         return _json({"accessToken": token, "expireTime": "2099-01-01T00:00:00Z"})
 
 
-class AwsCredentialsStandIn:
+class AwsCredentialsStandIn(WsgiStandIn):
     """ECS container credentials endpoint and AWS STS AssumeRoleWithWebIdentity, for the
     ECS/EKS supplier (`ContainerAwsCredentialsSupplier`)."""
 
@@ -146,21 +132,7 @@ class AwsCredentialsStandIn:
         self.auth_token = auth_token
         self.web_identity_token = web_identity_token
         self.calls: list[str] = []
-        self._server = ThreadedWsgi(self._app)
-        self.url = self._server.url
-
-    def start(self) -> AwsCredentialsStandIn:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> AwsCredentialsStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._serve()
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)

@@ -19,35 +19,21 @@ import boto3
 from botocore.config import Config
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-from mm_assets.sandbox.moloco import ThreadedWsgi
+from mm_assets.sandbox.moloco import WsgiStandIn
 from mm_assets.sandbox.moloco.mgmt_api import MgmtApiStandIn
 
 _KEY_RE = re.compile(r"Credential=([A-Za-z0-9]+)/")
 _QUERY_KEY_RE = re.compile(r"X-Amz-Credential=([A-Za-z0-9]+)(?:/|%2F)")
 
 
-class HmacS3StandIn:
+class HmacS3StandIn(WsgiStandIn):
     def __init__(self, mgmt: MgmtApiStandIn) -> None:
         self.mgmt = mgmt
         self.admin_key_id = "GOOG1ESANDBOXADMIN"
         self._admin_secret = secrets.token_urlsafe(24)
         self.refused: list[str] = []  # reason per refused request (no key ids)
         self._moto = DomainDispatcherApplication(create_backend_app)
-        self._server = ThreadedWsgi(self._app)
-        self.url = self._server.url
-
-    def start(self) -> HmacS3StandIn:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> HmacS3StandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._serve()
 
     def admin(self) -> Any:
         return boto3.client(

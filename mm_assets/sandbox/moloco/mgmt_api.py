@@ -21,7 +21,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from mm_assets.sandbox.moloco import ThreadedWsgi
+from mm_assets.sandbox.moloco import WsgiStandIn
 
 _PATH = re.compile(r"^/rmp/mgmt/v1/platforms/([^/]+)/data-export/key$")
 
@@ -35,7 +35,7 @@ class IssuedKey:
     active_at: float
 
 
-class MgmtApiStandIn:
+class MgmtApiStandIn(WsgiStandIn):
     def __init__(self, platform_id: str, api_key: str, *, spacing_s: float = 60.0,
                  propagation_s: float = 0.0) -> None:
         self.platform_id = platform_id
@@ -47,21 +47,7 @@ class MgmtApiStandIn:
         self.rotations: list[float] = []
         self._all_secrets: list[str] = []
         self._lock = threading.Lock()
-        self._server = ThreadedWsgi(self._app)
-        self.url = self._server.url
-
-    def start(self) -> MgmtApiStandIn:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> MgmtApiStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._serve()
 
     def key_state(self, key_id: str) -> str:
         """`active`, `propagating`, or `unknown` (never issued or deleted by a later call)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from mm_assets.sandbox.moloco import ThreadedWsgi
+from mm_assets.sandbox.moloco import WsgiStandIn
 from mm_assets.sandbox.moloco.gcs_emulator import GcsEmulator
 
 _OP_TYPE = "type.googleapis.com/google.storagetransfer.v1.TransferOperation"
@@ -33,7 +33,7 @@ def _error(status: int, code: str, message: str) -> Response:
     return _json({"error": {"code": status, "status": code, "message": message}}, status)
 
 
-class StorageTransferStandIn:
+class StorageTransferStandIn(WsgiStandIn):
     def __init__(self, gcs: GcsEmulator, project_id: str, project_number: str = "123456789012",
                  *, agent_can_read: bool = True, polls_until_done: int = 2) -> None:
         self.gcs = gcs
@@ -45,21 +45,7 @@ class StorageTransferStandIn:
         self.operations: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self._lock = threading.Lock()
-        self._server = ThreadedWsgi(self._app)
-        self.url = self._server.url
-
-    def start(self) -> StorageTransferStandIn:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> StorageTransferStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._serve()
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
