@@ -31,9 +31,10 @@ from mm_assets.defs.processing_log.polling import (
     poll_files,
 )
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
-from mm_assets.defs.processing_log.status_store import FileState, StatusStore, utc_now
+from mm_assets.defs.processing_log.status_store import FileState, StatusStore
 from mm_assets.defs.resources import BatchStorage
 from mm_assets.defs.s2s_build.metadata import md_table
+from mm_assets.delivery.deliver import utc_now
 
 CHECK_NAME = "every_file_accepted_by_mediamath"
 # Raw records in metadata are for reading, not archiving (the store keeps them all).

@@ -14,7 +14,7 @@ from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.processing_log.checks import evaluation_for
 from mm_assets.defs.processing_log.polling import batch_verdict, poll_files
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
-from mm_assets.defs.processing_log.status_store import utc_now
+from mm_assets.delivery.deliver import utc_now
 
 # Each tick is cheap when nothing is due (one indexed query); the per-file spacing comes from
 # the resource's poll_interval, not from this.

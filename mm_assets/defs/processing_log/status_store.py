@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
@@ -220,7 +220,3 @@ class StatusStore:
             rows = conn.execute(sa.select(status_table.c.batch).distinct().where(
                 status_table.c.status.in_([str(s) for s in states])))
             return sorted(r[0] for r in rows)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
