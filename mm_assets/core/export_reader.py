@@ -77,7 +77,6 @@ class ReadReport:
     loads_dir: Path
     quarantine_path: Path
     quarantine_preview: list[dict[str, object]] = field(default_factory=list)
-    quarantined_by_file: dict[str, int] = field(default_factory=dict)
 
 
 def batch_files(batch_dir: Path) -> list[Path]:
@@ -124,10 +123,8 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
         if collisions:
             usable = {rel: batch_dir / rel for rel, rows in rows_by_file.items() if rows}
             _quarantine_collisions(con, usable, settings, loads_dir, parts_dir, collisions)
-        report = _write_outputs(con, batch_dir.name, out_dir, issues, collisions, buckets)
-        report.files = {
-            name: {"rows": rows, "quarantined": report.quarantined_by_file.get(name, 0)}
-            for name, rows in rows_by_file.items() if rows}
+        report = _write_outputs(con, batch_dir.name, out_dir, issues, collisions, buckets,
+                                rows_by_file)
     finally:
         con.close()
     shutil.rmtree(out_dir / "spill", ignore_errors=True)
@@ -221,6 +218,7 @@ def _read_file(
     """
     rejects = f"rejects_{index}"
     scratch = out_dir / f"reading_{index}"
+    fmt = file_format(path)
     try:
         source = _file_source(con, path, settings, rejects)
         # Written aside first: a file that fails half-way (corrupt gzip) leaves nothing behind.
@@ -230,9 +228,9 @@ def _read_file(
             f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION uncompressed, "
             f"WRITE_PARTITION_COLUMNS false, FILENAME_PATTERN 'file{index}_{{i}}')",
             [rel, _hashed(settings), []]).fetchone()[0]
-        if file_format(path) != "parquet":
+        if fmt != "parquet":
             rows += _record_rejects(con, rejects, rel)
-        if file_format(path) == "csv":
+        if fmt == "csv":
             _record_blank_lines(con, sql_string(str(path)), rel)
     except _Unusable as unusable:
         return str(unusable), 0
@@ -423,7 +421,7 @@ def _quarantine_collisions(
 
 def _write_outputs(
     con: duckdb.DuckDBPyConnection, batch: str, out_dir: Path, issues: list[FileIssue],
-    collisions: dict[str, list[str]], buckets: int,
+    collisions: dict[str, list[str]], buckets: int, rows_by_file: dict[str, int],
 ) -> ReadReport:
     loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
     for bucket in range(buckets):  # every bucket exists, possibly empty: the merge relies on it
@@ -472,9 +470,12 @@ def _write_outputs(
     preview = [dict(zip(names, row, strict=True)) for row in preview_cursor.fetchall()]
     quarantined = sum(reasons.values())
     return ReadReport(
-        batch=batch, files={}, file_issues=issues, rows_read=accepted + quarantined,
+        batch=batch,
+        files={name: {"rows": rows, "quarantined": quarantined_by_file.get(name, 0)}
+               for name, rows in rows_by_file.items() if rows},
+        file_issues=issues, rows_read=accepted + quarantined,
         rows_accepted=accepted, rows_quarantined=quarantined,
         quarantine_reasons=dict(reasons.most_common()), client_collisions=collisions,
         buckets=buckets, loads_dir=loads_dir, quarantine_path=quarantine_path,
-        quarantine_preview=preview, quarantined_by_file=quarantined_by_file,
+        quarantine_preview=preview,
     )
