@@ -28,9 +28,12 @@ def run_ours(src: Path, out: Path, memory_budget: str, gzip_level: int) -> dict:
     from mm_assets.core.s2s_writer import write_s2s_files
     from mm_assets.core.segment_merge import merge_segment_loads
 
-    settings = BuildSettings(partner_name="BenchPartner", segment_namespace="bp",
-                             memory_budget_bytes=parse_size(memory_budget),
-                             gzip_level=gzip_level)
+    settings = BuildSettings(
+        partner_name="BenchPartner",
+        segment_namespace="bp",
+        memory_budget_bytes=parse_size(memory_budget),
+        gzip_level=gzip_level,
+    )
     start = time.perf_counter()
     read = read_export_batch(src, out / "raw", settings)
     t_read = time.perf_counter()
@@ -39,9 +42,11 @@ def run_ours(src: Path, out: Path, memory_budget: str, gzip_level: int) -> dict:
     files = write_s2s_files(merged.merged_dir, out / "outbox" / src.name, settings)
     end = time.perf_counter()
     return {
-        "rows": read.rows_read, "seconds": end - start,
+        "rows": read.rows_read,
+        "seconds": end - start,
         "phases": {"read": t_read - start, "merge": t_merge - t_read, "write": end - t_merge},
-        "gz_bytes": sum(f.bytes for f in files), "files": len(files),
+        "gz_bytes": sum(f.bytes for f in files),
+        "files": len(files),
         "text_bytes": sum(s.text_bytes for s in merged.by_file.values()),
         "outbox": str(out / "outbox" / src.name),
     }
@@ -69,8 +74,12 @@ def run_baseline(src: Path, out: Path) -> dict:
             f.write(header + text)
         gz_bytes += path.stat().st_size
         text_bytes += len(text)
-    return {"rows": len(df.index), "seconds": time.perf_counter() - start,
-            "gz_bytes": gz_bytes, "text_bytes": text_bytes}
+    return {
+        "rows": len(df.index),
+        "seconds": time.perf_counter() - start,
+        "gz_bytes": gz_bytes,
+        "text_bytes": text_bytes,
+    }
 
 
 def zlib6_bytes(outbox: Path) -> int:
@@ -115,34 +124,63 @@ def main() -> None:
         return
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="mm-bench-"))
-    print(f"machine: {os.cpu_count()} cores; memory budget {args.memory_budget}; "
-          f"gzip level {args.gzip_level}; work dir {root}")
+    print(
+        f"machine: {os.cpu_count()} cores; memory budget {args.memory_budget}; "
+        f"gzip level {args.gzip_level}; work dir {root}"
+    )
     for rows in (int(r) for r in args.rows.split(",")):
         src = root / f"export_{rows}" / f"batch_{rows}"
         if not src.exists():
             # In a child process: a child forked from a parent holding the generated rows
             # would report the parent's pages as its own peak RSS.
-            subprocess.run([sys.executable, str(Path(__file__).with_name("generate_export.py")),
-                            "--rows", str(rows), "--out", str(src)], check=True)
-        ours, rss = measure(["--worker", "ours", "--src", str(src), "--out",
-                             str(root / f"ours_{rows}"), "--memory-budget", args.memory_budget,
-                             "--gzip-level", str(args.gzip_level)])
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("generate_export.py")),
+                    "--rows",
+                    str(rows),
+                    "--out",
+                    str(src),
+                ],
+                check=True,
+            )
+        ours, rss = measure(
+            [
+                "--worker",
+                "ours",
+                "--src",
+                str(src),
+                "--out",
+                str(root / f"ours_{rows}"),
+                "--memory-budget",
+                args.memory_budget,
+                "--gzip-level",
+                str(args.gzip_level),
+            ]
+        )
         z6 = zlib6_bytes(Path(ours["outbox"]))
         phases = " ".join(f"{k}={v:.1f}s" for k, v in ours["phases"].items())
-        print(f"build rows={rows:>11,} variant=mm-assets  wall={ours['seconds']:7.1f}s "
-              f"rows/s={rows / ours['seconds']:>11,.0f} "
-              f"out_MB/s={ours['text_bytes'] / 1e6 / ours['seconds']:6.1f} "
-              f"peak_rss_MB={rss:7.0f} gz_bytes={ours['gz_bytes']:,} ({phases}; "
-              f"{ours['files']} files; zlib-6 on same text={z6:,}, "
-              f"ratio={ours['gz_bytes'] / z6:.3f})", flush=True)
+        print(
+            f"build rows={rows:>11,} variant=mm-assets  wall={ours['seconds']:7.1f}s "
+            f"rows/s={rows / ours['seconds']:>11,.0f} "
+            f"out_MB/s={ours['text_bytes'] / 1e6 / ours['seconds']:6.1f} "
+            f"peak_rss_MB={rss:7.0f} gz_bytes={ours['gz_bytes']:,} ({phases}; "
+            f"{ours['files']} files; zlib-6 on same text={z6:,}, "
+            f"ratio={ours['gz_bytes'] / z6:.3f})",
+            flush=True,
+        )
         if args.skip_baseline:
             continue
-        base, rss = measure(["--worker", "baseline", "--src", str(src), "--out",
-                             str(root / f"baseline_{rows}")])
-        print(f"build rows={rows:>11,} variant=pandas     wall={base['seconds']:7.1f}s "
-              f"rows/s={rows / base['seconds']:>11,.0f} "
-              f"out_MB/s={base['text_bytes'] / 1e6 / base['seconds']:6.1f} "
-              f"peak_rss_MB={rss:7.0f} gz_bytes={base['gz_bytes']:,}", flush=True)
+        base, rss = measure(
+            ["--worker", "baseline", "--src", str(src), "--out", str(root / f"baseline_{rows}")]
+        )
+        print(
+            f"build rows={rows:>11,} variant=pandas     wall={base['seconds']:7.1f}s "
+            f"rows/s={rows / base['seconds']:>11,.0f} "
+            f"out_MB/s={base['text_bytes'] / 1e6 / base['seconds']:6.1f} "
+            f"peak_rss_MB={rss:7.0f} gz_bytes={base['gz_bytes']:,}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

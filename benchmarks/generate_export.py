@@ -30,12 +30,17 @@ def _uuids(rng: np.random.Generator, n: int, upper: np.ndarray) -> np.ndarray:
     nib[:, 0::2] = HEX[raw >> 4]
     nib[:, 1::2] = HEX[raw & 0x0F]
     out = np.full((n, 36), ord("-"), dtype=np.uint8)
-    for dst, src in ((slice(0, 8), slice(0, 8)), (slice(9, 13), slice(8, 12)),
-                     (slice(14, 18), slice(12, 16)), (slice(19, 23), slice(16, 20)),
-                     (slice(24, 36), slice(20, 32))):
+    for dst, src in (
+        (slice(0, 8), slice(0, 8)),
+        (slice(9, 13), slice(8, 12)),
+        (slice(14, 18), slice(12, 16)),
+        (slice(19, 23), slice(16, 20)),
+        (slice(24, 36), slice(20, 32)),
+    ):
         out[:, dst] = nib[:, src]
-    out[upper] = np.where((out[upper] >= ord("a")) & (out[upper] <= ord("f")),
-                          out[upper] - 32, out[upper])
+    out[upper] = np.where(
+        (out[upper] >= ord("a")) & (out[upper] <= ord("f")), out[upper] - 32, out[upper]
+    )
     return out.view("S36").ravel()
 
 
@@ -58,8 +63,11 @@ def generate(rows: int, seed: int = 7) -> pa.Table:
     segment_weights = 1.0 / np.arange(1, 5001) ** 0.9
     segment = 100_000 + rng.choice(5000, size=rows, p=segment_weights / segment_weights.sum())
     kind = rng.random(rows)
-    timestamp = np.where(kind < 0.85, 0, np.where(kind < 0.9, -1,
-                         1_760_000_000 + rng.integers(0, 10_000_000, size=rows)))
+    timestamp = np.where(
+        kind < 0.85,
+        0,
+        np.where(kind < 0.9, -1, 1_760_000_000 + rng.integers(0, 10_000_000, size=rows)),
+    )
     # ~3 % repeated loads: copy the previous row of the same user.
     repeat = (rng.random(rows) < 0.03) & (np.r_[False, user_of_row[1:] == user_of_row[:-1]])
     src = np.where(repeat, np.arange(rows) - 1, np.arange(rows))
@@ -68,13 +76,15 @@ def generate(rows: int, seed: int = 7) -> pa.Table:
     client = np.where(is_global, "", np.array(AGENCIES)[home_agency[user_of_row]])
     device = np.where(mobile_user[user_of_row], "idfa", "cookie")
     order = rng.permutation(rows)  # exports are not grouped by user
-    return pa.table({
-        "user_id": pa.array(ids[user_of_row][order].astype(str)),
-        "segment": pa.array(segment[order].astype(str)),
-        "timestamp": pa.array(timestamp[order].astype(np.int64)),
-        "client": pa.array(client[order]),
-        "device_type": pa.array(device[order]),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array(ids[user_of_row][order].astype(str)),
+            "segment": pa.array(segment[order].astype(str)),
+            "timestamp": pa.array(timestamp[order].astype(np.int64)),
+            "client": pa.array(client[order]),
+            "device_type": pa.array(device[order]),
+        }
+    )
 
 
 def write_export(rows: int, out: Path, files: int = 4, seed: int = 7) -> Path:
@@ -82,8 +92,9 @@ def write_export(rows: int, out: Path, files: int = 4, seed: int = 7) -> Path:
     table = generate(rows, seed)
     step = -(-rows // files)
     for i in range(files):
-        pq.write_table(table.slice(i * step, step), out / f"part-{i:04d}.parquet",
-                       compression="zstd")
+        pq.write_table(
+            table.slice(i * step, step), out / f"part-{i:04d}.parquet", compression="zstd"
+        )
     return out
 
 

@@ -77,13 +77,24 @@ def _bench_openssh(
     server: OpenSshServer, known_hosts: Path, key: Path, local: Path, remote: str
 ) -> float:
     cmd = [
-        "sftp", "-q", "-b", "-", "-P", str(server.port),
-        "-i", str(key),
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "PasswordAuthentication=no",
-        "-o", "BatchMode=yes",
+        "sftp",
+        "-q",
+        "-b",
+        "-",
+        "-P",
+        str(server.port),
+        "-i",
+        str(key),
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "PasswordAuthentication=no",
+        "-o",
+        "BatchMode=yes",
         f"{server.username}@{server.host}",
     ]
     # Same shape as ours: temp name, then rename, so both tools do the same remote work.

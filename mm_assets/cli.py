@@ -1,11 +1,11 @@
 """The `mm-assets` command.
 
-    mm-assets build BATCH_DIR     materialise raw_audiences -> merged_segment_loads -> s2s_files
-                                  for one batch folder through Dagster, print a summary
-    mm-assets validate FILE...    check built S2S files against every S2S-* rule
-    mm-assets deliver BATCH       materialise upload_receipts: send the built files (quotas,
-                                  receipts, exactly once) and print what happened
-    mm-assets sandbox             run the local MediaMath sandbox (SFTP drop, CFT) until stopped
+mm-assets build BATCH_DIR     materialise raw_audiences -> merged_segment_loads -> s2s_files
+                              for one batch folder through Dagster, print a summary
+mm-assets validate FILE...    check built S2S files against every S2S-* rule
+mm-assets deliver BATCH       materialise upload_receipts: send the built files (quotas,
+                              receipts, exactly once) and print what happened
+mm-assets sandbox             run the local MediaMath sandbox (SFTP drop, CFT) until stopped
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def _run(job_name: str, batch: str, export_dir: str | None = None):
     instance = _instance()
     instance.add_dynamic_partitions(export_batches.name, [batch])
     result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, partition_key=batch, raise_on_error=False,
+        instance=instance,
+        partition_key=batch,
+        raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     print(f"batch {batch}  (run {result.run_id})")
@@ -56,8 +58,7 @@ def _report_failures_and_checks(result) -> int:
         state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
         print(f"  check {evaluation.check_name}: {state}")
     # A warning (files deferred by the quota, MediaMath still processing) is not a failure.
-    failed = [e for e in evaluations
-              if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    failed = [e for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
     return 0 if result.success and not failed else 1
 
 
@@ -99,8 +100,10 @@ def deliver(batch: str) -> int:
         meta = {k: v.value for k, v in mat.metadata.items()}
         counts = ", ".join(f"{k[6:]}={v}" for k, v in meta.items() if k.startswith("files_"))
         print(f"  transport {meta['transport']}: {counts}")
-        print(f"  quota left: {meta['quota_files_left_this_hour']} files this hour, "
-              f"{meta['quota_bytes_left_today']:,} bytes today")
+        print(
+            f"  quota left: {meta['quota_files_left_this_hour']} files this hour, "
+            f"{meta['quota_bytes_left_today']:,} bytes today"
+        )
         if meta["next_send_after"]:
             print(f"  deferred files go after {meta['next_send_after']}")
     return _report_failures_and_checks(result)
@@ -115,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         from mm_assets.sandbox.run_sandbox import main as sandbox_main
 
         return sandbox_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="mm-assets", description=__doc__.splitlines()[0],
-                                     epilog="also: mm-assets validate FILE..., mm-assets sandbox")
+    parser = argparse.ArgumentParser(
+        prog="mm-assets",
+        description=__doc__.splitlines()[0],
+        epilog="also: mm-assets validate FILE..., mm-assets sandbox",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="build the S2S files of one batch folder")
     build_cmd.add_argument("batch_dir", type=Path)

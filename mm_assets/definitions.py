@@ -19,13 +19,25 @@ from mm_assets.defs.s2s_build import assets, checks, jobs
 
 def build_definitions(export_dir: str | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=[moloco_export_objects, assets.raw_audiences,
-                assets.merged_segment_loads, assets.s2s_files, delivery_assets.upload_receipts],
-        asset_checks=[checks.files_conform_to_s2s_spec, checks.outbox_matches_manifest,
-                      delivery_assets.every_file_has_a_receipt, every_file_accepted_by_mediamath],
+        assets=[
+            moloco_export_objects,
+            assets.raw_audiences,
+            assets.merged_segment_loads,
+            assets.s2s_files,
+            delivery_assets.upload_receipts,
+        ],
+        asset_checks=[
+            checks.files_conform_to_s2s_spec,
+            checks.outbox_matches_manifest,
+            delivery_assets.every_file_has_a_receipt,
+            every_file_accepted_by_mediamath,
+        ],
         jobs=[jobs.build_s2s_files_job, delivery_sensors.deliver_s2s_files_job],
-        sensors=[moloco_export_batches, delivery_sensors.deferred_deliveries,
-                 processing_log_poller],
+        sensors=[
+            moloco_export_batches,
+            delivery_sensors.deferred_deliveries,
+            processing_log_poller,
+        ],
         resources={
             "storage": default_batch_storage(export_dir),
             "s2s": default_s2s_file_settings(),

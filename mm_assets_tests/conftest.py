@@ -30,7 +30,9 @@ NOW = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
 
 def make_settings(**overrides: object) -> BuildSettings:
     values: dict[str, object] = {
-        "partner_name": PARTNER, "segment_namespace": "ep", "threads": 2,
+        "partner_name": PARTNER,
+        "segment_namespace": "ep",
+        "threads": 2,
     }
     values.update(overrides)
     return BuildSettings(**values)  # type: ignore[arg-type]
@@ -80,7 +82,11 @@ class Build:
 
 
 def run_build(
-    batch_dir: Path, work: Path, settings: BuildSettings, *, outbox_root: Path | None = None,
+    batch_dir: Path,
+    work: Path,
+    settings: BuildSettings,
+    *,
+    outbox_root: Path | None = None,
     now: datetime = NOW,
 ) -> Build:
     """read -> merge -> write, the way the Dagster assets chain them."""

@@ -9,4 +9,5 @@ if [ "$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ]; then
      openssh-server openssh-client >/dev/null) || echo "openssh-server not installed" >&2
 fi
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -49,29 +49,88 @@ MESSAGE_NOT_AUTHORIZED_TEMPLATE = (
 REJECTION_MESSAGES = (MESSAGE_EMPTY, MESSAGE_INVALID, MESSAGE_NOT_GZIP, MESSAGE_INVALID_HEADERS)
 _NOT_AUTHORIZED_RE = re.compile(
     r"integration\s+.+\s+is\s+not\s+authori[sz]ed\s+to\s+write\s+into\s+namespaces?\b",
-    re.IGNORECASE | re.DOTALL)
+    re.IGNORECASE | re.DOTALL,
+)
 # Undocumented messages are classified by their words: failure words reject, progress words
 # wait. Anything else also waits (and shows its message) so the deadline, not a guess, decides.
 _FAILURE_WORDS_RE = re.compile(
     r"\b(error|fail(ed|ure)?|invalid|reject(ed)?|not authori[sz]ed|unauthori[sz]ed|denied|"
-    r"corrupt|malformed|too large|exceed(s|ed)?)\b", re.IGNORECASE)
-_OK_STATUS_WORDS = frozenset({"ok", "success", "succeeded", "successful", "completed", "complete",
-                              "done", "processed", "accepted"})
+    r"corrupt|malformed|too large|exceed(s|ed)?)\b",
+    re.IGNORECASE,
+)
+_OK_STATUS_WORDS = frozenset(
+    {
+        "ok",
+        "success",
+        "succeeded",
+        "successful",
+        "completed",
+        "complete",
+        "done",
+        "processed",
+        "accepted",
+    }
+)
 _PENDING_WORDS_RE = re.compile(
-    r"\b(pending|queued|processing|in progress|received|running|waiting|started)\b",
-    re.IGNORECASE)
+    r"\b(pending|queued|processing|in progress|received|running|waiting|started)\b", re.IGNORECASE
+)
 
 # Likely field names, compared after lower-casing and dropping `_`, `-` and spaces.
-_LIST_KEYS = ("logs", "log", "data", "results", "result", "records", "items", "jobs",
-              "entries", "files", "rows")
-_FILENAME_KEYS = ("filename", "file", "filenm", "fname", "name", "fileidentifier", "object",
-                  "key", "path", "filepath")
-_MESSAGE_KEYS = ("message", "msg", "statusmessage", "resultmessage", "error", "errormessage",
-                 "detail", "details", "description", "reason")
+_LIST_KEYS = (
+    "logs",
+    "log",
+    "data",
+    "results",
+    "result",
+    "records",
+    "items",
+    "jobs",
+    "entries",
+    "files",
+    "rows",
+)
+_FILENAME_KEYS = (
+    "filename",
+    "file",
+    "filenm",
+    "fname",
+    "name",
+    "fileidentifier",
+    "object",
+    "key",
+    "path",
+    "filepath",
+)
+_MESSAGE_KEYS = (
+    "message",
+    "msg",
+    "statusmessage",
+    "resultmessage",
+    "error",
+    "errormessage",
+    "detail",
+    "details",
+    "description",
+    "reason",
+)
 _STATUS_KEYS = ("status", "state", "result", "jobstatus", "outcome", "code")
-_TIME_KEYS = ("timestamp", "processedat", "dateprocessed", "processeddate", "processedtime",
-              "completedat", "finishedat", "enddate", "updatedat", "date", "time", "createdat",
-              "datecreated", "receivedat", "startdate")
+_TIME_KEYS = (
+    "timestamp",
+    "processedat",
+    "dateprocessed",
+    "processeddate",
+    "processedtime",
+    "completedat",
+    "finishedat",
+    "enddate",
+    "updatedat",
+    "date",
+    "time",
+    "createdat",
+    "datecreated",
+    "receivedat",
+    "startdate",
+)
 _TOTAL_KEYS = ("total", "totalcount", "count", "totalrecords")
 
 
@@ -422,35 +481,41 @@ class ProcessingLogClient:
                     raise ProcessingLogCredentialsError(
                         f"MediaMath processing log {url} refused the credentials of user "
                         f"{self.username!r} (HTTP {status}); check the SFTP username and "
-                        f"password (S2S-LOG uses the SFTP credentials)")
+                        f"password (S2S-LOG uses the SFTP credentials)"
+                    )
                 if status == 429 or status >= 500:
                     retry_after = _retry_after_seconds(
-                        response.headers.get("Retry-After"), time.time())
+                        response.headers.get("Retry-After"), time.time()
+                    )
                     last_problem = f"HTTP {status}"
                 elif status >= 400:
                     raise ProcessingLogError(
                         f"MediaMath processing log {url} answered HTTP {status}: "
-                        f"{response.text[:200]!r}")
+                        f"{response.text[:200]!r}"
+                    )
                 else:
                     try:
                         return response.json()
                     except ValueError:
                         raise ProcessingLogUnavailable(
                             f"MediaMath processing log {url} answered HTTP {status} with a "
-                            f"body that is not JSON: {response.text[:200]!r}") from None
+                            f"body that is not JSON: {response.text[:200]!r}"
+                        ) from None
             if attempt == self.max_attempts:
                 break
             delay = self._delay(attempt, retry_after)
             # Slow answers count too: the bound is on the time spent, not only on sleeping.
             spent = max(time.monotonic() - self._call_started, self._waited_this_call)
             if spent + delay > self.max_total_wait:
-                last_problem += (f"; the next retry (in {delay:.1f} s) would pass the "
-                                 f"{self.max_total_wait:g} s wait budget")
+                last_problem += (
+                    f"; the next retry (in {delay:.1f} s) would pass the "
+                    f"{self.max_total_wait:g} s wait budget"
+                )
                 break
             logger.info("processing log: %s; retry %d in %.2f s", last_problem, attempt, delay)
             self._sleep(delay)
             self._waited_this_call += delay
             self.waited_seconds += delay
         raise ProcessingLogUnavailable(
-            f"MediaMath processing log {url} unavailable after {attempt} request(s): "
-            f"{last_problem}")
+            f"MediaMath processing log {url} unavailable after {attempt} request(s): {last_problem}"
+        )

@@ -273,9 +273,7 @@ class MediaMathSftp:
         try:
             # paramiko drops the server's extension list (and has no public API for
             # extended requests), so ask limits@openssh.com directly.
-            kind, msg = sftp._request(
-                paramiko.sftp.CMD_EXTENDED, "limits@openssh.com"
-            )
+            kind, msg = sftp._request(paramiko.sftp.CMD_EXTENDED, "limits@openssh.com")
         except (OSError, paramiko.SFTPError):
             return _SAFE_WRITE_REQUEST
         if kind != paramiko.sftp.CMD_EXTENDED_REPLY:
@@ -367,7 +365,11 @@ class MediaMathSftp:
                     session.sftp.posix_rename(temp, final)
                     logger.info(
                         "uploaded %s (%d bytes) to %s:%d in %d attempt(s)",
-                        final, file.size, self.host, self.port, attempt,
+                        final,
+                        file.size,
+                        self.host,
+                        self.port,
+                        attempt,
                     )
                     return UploadResult(final, file.size, attempt)
                 except Exception as exc:
@@ -381,8 +383,12 @@ class MediaMathSftp:
                         delay = self._backoff(attempt)
                         logger.warning(
                             "upload of %s failed (attempt %d/%d%s: %s); retrying in %.2fs",
-                            file.name, attempt, self.max_attempts,
-                            ", during rename" if renamed_maybe else "", _describe(exc), delay,
+                            file.name,
+                            attempt,
+                            self.max_attempts,
+                            ", during rename" if renamed_maybe else "",
+                            _describe(exc),
+                            delay,
                         )
                         time.sleep(delay)
             raise TransientDeliveryError(
@@ -461,7 +467,10 @@ class MediaMathSftp:
         elapsed = max(time.monotonic() - started, 1e-9)
         logger.debug(
             "wrote %s: %d bytes in %.2fs (%.1f MB/s)",
-            temp, file.size, elapsed, file.size / elapsed / 1e6,
+            temp,
+            file.size,
+            elapsed,
+            file.size / elapsed / 1e6,
         )
 
     def remote_size(self, name: str) -> int | None:

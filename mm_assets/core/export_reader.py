@@ -29,8 +29,13 @@ from mm_assets.core.build_settings import (
 from mm_assets.core.duckdb_session import open_duckdb, sql_string
 from mm_assets.core.s2s_format import MAX_SEGMENT_CODE
 
-FORMATS = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet",
-           ".jsonl": "jsonl", ".jsonl.gz": "jsonl"}
+FORMATS = {
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+}
 MOBILE_DEVICE_TYPES = ("idfa", "gaid", "ctv", "mobile")  # S2S-MOB: Mobile: 1
 COOKIE_DEVICE_TYPES = ("", "cookie")
 WHITESPACE_OR_COLON = " \t\n\r\v\f:"  # what would break a row's layout (S2S-FMT)
@@ -82,8 +87,7 @@ class ReadReport:
 def batch_files(batch_dir: Path) -> list[Path]:
     """The data files of a batch; markers and hidden files (`_SUCCESS`, `.x`) are not data."""
     return sorted(
-        p for p in batch_dir.rglob("*")
-        if p.is_file() and not p.name.startswith(("_", "."))
+        p for p in batch_dir.rglob("*") if p.is_file() and not p.name.startswith(("_", "."))
     )
 
 
@@ -115,16 +119,16 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
         rows_by_file: dict[str, int] = {}
         for index, path in enumerate(files):
             rel = path.relative_to(batch_dir).as_posix()
-            issue, rows_by_file[rel] = _read_file(con, path, rel, index, settings, buckets,
-                                                  out_dir)
+            issue, rows_by_file[rel] = _read_file(con, path, rel, index, settings, buckets, out_dir)
             if issue:
                 issues.append(FileIssue(rel, issue))
         collisions = _client_collisions(con, loads_dir)
         if collisions:
             usable = {rel: batch_dir / rel for rel, rows in rows_by_file.items() if rows}
             _quarantine_collisions(con, usable, settings, loads_dir, parts_dir, collisions)
-        report = _write_outputs(con, batch_dir.name, out_dir, issues, collisions, buckets,
-                                rows_by_file)
+        report = _write_outputs(
+            con, batch_dir.name, out_dir, issues, collisions, buckets, rows_by_file
+        )
     finally:
         con.close()
     shutil.rmtree(out_dir / "spill", ignore_errors=True)
@@ -136,9 +140,11 @@ REJECTED_TABLE = """
 CREATE TABLE rejected (source_file VARCHAR, line BIGINT, reason VARCHAR, raw_user_id VARCHAR);
 CREATE TABLE skipped_lines (source_file VARCHAR, line BIGINT)"""
 QUARANTINE = "quarantine"  # the partition value of rows that cannot be used
-QUARANTINE_JSON = ('{"file": "VARCHAR", "line": "BIGINT", "reason": "VARCHAR", '
-                   '"user_id": "VARCHAR", "segment": "VARCHAR", "timestamp": "VARCHAR", '
-                   '"client": "VARCHAR", "device_type": "VARCHAR"}')
+QUARANTINE_JSON = (
+    '{"file": "VARCHAR", "line": "BIGINT", "reason": "VARCHAR", '
+    '"user_id": "VARCHAR", "segment": "VARCHAR", "timestamp": "VARCHAR", '
+    '"client": "VARCHAR", "device_type": "VARCHAR"}'
+)
 
 
 def _estimated_rows(path: Path) -> int:
@@ -174,24 +180,31 @@ def _file_source(
         raise _Unusable("file is empty (0 bytes)")
     quoted = sql_string(str(path))
     if fmt == "jsonl":
-        scan = (f"read_csv({quoted}, columns={{'line': 'VARCHAR'}}, header=false, "
-                f"delim='\\x1e', quote='', escape='', store_rejects=true, "
-                f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
+        scan = (
+            f"read_csv({quoted}, columns={{'line': 'VARCHAR'}}, header=false, "
+            f"delim='\\x1e', quote='', escape='', store_rejects=true, "
+            f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')"
+        )
         # A line that is not JSON shows up whole (cut) in the quarantine's user_id column.
         extract = ", ".join(
             f"CASE WHEN json_valid(j) THEN json_extract_string(j, "
             f"{sql_string('$.' + _json_key(settings.source_column(c)))}) "
             f"{'ELSE left(j, 200) ' if c == 'user_id' else ''}END AS {c}"
-            for c in INPUT_COLUMNS)
-        return (f"SELECT ordinality AS line, {extract}, "
-                f"CASE WHEN json_valid(j) THEN json_type(j) <> 'OBJECT' ELSE true END "
-                f"AS bad_json "
-                f"FROM (SELECT ordinality, line AS j FROM {scan} WITH ORDINALITY) "
-                f"WHERE j IS NOT NULL AND trim(j) <> ''")
+            for c in INPUT_COLUMNS
+        )
+        return (
+            f"SELECT ordinality AS line, {extract}, "
+            f"CASE WHEN json_valid(j) THEN json_type(j) <> 'OBJECT' ELSE true END "
+            f"AS bad_json "
+            f"FROM (SELECT ordinality, line AS j FROM {scan} WITH ORDINALITY) "
+            f"WHERE j IS NOT NULL AND trim(j) <> ''"
+        )
     if fmt == "csv":
-        scan = (f"read_csv({quoted}, all_varchar=true, header=true, delim=',', quote='\"', "
-                f"escape='\"', store_rejects=true, rejects_table='{rejects}', "
-                f"rejects_scan='{rejects}_scan')")
+        scan = (
+            f"read_csv({quoted}, all_varchar=true, header=true, delim=',', quote='\"', "
+            f"escape='\"', store_rejects=true, rejects_table='{rejects}', "
+            f"rejects_scan='{rejects}_scan')"
+        )
         line, order = "ordinality + 1", " WITH ORDINALITY"
     else:
         scan = f"read_parquet({quoted}, file_row_number=true)"
@@ -201,15 +214,24 @@ def _file_source(
     if missing:
         raise _Unusable(_missing_columns_message(missing, settings))
     select = ", ".join(
-        (f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
-         if settings.source_column(c) in columns else f"NULL AS {c}")
-        for c in INPUT_COLUMNS)
+        (
+            f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
+            if settings.source_column(c) in columns
+            else f"NULL AS {c}"
+        )
+        for c in INPUT_COLUMNS
+    )
     return f"SELECT {line} AS line, {select}, false AS bad_json FROM {scan}{order}"
 
 
 def _read_file(
-    con: duckdb.DuckDBPyConnection, path: Path, rel: str, index: int, settings: BuildSettings,
-    buckets: int, out_dir: Path,
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    rel: str,
+    index: int,
+    settings: BuildSettings,
+    buckets: int,
+    out_dir: Path,
 ) -> tuple[str | None, int]:
     """Check one file's rows into the user buckets and the quarantine, in one streaming pass.
 
@@ -227,7 +249,8 @@ def _read_file(
             f"COPY ({_normalise_sql(source, buckets)}) TO {sql_string(str(scratch))} "
             f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION uncompressed, "
             f"WRITE_PARTITION_COLUMNS false, FILENAME_PATTERN 'file{index}_{{i}}')",
-            [rel, _hashed(settings), []]).fetchone()[0]
+            [rel, _hashed(settings), []],
+        ).fetchone()[0]
         if fmt != "parquet":
             rows += _record_rejects(con, rejects, rel)
         if fmt == "csv":
@@ -239,8 +262,11 @@ def _read_file(
         con.execute("DELETE FROM rejected WHERE source_file = ?", [rel])
         return f"cannot be read: {_first_line(exc)}", 0
     for part in scratch.glob("bucket=*/*.parquet"):
-        target = out_dir / ("quarantine_parts" if part.parent.name == f"bucket={QUARANTINE}"
-                            else f"loads/{part.parent.name}")
+        target = out_dir / (
+            "quarantine_parts"
+            if part.parent.name == f"bucket={QUARANTINE}"
+            else f"loads/{part.parent.name}"
+        )
         target.mkdir(exist_ok=True)
         part.rename(target / part.name)
     shutil.rmtree(scratch)
@@ -256,7 +282,8 @@ def _hashed(settings: BuildSettings) -> list[str]:
 def _missing_columns_message(missing: list[str], settings: BuildSettings) -> str:
     names = ", ".join(
         c if settings.source_column(c) == c else f"{c} (mapped to {settings.source_column(c)!r})"
-        for c in missing)
+        for c in missing
+    )
     return f"missing required column(s): {names}"
 
 
@@ -301,12 +328,12 @@ WITH t AS (
     SELECT *, CASE
         WHEN bad_json THEN '{INVALID_JSON}'
         WHEN u IS NULL OR u = '' THEN '{MISSING_USER}'
-        WHEN {_contains_any('u', WHITESPACE_OR_COLON)} THEN '{_sq(BAD_USER)}'
+        WHEN {_contains_any("u", WHITESPACE_OR_COLON)} THEN '{_sq(BAD_USER)}'
         WHEN d NOT IN {MOBILE_DEVICE_TYPES + COOKIE_DEVICE_TYPES} THEN '{UNKNOWN_DEVICE}'
         WHEN s IS NULL OR s = '' THEN '{MISSING_SEGMENT}'
         WHEN NOT hashed AND NOT (regexp_full_match(s, '[0-9]{{1,10}}')
              AND TRY_CAST(s AS BIGINT) <= {MAX_SEGMENT_CODE}) THEN '{SEGMENT_NOT_32BIT}'
-        WHEN hashed AND {_contains_any('s', WHITESPACE_OR_COLON)}
+        WHEN hashed AND {_contains_any("s", WHITESPACE_OR_COLON)}
              THEN '{_sq(BAD_HASHED_SEGMENT)}'
         WHEN ts IS NULL OR NOT regexp_full_match(tr, '-?[0-9]+') THEN '{BAD_TIMESTAMP}'
         WHEN ts < -1 OR ts > {MAX_TIMESTAMP} THEN '{TIMESTAMP_RANGE}'
@@ -347,13 +374,16 @@ def _record_rejects(con: duckdb.DuckDBPyConnection, rejects: str, rel: str) -> i
 
     Returns how many lines were rejected.
     """
-    count = con.execute(f"""
+    count = con.execute(
+        f"""
         INSERT INTO rejected
         SELECT ?, line,
                CASE any_value(error_type) WHEN 'INVALID ENCODING' THEN '{_sq(UNDECODABLE)}'
                     ELSE '{MALFORMED_CSV}: ' || lower(any_value(error_type)) END,
                left(any_value(csv_line), 200)
-        FROM {rejects} GROUP BY line""", [rel]).fetchone()[0]
+        FROM {rejects} GROUP BY line""",
+        [rel],
+    ).fetchone()[0]
     con.execute(f"DROP TABLE {rejects}")
     return count
 
@@ -363,18 +393,20 @@ def _record_blank_lines(con: duckdb.DuckDBPyConnection, quoted_path: str, rel: s
 
     Read as Latin-1, where every byte is a character, so undecodable lines count too.
     """
-    con.execute(f"""
+    con.execute(
+        f"""
         INSERT INTO skipped_lines
         SELECT ?, ordinality FROM read_csv({quoted_path}, columns={{'line': 'VARCHAR'}},
                                           header=false, delim='\\x1e', quote='', escape='',
                                           encoding='latin-1') WITH ORDINALITY
-        WHERE line IS NULL OR trim(line) = ''""", [rel])
+        WHERE line IS NULL OR trim(line) = ''""",
+        [rel],
+    )
 
 
 def _parquet_glob(folder: Path) -> str | None:
     """A read_parquet pattern for a folder's files, or None when it holds none."""
-    return sql_string(str(folder / "**" / "*.parquet")) if any(folder.rglob("*.parquet")) \
-        else None
+    return sql_string(str(folder / "**" / "*.parquet")) if any(folder.rglob("*.parquet")) else None
 
 
 def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[str, list[str]]:
@@ -389,8 +421,12 @@ def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[
 
 
 def _quarantine_collisions(
-    con: duckdb.DuckDBPyConnection, files: dict[str, Path], settings: BuildSettings,
-    loads_dir: Path, parts_dir: Path, collisions: dict[str, list[str]],
+    con: duckdb.DuckDBPyConnection,
+    files: dict[str, Path],
+    settings: BuildSettings,
+    loads_dir: Path,
+    parts_dir: Path,
+    collisions: dict[str, list[str]],
 ) -> None:
     """Move the rows of colliding clients from their buckets to the quarantine (rare path).
 
@@ -400,28 +436,38 @@ def _quarantine_collisions(
     for index, (rel, path) in enumerate(files.items()):
         rejects = f"rescan_{index}"
         source = _file_source(con, path, settings, rejects)
-        con.execute(f"""
+        con.execute(
+            f"""
             COPY (SELECT quarantine FROM ({_normalise_sql(source, 1)})
                   WHERE quarantine->>'reason' = '{_sq(CLIENT_COLLISION)}')
             TO {sql_string(str(parts_dir / f"collisions_{index}.parquet"))} (FORMAT parquet)""",
-                    [rel, _hashed(settings), keys])
+            [rel, _hashed(settings), keys],
+        )
         if file_format(path) != "parquet":
             con.execute(f"DROP TABLE IF EXISTS {rejects}")
     for bucket in sorted(loads_dir.glob("bucket=*")):
         kept = bucket.with_name(bucket.name + ".kept")
         kept.mkdir()
-        con.execute(f"""
+        con.execute(
+            f"""
             COPY (SELECT * FROM read_parquet({sql_string(str(bucket / "*.parquet"))})
                   WHERE NOT list_contains(?, lower(agency)))
             TO {sql_string(str(kept / "kept.parquet"))} (FORMAT parquet, COMPRESSION uncompressed)
-            """, [keys])
+            """,
+            [keys],
+        )
         shutil.rmtree(bucket)
         kept.rename(bucket)
 
 
 def _write_outputs(
-    con: duckdb.DuckDBPyConnection, batch: str, out_dir: Path, issues: list[FileIssue],
-    collisions: dict[str, list[str]], buckets: int, rows_by_file: dict[str, int],
+    con: duckdb.DuckDBPyConnection,
+    batch: str,
+    out_dir: Path,
+    issues: list[FileIssue],
+    collisions: dict[str, list[str]],
+    buckets: int,
+    rows_by_file: dict[str, int],
 ) -> ReadReport:
     loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
     for bucket in range(buckets):  # every bucket exists, possibly empty: the merge relies on it
@@ -430,7 +476,8 @@ def _write_outputs(
     # A rejected or blank line is left out of the scan, so a row's ordinal undercounts its line
     # by the skipped lines before it: the j-th skipped line r_j (0-based j) shifts every row
     # whose uncorrected line is at least r_j - j.
-    from_parts = f"""
+    from_parts = (
+        f"""
         SELECT p.file,
                p.line + (SELECT count(*) FROM shift s
                          WHERE s.source_file = p.file AND s.threshold <= p.line) AS line,
@@ -439,7 +486,10 @@ def _write_outputs(
                      q.timestamp, q.client, q.device_type
               FROM (SELECT json_transform(quarantine, '{QUARANTINE_JSON}') AS q
                     FROM read_parquet({parts}))) p
-        UNION ALL""" if parts else ""
+        UNION ALL"""
+        if parts
+        else ""
+    )
     con.execute(f"""
         CREATE TABLE quarantine AS
         WITH skipped AS (SELECT source_file, line FROM rejected
@@ -455,27 +505,40 @@ def _write_outputs(
                NULL::VARCHAR AS device_type
         FROM rejected""")
     quarantine_path = out_dir / "quarantine.parquet"
-    con.execute(f"COPY (SELECT * FROM quarantine ORDER BY file, line) "
-                f"TO {sql_string(str(quarantine_path))} (FORMAT parquet)")
+    con.execute(
+        f"COPY (SELECT * FROM quarantine ORDER BY file, line) "
+        f"TO {sql_string(str(quarantine_path))} (FORMAT parquet)"
+    )
     shutil.rmtree(parts_dir)
     loads = _parquet_glob(loads_dir)
-    accepted = con.execute(f"SELECT count(*) FROM read_parquet({loads})").fetchone()[0] \
-        if loads else 0
-    reasons = Counter(dict(con.execute(
-        "SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall()))
-    quarantined_by_file = dict(con.execute(
-        "SELECT file, count(*) FROM quarantine GROUP BY file").fetchall())
+    accepted = (
+        con.execute(f"SELECT count(*) FROM read_parquet({loads})").fetchone()[0] if loads else 0
+    )
+    reasons = Counter(
+        dict(con.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall())
+    )
+    quarantined_by_file = dict(
+        con.execute("SELECT file, count(*) FROM quarantine GROUP BY file").fetchall()
+    )
     preview_cursor = con.execute("SELECT * FROM quarantine ORDER BY file, line LIMIT 20")
     names = [d[0] for d in preview_cursor.description]
     preview = [dict(zip(names, row, strict=True)) for row in preview_cursor.fetchall()]
     quarantined = sum(reasons.values())
     return ReadReport(
         batch=batch,
-        files={name: {"rows": rows, "quarantined": quarantined_by_file.get(name, 0)}
-               for name, rows in rows_by_file.items() if rows},
-        file_issues=issues, rows_read=accepted + quarantined,
-        rows_accepted=accepted, rows_quarantined=quarantined,
-        quarantine_reasons=dict(reasons.most_common()), client_collisions=collisions,
-        buckets=buckets, loads_dir=loads_dir, quarantine_path=quarantine_path,
+        files={
+            name: {"rows": rows, "quarantined": quarantined_by_file.get(name, 0)}
+            for name, rows in rows_by_file.items()
+            if rows
+        },
+        file_issues=issues,
+        rows_read=accepted + quarantined,
+        rows_accepted=accepted,
+        rows_quarantined=quarantined,
+        quarantine_reasons=dict(reasons.most_common()),
+        client_collisions=collisions,
+        buckets=buckets,
+        loads_dir=loads_dir,
+        quarantine_path=quarantine_path,
         quarantine_preview=preview,
     )

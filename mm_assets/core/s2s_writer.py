@@ -124,8 +124,14 @@ def _text_bytes(texts: pa.Array) -> memoryview:
 class _FamilyWriter:
     """Writes one FileKey's users into as many size-limited files as needed."""
 
-    def __init__(self, key: FileKey, folder: Path, settings: BuildSettings,
-                 register: NameRegister, now: datetime) -> None:
+    def __init__(
+        self,
+        key: FileKey,
+        folder: Path,
+        settings: BuildSettings,
+        register: NameRegister,
+        now: datetime,
+    ) -> None:
         self.key, self.folder, self.settings = key, folder, settings
         self.register, self.now = register, now
         self.hashed = settings.is_hashed(key.agency)
@@ -136,10 +142,14 @@ class _FamilyWriter:
         s = self.settings
         name = self.register.allocate(s.partner_name, self.key.agency or None, self.now)
         header = FileHeader(
-            file_identifier=name, date_created=int(self.now.timestamp()),
-            segment_namespace=s.segment_namespace, mobile=self.key.mobile,
-            user_namespace=s.user_namespace, user_table_id=s.user_table_id,
-            hash_segments=self.hashed, hash_ids=s.hash_ids,
+            file_identifier=name,
+            date_created=int(self.now.timestamp()),
+            segment_namespace=s.segment_namespace,
+            mobile=self.key.mobile,
+            user_namespace=s.user_namespace,
+            user_table_id=s.user_table_id,
+            hash_segments=self.hashed,
+            hash_ids=s.hash_ids,
         ).render()
         part = _FilePart(self.folder, name, header, s.gzip_level)
         if not part.fits(0, s.max_file_bytes):
@@ -151,10 +161,19 @@ class _FamilyWriter:
         if part is None:
             return
         md5 = part.finish()
-        self.done.append(BuiltFile(
-            name=part.name, agency=self.key.agency, mobile=self.key.mobile,
-            hash_segments=self.hashed, users=part.users, lines=part.lines, loads=part.loads,
-            bytes=part.bytes, md5=md5))
+        self.done.append(
+            BuiltFile(
+                name=part.name,
+                agency=self.key.agency,
+                mobile=self.key.mobile,
+                hash_segments=self.hashed,
+                users=part.users,
+                lines=part.lines,
+                loads=part.loads,
+                bytes=part.bytes,
+                md5=md5,
+            )
+        )
 
     def add(self, batch: pa.RecordBatch) -> None:
         """Place whole users; halve a chunk that would pass the limit until its users fit."""
@@ -173,7 +192,8 @@ class _FamilyWriter:
                 self.part = self._open()
             if not self.part.fits(len(raw), limit):
                 raise FormatError(
-                    f"one user's lines ({len(raw)} bytes) cannot fit a file of {limit} bytes")
+                    f"one user's lines ({len(raw)} bytes) cannot fit a file of {limit} bytes"
+                )
         self.part.add(raw)
         self.part.users += batch.num_rows
         self.part.lines += int(pa.compute.sum(batch.column("lines")).as_py())
@@ -187,7 +207,8 @@ class _FamilyWriter:
 def _family_batches(folder: Path) -> Iterator[pa.RecordBatch]:
     for path in sorted(folder.glob("*.parquet")):
         yield from pq.ParquetFile(path).iter_batches(
-            batch_size=CHUNK_ROWS, columns=["text", "lines", "loads"])
+            batch_size=CHUNK_ROWS, columns=["text", "lines", "loads"]
+        )
 
 
 def family_folders(merged_dir: Path) -> dict[FileKey, Path]:
@@ -200,8 +221,12 @@ def family_folders(merged_dir: Path) -> dict[FileKey, Path]:
 
 
 def write_s2s_files(
-    merged_dir: Path, batch_outbox: Path, settings: BuildSettings,
-    *, now: datetime | None = None, batch: str = "",
+    merged_dir: Path,
+    batch_outbox: Path,
+    settings: BuildSettings,
+    *,
+    now: datetime | None = None,
+    batch: str = "",
 ) -> list[BuiltFile]:
     """Write every file family of a merged batch into `batch_outbox`, with its manifest."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -217,20 +242,28 @@ def write_s2s_files(
         return writer.finish()
 
     with ThreadPoolExecutor(max_workers=max(1, settings.threads)) as pool:
-        built = [f for files in pool.map(write_family, family_folders(merged_dir).items())
-                 for f in files]
+        built = [
+            f for files in pool.map(write_family, family_folders(merged_dir).items()) for f in files
+        ]
     write_manifest(batch_outbox, batch, now, built)
     return built
 
 
-def write_manifest(batch_outbox: Path, batch: str, built_at: datetime,
-                   files: list[BuiltFile]) -> Path:
+def write_manifest(
+    batch_outbox: Path, batch: str, built_at: datetime, files: list[BuiltFile]
+) -> Path:
     path = batch_outbox / MANIFEST
     tmp = batch_outbox / f".{MANIFEST}.partial"
-    tmp.write_text(json.dumps({
-        "batch": batch, "built_at": built_at.isoformat(),
-        "files": [asdict(f) for f in files],
-    }, indent=2))
+    tmp.write_text(
+        json.dumps(
+            {
+                "batch": batch,
+                "built_at": built_at.isoformat(),
+                "files": [asdict(f) for f in files],
+            },
+            indent=2,
+        )
+    )
     os.replace(tmp, path)
     return path
 

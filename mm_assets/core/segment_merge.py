@@ -78,11 +78,15 @@ def merge_segment_loads(loads_dir: Path, out_dir: Path, settings: BuildSettings)
         con.close()
         shutil.rmtree(out_dir / "spill", ignore_errors=True)
     return MergeReport(
-        rows_in=totals["rows_in"], loads_out=totals["loads_out"],
-        repeats_folded=totals["rows_in"] - totals["loads_out"], conflicts=totals["conflicts"],
-        users=totals["users"], continued_users=totals["continued"], buckets=len(buckets),
-        merged_dir=merged_dir, by_file=dict(sorted(
-            by_file.items(), key=lambda kv: (kv[0].agency, kv[0].mobile))),
+        rows_in=totals["rows_in"],
+        loads_out=totals["loads_out"],
+        repeats_folded=totals["rows_in"] - totals["loads_out"],
+        conflicts=totals["conflicts"],
+        users=totals["users"],
+        continued_users=totals["continued"],
+        buckets=len(buckets),
+        merged_dir=merged_dir,
+        by_file=dict(sorted(by_file.items(), key=lambda kv: (kv[0].agency, kv[0].mobile))),
     )
 
 
@@ -102,7 +106,8 @@ def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file) -> None:
                    ELSE CAST(-rank AS VARCHAR) END, ' ') || chr(10) AS text
         FROM kept GROUP BY agency, mobile, user_id""")
     rows_in, loads_out, conflicts = con.execute(
-        "SELECT sum(n), count(*), count(*) FILTER (WHERE conflict) FROM kept").fetchone()
+        "SELECT sum(n), count(*), count(*) FILTER (WHERE conflict) FROM kept"
+    ).fetchone()
     totals["rows_in"] += rows_in or 0
     totals["loads_out"] += loads_out or 0
     totals["conflicts"] += conflicts or 0
@@ -138,7 +143,7 @@ def _continue_long_lines(con, totals) -> None:
     ).fetchall()
     updates = []
     for rowid, user_id, text in long_rows:
-        loads = text[len(user_id) + 1:-1].split(" ")
+        loads = text[len(user_id) + 1 : -1].split(" ")
         lines = list(split_user_line(user_id, loads))
         updates.append([len(lines), "\n".join(lines) + "\n", rowid])
     if updates:

@@ -30,8 +30,9 @@ class BatchStorage(dg.ConfigurableResource):
         root = Path(self.export_dir)
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir()
-                      if p.is_dir() and not p.name.startswith((".", "_")))
+        return sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+        )
 
 
 class S2sFileSettings(dg.ConfigurableResource):
@@ -55,7 +56,8 @@ class S2sFileSettings(dg.ConfigurableResource):
             user_namespace=self.user_namespace,
             user_table_id=self.user_table_id or None,
             hashed_taxonomies=frozenset(
-                t.strip() for t in self.hashed_taxonomies.split(",") if t.strip()),
+                t.strip() for t in self.hashed_taxonomies.split(",") if t.strip()
+            ),
             hash_ids=is_true(self.hash_ids),
             max_file_bytes=parse_size(self.max_file_bytes),
             memory_budget_bytes=parse_size(self.memory_budget),

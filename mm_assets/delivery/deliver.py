@@ -192,9 +192,7 @@ def _already_delivered(file: OutgoingFile, receipt: Receipt) -> DeliveryEntry:
 
 
 def _stopping_error(file: OutgoingFile, transport: Transport, exc: DeliveryError) -> _StopBatch:
-    return _StopBatch(
-        _entry(file, Status.FAILED, transport.name, f"{type(exc).__name__}: {exc}")
-    )
+    return _StopBatch(_entry(file, Status.FAILED, transport.name, f"{type(exc).__name__}: {exc}"))
 
 
 def _reconcile(
@@ -210,7 +208,9 @@ def _reconcile(
     since = f"in flight since {flight.started_at.isoformat()} (run {flight.run_id or '?'})"
     if flight.transport != transport.name:
         return _entry(
-            file, Status.NEEDS_ATTENTION, flight.transport,
+            file,
+            Status.NEEDS_ATTENTION,
+            flight.transport,
             f"{since} over {flight.transport}, this run delivers over {transport.name}: "
             f"check {flight.transport} by hand",
         )
@@ -220,24 +220,32 @@ def _reconcile(
         raise _stopping_error(file, transport, exc) from None
     except DeliveryError as exc:
         return _entry(
-            file, Status.FAILED, transport.name,
+            file,
+            Status.FAILED,
+            transport.name,
             f"{since}; could not check the drop ({exc}); the next run checks again",
         )
     if remote == file.size:
         receipt = ledger.complete(file.name, UploadResult(file.name, file.size, 1), now)
         return _from_receipt(
-            file, receipt, Status.RECONCILED,
+            file,
+            receipt,
+            Status.RECONCILED,
             f"{since}; found in the drop at full size, receipt written, not sent again",
         )
     if remote is not None:
         return _entry(
-            file, Status.NEEDS_ATTENTION, transport.name,
+            file,
+            Status.NEEDS_ATTENTION,
+            transport.name,
             f"{since}; the drop holds {remote} bytes under this name, expected {file.size}",
         )
     other_run = flight.run_id != run_id
     if other_run and now - flight.started_at < stale_after:
         return _entry(
-            file, Status.IN_PROGRESS, transport.name,
+            file,
+            Status.IN_PROGRESS,
+            transport.name,
             f"{since}; that run may still be uploading it; the next run checks again",
         )
     if transport.name == "cft":
@@ -246,7 +254,9 @@ def _reconcile(
         logger.info("%s: %s, not in the bucket; sending again", file.name, since)
         return None
     return _entry(
-        file, Status.NEEDS_ATTENTION, transport.name,
+        file,
+        Status.NEEDS_ATTENTION,
+        transport.name,
         f"{since}; not in the SFTP drop, which MediaMath empties after reading, so it may "
         f"have landed. Check the processing log (S2S-LOG) for {file.name}: if MediaMath has "
         f"it, record the receipt with Ledger.complete; if not, Ledger.abandon it so the "
@@ -271,19 +281,25 @@ def _upload(
         if landed:
             receipt = ledger.complete(file.name, UploadResult(file.name, file.size, 1), now())
             return _from_receipt(
-                file, receipt, Status.DELIVERED,
+                file,
+                receipt,
+                Status.DELIVERED,
                 f"the upload reported an error ({exc}) but the file is in the drop at full "
                 f"size; receipt written",
             )
         ledger.abandon(file.name)
         return _entry(
-            file, Status.FAILED, transport.name,
+            file,
+            Status.FAILED,
+            transport.name,
             f"{type(exc).__name__}: {exc}; not delivered, the next run sends it again",
         )
     except Exception as exc:  # unknown outcome: keep the row so the next run reconciles
         logger.exception("unexpected error uploading %s", file.name)
         return _entry(
-            file, Status.FAILED, transport.name,
+            file,
+            Status.FAILED,
+            transport.name,
             f"unexpected {type(exc).__name__}: {exc}; its in-flight record is kept so the "
             f"next run checks the drop before sending",
         )
@@ -291,10 +307,13 @@ def _upload(
         receipt = ledger.complete(file.name, result, now())
     except LookupError:
         return _entry(
-            file, Status.NEEDS_ATTENTION, transport.name,
+            file,
+            Status.NEEDS_ATTENTION,
+            transport.name,
             f"uploaded to {result.remote_path}, but its in-flight record vanished (abandoned "
             f"by hand?): no receipt written; record it with Ledger.reserve + Ledger.complete",
-            remote_path=result.remote_path, attempts=result.attempts,
+            remote_path=result.remote_path,
+            attempts=result.attempts,
         )
     return _from_receipt(file, receipt, Status.DELIVERED)
 
@@ -366,7 +385,9 @@ def deliver_batch(
         for file in files:
             if file.name not in entries:
                 entries[file.name] = _entry(
-                    file, Status.NOT_ATTEMPTED, transport.name,
+                    file,
+                    Status.NOT_ATTEMPTED,
+                    transport.name,
                     f"batch stopped: {stopped.name} failed with {stopped.message}",
                 )
     return DeliveryReport(
@@ -394,12 +415,17 @@ def _reserve_and_send(
         if receipt is not None:
             return _already_delivered(file, receipt)
         return _entry(
-            file, Status.IN_PROGRESS, transport.name,
+            file,
+            Status.IN_PROGRESS,
+            transport.name,
             f"another run reserved it just now ({tracked}); the next run checks again",
         )
     if decision.action is Action.DEFER:
         return _entry(
-            file, Status.DEFERRED, transport.name, decision.reason,
+            file,
+            Status.DEFERRED,
+            transport.name,
+            decision.reason,
             not_before=decision.not_before,
         )
     if decision.action is Action.REFUSE:
@@ -425,18 +451,27 @@ def _dry_run(
             continue
         flight = ledger.in_flight_record(file.name)
         if flight is not None:
-            entries.append(_entry(
-                file, Status.DRY_RUN, transport.name,
-                f"in flight since {flight.started_at.isoformat()}: a real run checks the drop "
-                f"first and sends it only if it provably never landed",
-            ))
+            entries.append(
+                _entry(
+                    file,
+                    Status.DRY_RUN,
+                    transport.name,
+                    f"in flight since {flight.started_at.isoformat()}: a real run checks the drop "
+                    f"first and sends it only if it provably never landed",
+                )
+            )
             continue
         decision = decide(file.size, at, used_files, used_bytes, limits)
         if decision.action is Action.DEFER:
-            entries.append(_entry(
-                file, Status.DEFERRED, transport.name, decision.reason,
-                not_before=decision.not_before,
-            ))
+            entries.append(
+                _entry(
+                    file,
+                    Status.DEFERRED,
+                    transport.name,
+                    decision.reason,
+                    not_before=decision.not_before,
+                )
+            )
         elif decision.action is Action.REFUSE:
             entries.append(_entry(file, Status.REFUSED, transport.name, decision.reason))
         else:

@@ -68,9 +68,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
             return None
         return as_utc(value).replace(tzinfo=None)
 
-    def process_result_value(
-        self, value: datetime | None, dialect: sa.Dialect
-    ) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
@@ -334,16 +332,20 @@ class Ledger:
 
     @staticmethod
     def _receipt(conn: Connection, file_name: str) -> Receipt | None:
-        row = conn.execute(
-            sa.select(receipts_table).where(receipts_table.c.file_name == file_name)
-        ).mappings().first()
+        row = (
+            conn.execute(sa.select(receipts_table).where(receipts_table.c.file_name == file_name))
+            .mappings()
+            .first()
+        )
         return Receipt(**row) if row is not None else None
 
     @staticmethod
     def _in_flight(conn: Connection, file_name: str) -> InFlight | None:
-        row = conn.execute(
-            sa.select(in_flight_table).where(in_flight_table.c.file_name == file_name)
-        ).mappings().first()
+        row = (
+            conn.execute(sa.select(in_flight_table).where(in_flight_table.c.file_name == file_name))
+            .mappings()
+            .first()
+        )
         return InFlight(**row) if row is not None else None
 
     def receipt(self, file_name: str) -> Receipt | None:

@@ -217,8 +217,18 @@ class OpenSshServer:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         if not self.host_key_path.exists():
             subprocess.run(
-                [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "mm-sandbox",
-                 "-f", str(self.host_key_path)],
+                [
+                    SSH_KEYGEN,
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "mm-sandbox",
+                    "-f",
+                    str(self.host_key_path),
+                ],
                 check=True,
                 capture_output=True,
             )

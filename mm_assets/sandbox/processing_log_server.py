@@ -74,8 +74,13 @@ class _Landed:
     seq: int = 0
 
 
-def mediamath_message(report: FileReport, size: int, gzip_magic: bool, integration: str,
-                      allowed_namespaces: Iterable[str]) -> str:
+def mediamath_message(
+    report: FileReport,
+    size: int,
+    gzip_magic: bool,
+    integration: str,
+    allowed_namespaces: Iterable[str],
+) -> str:
     """The S2S-LOG message MediaMath would give a file with these validator findings."""
     if size == 0:
         return MESSAGE_EMPTY
@@ -90,8 +95,7 @@ def mediamath_message(report: FileReport, size: int, gzip_magic: bool, integrati
     namespace = report.header.get("SegmentNamespace", "")
     allowed = list(allowed_namespaces)
     if namespace not in allowed:
-        return (f"Integration {integration} is not authorized to write into namespaces "
-                f"{namespace}")
+        return f"Integration {integration} is not authorized to write into namespaces {namespace}"
     if "File is empty" in texts:
         return MESSAGE_EMPTY
     if not report.ok:
@@ -187,8 +191,9 @@ class SandboxProcessingLog:
             magic = f.read(2)
         size = data_path.stat().st_size
         report = validate_file(data_path)
-        return mediamath_message(report, size, magic == _GZIP_MAGIC, self.integration,
-                                 self.allowed_namespaces)
+        return mediamath_message(
+            report, size, magic == _GZIP_MAGIC, self.integration, self.allowed_namespaces
+        )
 
     def _see(self, name: str, source: str, landed_at: float, size: int, fingerprint: str) -> None:
         known = self._landed.get(name)
@@ -210,15 +215,23 @@ class SandboxProcessingLog:
                 if path.name.startswith(".") or not path.is_file():
                     continue
                 stat = path.stat()
-                self._see(path.name, "sftp", min(stat.st_mtime, now), stat.st_size,
-                          f"{stat.st_size}:{stat.st_mtime_ns}")
+                self._see(
+                    path.name,
+                    "sftp",
+                    min(stat.st_mtime, now),
+                    stat.st_size,
+                    f"{stat.st_size}:{stat.st_mtime_ns}",
+                )
         for source in self._bucket_sources:
             for name, data in source().items():
                 if name.startswith("."):
                     continue
                 self._see(name, "cft", now, len(data), hashlib.md5(data).hexdigest())
-        due = [f for f in self._landed.values()
-               if f.processed_at is None and now >= f.landed_at + self.processing_delay_seconds]
+        due = [
+            f
+            for f in self._landed.values()
+            if f.processed_at is None and now >= f.landed_at + self.processing_delay_seconds
+        ]
         for landed in sorted(due, key=lambda f: (f.landed_at, f.name)):
             landed.message = self._process(landed)
             landed.processed_at = max(now, landed.landed_at)
@@ -245,8 +258,10 @@ class SandboxProcessingLog:
         """Every processed file's record, oldest first (what /logs pages through)."""
         with self._lock:
             self._scan()
-            done = sorted((f for f in self._landed.values() if f.processed_at is not None),
-                          key=lambda f: f.seq)
+            done = sorted(
+                (f for f in self._landed.values() if f.processed_at is not None),
+                key=lambda f: f.seq,
+            )
             return [self._record(f) for f in done]
 
     @staticmethod
@@ -273,8 +288,9 @@ class SandboxProcessingLog:
             user, _, password = base64.b64decode(encoded).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             return False
-        return secrets.compare_digest(user.encode(), self.username.encode()) and \
-            secrets.compare_digest(password.encode(), self._password.encode())
+        return secrets.compare_digest(
+            user.encode(), self.username.encode()
+        ) and secrets.compare_digest(password.encode(), self._password.encode())
 
     def _fault(self) -> Response | None:
         with self._lock:
@@ -290,13 +306,21 @@ class SandboxProcessingLog:
         if code is None:
             return None
         headers = {"Retry-After": retry_after} if code in (429, 503) and retry_after else {}
-        return Response(json.dumps({"error": f"sandbox fault {code}"}), status=code,
-                        headers=headers, mimetype="application/json")
+        return Response(
+            json.dumps({"error": f"sandbox fault {code}"}),
+            status=code,
+            headers=headers,
+            mimetype="application/json",
+        )
 
     @staticmethod
     def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        return Response(json.dumps({"error": message}), status=status, headers=headers,
-                        mimetype="application/json")
+        return Response(
+            json.dumps({"error": message}),
+            status=status,
+            headers=headers,
+            mimetype="application/json",
+        )
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -315,13 +339,13 @@ class SandboxProcessingLog:
         if not self._authorised(request):
             with self._lock:
                 self.auth_failures += 1
-            return self._error(401, "unauthorized",
-                               {"WWW-Authenticate": 'Basic realm="s2s-api"'})
+            return self._error(401, "unauthorized", {"WWW-Authenticate": 'Basic realm="s2s-api"'})
         args = request.args
         try:
             offset = int(args.get("offset", "0"))
-            start = datetime.strptime(args["start_date"], DATE_FORMAT) \
-                if "start_date" in args else None
+            start = (
+                datetime.strptime(args["start_date"], DATE_FORMAT) if "start_date" in args else None
+            )
             end = datetime.strptime(args["end_date"], DATE_FORMAT) if "end_date" in args else None
         except ValueError as exc:
             return self._error(400, f"bad parameter: {exc}")
@@ -334,9 +358,12 @@ class SandboxProcessingLog:
             rows = [r for r in rows if r["date_processed"] >= start.strftime(DATE_FORMAT)]
         if end is not None:
             rows = [r for r in rows if r["date_processed"] <= end.strftime(DATE_FORMAT)]
-        page = rows[offset:offset + self.page_size]
-        body: Any = page if self.response_shape == "list" else {
-            "logs": page, "offset": offset, "count": len(page), "total": len(rows)}
+        page = rows[offset : offset + self.page_size]
+        body: Any = (
+            page
+            if self.response_shape == "list"
+            else {"logs": page, "offset": offset, "count": len(page), "total": len(rows)}
+        )
         return Response(json.dumps(body), status=200, mimetype="application/json")
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -344,13 +371,17 @@ class SandboxProcessingLog:
     def start(self) -> Self:
         if self._server is not None:
             return self
-        self._server = make_server(self.host, self.port, self._app, threaded=True,
-                                   request_handler=_QuietHandler)
+        self._server = make_server(
+            self.host, self.port, self._app, threaded=True, request_handler=_QuietHandler
+        )
         self.port = self._server.server_port
         server = self._server
         # A short poll interval keeps stop() (and every test's teardown) fast.
-        self._thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05),
-                                        name="sandbox-processing-log", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: server.serve_forever(poll_interval=0.05),
+            name="sandbox-processing-log",
+            daemon=True,
+        )
         self._thread.start()
         logger.info("sandbox processing log on %s", self.url)
         return self
@@ -369,8 +400,12 @@ class SandboxProcessingLog:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
@@ -388,9 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server = SandboxProcessingLog(
-        args.dir, args.username, args.password_file.read_text().strip(),
-        processing_delay_seconds=args.delay, port=args.port,
-        allowed_namespaces=args.namespace or ["ep"])
+        args.dir,
+        args.username,
+        args.password_file.read_text().strip(),
+        processing_delay_seconds=args.delay,
+        port=args.port,
+        allowed_namespaces=args.namespace or ["ep"],
+    )
     with server:
         print(f"processing log on {server.url}/logs", flush=True)
         stop.wait()

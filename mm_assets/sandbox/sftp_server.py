@@ -150,9 +150,7 @@ class SandboxSftpServer:
         self.username = username
         self.password = password if password is not None else secrets.token_urlsafe(18)
         self._host_key = self._load_or_create_key(host_key_path)
-        self.host_key_line = (
-            self._host_key.export_public_key().decode().split("\n")[0].strip()
-        )
+        self.host_key_line = self._host_key.export_public_key().decode().split("\n")[0].strip()
         # Drop the key comment: the line is what a known_hosts entry needs, nothing more.
         self.host_key_line = " ".join(self.host_key_line.split()[:2])
         self._faults = _Faults()
@@ -238,8 +236,9 @@ class SandboxSftpServer:
         except BaseException:
             self.stop()
             raise
-        logger.info("sandbox SFTP server listening on %s:%d, drop %s",
-                    self.host, self.port, self.root_dir)
+        logger.info(
+            "sandbox SFTP server listening on %s:%d, drop %s", self.host, self.port, self.root_dir
+        )
         return self
 
     async def _listen(self) -> None:

@@ -27,8 +27,9 @@ from mm_assets_tests.conftest import (
 
 def build(tmp_path, rows, name="batch_1", **overrides):
     batch = write_batch(tmp_path, {"part.csv": csv_bytes(rows)}, name=name)
-    return run_build(batch, tmp_path / "work" / name, make_settings(**overrides),
-                     outbox_root=tmp_path / "outbox")
+    return run_build(
+        batch, tmp_path / "work" / name, make_settings(**overrides), outbox_root=tmp_path / "outbox"
+    )
 
 
 def assert_all_valid(paths, **kw):
@@ -41,14 +42,20 @@ def assert_all_valid(paths, **kw):
 
 CONFLICT_ROWS = [
     # seg 1: removal wins over add-now and a dated add
-    ("u1", "1", "0", "", ""), ("u1", "1", "1765000000", "", ""), ("u1", "1", "-1", "", ""),
+    ("u1", "1", "0", "", ""),
+    ("u1", "1", "1765000000", "", ""),
+    ("u1", "1", "-1", "", ""),
     # seg 2: add-now wins over dated adds (even a later one)
-    ("u1", "2", "1765000000", "", ""), ("u1", "2", "0", "", ""), ("u1", "2", "1999999999", "", ""),
+    ("u1", "2", "1765000000", "", ""),
+    ("u1", "2", "0", "", ""),
+    ("u1", "2", "1999999999", "", ""),
     # seg 3: otherwise the latest timestamp wins
-    ("u1", "3", "1700000000", "", ""), ("u1", "3", "1765000000", "", ""),
+    ("u1", "3", "1700000000", "", ""),
+    ("u1", "3", "1765000000", "", ""),
     ("u1", "3", "1760000000", "", ""),
     # seg 4: identical repeats fold silently (no conflict)
-    ("u1", "4", "5", "", ""), ("u1", "4", "5", "", ""),
+    ("u1", "4", "5", "", ""),
+    ("u1", "4", "5", "", ""),
     # the same user+segment in another file (agency) is not in conflict with the global one
     ("u1", "1", "0", "Acme", ""),
 ]
@@ -57,8 +64,12 @@ CONFLICT_ROWS = [
 def test_conflict_rule_removal_then_now_then_latest(tmp_path):
     result = build(tmp_path, CONFLICT_ROWS)
     files = {f.agency: f for f in map(parse_s2s, s2s_files_in(result.outbox))}
-    assert files[""].loads() == {("u1", "1", "-1"), ("u1", "2", "0"), ("u1", "3", "1765000000"),
-                                 ("u1", "4", "5")}
+    assert files[""].loads() == {
+        ("u1", "1", "-1"),
+        ("u1", "2", "0"),
+        ("u1", "3", "1765000000"),
+        ("u1", "4", "5"),
+    }
     assert files["Acme"].loads() == {("u1", "1", "0")}
     assert len(files[""].rows) == 1  # one line for the user (S2S-EFF)
 
@@ -69,9 +80,13 @@ def test_conflict_rule_does_not_depend_on_row_order(tmp_path):
         rows = list(CONFLICT_ROWS)
         random.Random(i).shuffle(rows)
         result = build(tmp_path, rows, name=f"batch_{i}")
-        outputs.add(frozenset(
-            (f.agency, *load) for f in map(parse_s2s, s2s_files_in(result.outbox))
-            for load in f.loads()))
+        outputs.add(
+            frozenset(
+                (f.agency, *load)
+                for f in map(parse_s2s, s2s_files_in(result.outbox))
+                for load in f.loads()
+            )
+        )
     assert len(outputs) == 1
 
 
@@ -110,8 +125,10 @@ def test_user_with_1500_loads_continues_on_consecutive_lines_that_pass_the_valid
 
 def test_one_file_per_agency_and_global_cookie_and_mobile_never_mixed(tmp_path):
     rows = [
-        ("cookie-g", "1", "0", "", "cookie"), ("DEV-G", "2", "0", "", "idfa"),
-        ("cookie-a", "3", "0", "Acme Retail", ""), ("DEV-A", "4", "0", "Acme Retail", "gaid"),
+        ("cookie-g", "1", "0", "", "cookie"),
+        ("DEV-G", "2", "0", "", "idfa"),
+        ("cookie-a", "3", "0", "Acme Retail", ""),
+        ("DEV-A", "4", "0", "Acme Retail", "gaid"),
         ("cookie-b", "5", "0", "Globex-Media", "cookie"),
         ("dev-g", "6", "0", "", "IDFA"),  # the same device as DEV-G (S2S-MOB)
     ]
@@ -129,29 +146,46 @@ def test_one_file_per_agency_and_global_cookie_and_mobile_never_mixed(tmp_path):
         ("AcmeRetail", True): {("dev-a", "4", "0")},
         ("GlobexMedia", False): {("cookie-b", "5", "0")},
     }
-    assert sorted(p.name for p in paths) == sorted([
-        "AcmeRetail_ExamplePartner_20261120120000.log.gz",
-        "AcmeRetail_ExamplePartner_20261120120001.log.gz",
-        "GlobexMedia_ExamplePartner_20261120120000.log.gz",
-        "ExamplePartner_20261120120000.log.gz",
-        "ExamplePartner_20261120120001.log.gz",
-    ])
+    assert sorted(p.name for p in paths) == sorted(
+        [
+            "AcmeRetail_ExamplePartner_20261120120000.log.gz",
+            "AcmeRetail_ExamplePartner_20261120120001.log.gz",
+            "GlobexMedia_ExamplePartner_20261120120000.log.gz",
+            "ExamplePartner_20261120120000.log.gz",
+            "ExamplePartner_20261120120001.log.gz",
+        ]
+    )
     assert_all_valid(paths)
 
 
 def test_header_carries_settings_and_build_time(tmp_path):
-    result = build(tmp_path, [("u1", "1", "0", "", "")], user_namespace="acme1p",
-                   user_table_id="42", segment_namespace="ns9")
+    result = build(
+        tmp_path,
+        [("u1", "1", "0", "", "")],
+        user_namespace="acme1p",
+        user_table_id="42",
+        segment_namespace="ns9",
+    )
     [path] = s2s_files_in(result.outbox)
     assert parse_s2s(path).header_lines == [
-        "Version: 3", f"FileIdentifier: {path.name}", f"DateCreated: {int(NOW.timestamp())}",
-        "UserNamespace: acme1p", "UserTableId: 42", "SegmentNamespace: ns9", "Mobile: 0"]
+        "Version: 3",
+        f"FileIdentifier: {path.name}",
+        f"DateCreated: {int(NOW.timestamp())}",
+        "UserNamespace: acme1p",
+        "UserTableId: 42",
+        "SegmentNamespace: ns9",
+        "Mobile: 0",
+    ]
     assert_all_valid([path])
 
 
 def test_hashed_taxonomy_file_declares_hash_segments(tmp_path):
-    rows = [("u1", "sports_fan", "0", "SportsDaily", ""), ("u2", "101", "0", "", ""),
-            ("u3", "102", "0", "Acme", ""), ("DEV", "golf", "-1", "SportsDaily", "idfa")]
+    rows = [
+        ("u1", "sports_fan", "0", "SportsDaily", ""),
+        ("u2", "101", "0", "", ""),
+        ("u3", "102", "0", "Acme", ""),
+        ("DEV", "golf", "-1", "SportsDaily", "idfa"),
+    ]
     result = build(tmp_path, rows, hashed_taxonomies=frozenset({"SportsDaily"}))
     parsed = {(f.agency, f.mobile): f for f in map(parse_s2s, s2s_files_in(result.outbox))}
     assert parsed[("SportsDaily", False)].header.get("HashSegments") == "1"
@@ -161,13 +195,17 @@ def test_hashed_taxonomy_file_declares_hash_segments(tmp_path):
     assert parsed[("SportsDaily", False)].loads() == {("u1", "sports_fan", "0")}
     assert {f.name: f.hash_segments for f in result.built} == {
         name: f.header.get("HashSegments") == "1"
-        for name, f in ((f.name, f) for f in parsed.values())}
+        for name, f in ((f.name, f) for f in parsed.values())
+    }
     assert_all_valid(s2s_files_in(result.outbox))
 
 
 def test_hashed_taxonomy_matching_is_case_insensitive_end_to_end(tmp_path):
-    result = build(tmp_path, [("u1", "sports_fan", "0", "SportsDaily", "")],
-                   hashed_taxonomies=frozenset({"sportsdaily"}))
+    result = build(
+        tmp_path,
+        [("u1", "sports_fan", "0", "SportsDaily", "")],
+        hashed_taxonomies=frozenset({"sportsdaily"}),
+    )
     assert_all_valid(s2s_files_in(result.outbox))
 
 
@@ -180,12 +218,17 @@ def split_rows(users=2500, big_user_loads=0):
     for _ in range(users):
         user = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         for _ in range(rng.randint(1, 4)):
-            rows.append((user, str(rng.randint(0, 2_000_000_000)),
-                         rng.choice(["0", "-1", str(rng.randint(1_700_000_000, 1_800_000_000))]),
-                         "", ""))
+            rows.append(
+                (
+                    user,
+                    str(rng.randint(0, 2_000_000_000)),
+                    rng.choice(["0", "-1", str(rng.randint(1_700_000_000, 1_800_000_000))]),
+                    "",
+                    "",
+                )
+            )
     # a user with continuation lines must stay whole inside one file
-    rows += [("big-user", str(500000 + i), "1765000000", "", "")
-             for i in range(big_user_loads)]
+    rows += [("big-user", str(500000 + i), "1765000000", "", "") for i in range(big_user_loads)]
     return rows
 
 
@@ -264,8 +307,9 @@ def test_rebuilding_a_batch_issues_new_names_and_replaces_the_old_files(tmp_path
     first = build(tmp_path, rows)
     first_names = {f.name for f in first.built}
     settings = make_settings()
-    again = write_s2s_files(first.merge.merged_dir, first.outbox, settings, now=NOW,
-                            batch="batch_1")
+    again = write_s2s_files(
+        first.merge.merged_dir, first.outbox, settings, now=NOW, batch="batch_1"
+    )
     again_names = {f.name for f in again}
     assert not first_names & again_names
     assert {p.name for p in s2s_files_in(first.outbox)} == again_names
@@ -278,14 +322,14 @@ def test_rebuilding_a_batch_issues_new_names_and_replaces_the_old_files(tmp_path
 
 
 def test_partner_name_is_part_of_every_name(tmp_path):
-    result = build(tmp_path, [("u1", "1", "0", "Acme", "")],
-                   partner_name="OtherPartner")
+    result = build(tmp_path, [("u1", "1", "0", "Acme", "")], partner_name="OtherPartner")
     assert [f.name for f in result.built] == ["Acme_OtherPartner_20261120120000.log.gz"]
     assert PARTNER not in result.built[0].name
 
 
 def test_build_time_is_written_in_utc(tmp_path):
     batch = write_batch(tmp_path, {"p.csv": csv_bytes([("u1", "1", "0", "", "")])})
-    result = run_build(batch, tmp_path / "work", make_settings(),
-                       now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    result = run_build(
+        batch, tmp_path / "work", make_settings(), now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    )
     assert [f.name for f in result.built] == ["ExamplePartner_20260102030405.log.gz"]

@@ -44,7 +44,6 @@ def export_rows(draw) -> list[tuple[str, str, str, str, str]]:
     return draw(st.permutations(rows))
 
 
-
 def sanitise(client: str) -> str:
     return "".join(ch for ch in client if ch.isascii() and ch.isalnum())
 
@@ -76,8 +75,11 @@ def expected_output(rows) -> set[tuple[str, bool, str, str, str]]:
     return {(*key, str(t)) for key, t in best.items()}
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(
     rows=export_rows(),
     # Filler users make files big enough to be split under a small limit.
@@ -87,8 +89,10 @@ def expected_output(rows) -> set[tuple[str, bool, str, str, str]]:
 def test_roundtrip_output_equals_the_conflict_rule_and_files_are_valid(
     rows, filler, max_file_bytes
 ):
-    rows = rows + [(f"filler-{i:05d}-{i * 7919 % 10007}", str(i * 31 % 1000), "0", "", "")
-                   for i in range(filler)]
+    rows = rows + [
+        (f"filler-{i:05d}-{i * 7919 % 10007}", str(i * 31 % 1000), "0", "", "")
+        for i in range(filler)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         batch = write_batch(root, {"part.csv": csv_bytes(rows)})

@@ -28,8 +28,10 @@ STAMP = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
 
 def header(**kw: object) -> FileHeader:
     values: dict[str, object] = {
-        "file_identifier": "ExamplePartner_20261120120000.log.gz", "date_created": 1795176000,
-        "segment_namespace": "ep", "mobile": False,
+        "file_identifier": "ExamplePartner_20261120120000.log.gz",
+        "date_created": 1795176000,
+        "segment_namespace": "ep",
+        "mobile": False,
     }
     values.update(kw)
     return FileHeader(**values)  # type: ignore[arg-type]
@@ -57,7 +59,10 @@ def test_header_mobile_is_1_for_device_ids():
 def test_header_user_table_id_only_outside_the_mm_namespace():
     rendered = header(user_namespace="acme1p", user_table_id="42").render().decode()
     assert rendered.split("\n")[3:6] == [
-        "UserNamespace: acme1p", "UserTableId: 42", "SegmentNamespace: ep"]
+        "UserNamespace: acme1p",
+        "UserTableId: 42",
+        "SegmentNamespace: ep",
+    ]
     # In the mm namespace UserTableId is left out even when configured.
     assert b"UserTableId" not in header(user_namespace="mm", user_table_id="42").render()
     # Outside mm but with no table id: nothing to write.
@@ -77,16 +82,21 @@ def test_header_hash_flags_only_when_set_and_after_mobile(hash_segments, hash_id
     text = header(hash_segments=hash_segments, hash_ids=hash_ids).render().decode()
     assert text.endswith("\n\n") and not text.endswith("\n\n\n")
     lines = text[:-2].split("\n")
-    assert lines[-len(tail):] == tail
+    assert lines[-len(tail) :] == tail
     assert ("HashSegments: 0" not in text) and ("HashIDs: 0" not in text)
 
 
 def test_every_header_variant_passes_the_independent_validator(tmp_path):
     name = "Acme_ExamplePartner_20261120120000.log.gz"
-    for i, kw in enumerate([
-        {}, {"mobile": True}, {"hash_segments": True}, {"hash_ids": True},
-        {"user_namespace": "acme1p", "user_table_id": "7"},
-    ]):
+    for i, kw in enumerate(
+        [
+            {},
+            {"mobile": True},
+            {"hash_segments": True},
+            {"hash_ids": True},
+            {"user_namespace": "acme1p", "user_table_id": "7"},
+        ]
+    ):
         folder = tmp_path / str(i)
         folder.mkdir()
         path = folder / name
@@ -106,7 +116,8 @@ def test_file_name_global_data_has_no_agency_part():
 
 def test_file_name_private_client_data_starts_with_the_agency():
     assert file_name("ExamplePartner", STAMP, "AcmeRetail") == (
-        "AcmeRetail_ExamplePartner_20261120120000.log.gz")
+        "AcmeRetail_ExamplePartner_20261120120000.log.gz"
+    )
 
 
 def test_file_name_stamp_is_utc_whatever_the_input_zone():
@@ -116,8 +127,15 @@ def test_file_name_stamp_is_utc_whatever_the_input_zone():
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
-    [("Acme Retail", "AcmeRetail"), ("Globex-Media", "GlobexMedia"), ("a_b.c/d", "abcd"),
-     ("Café 9", "Caf9"), ("!!!", ""), ("", ""), ("Plain42", "Plain42")],
+    [
+        ("Acme Retail", "AcmeRetail"),
+        ("Globex-Media", "GlobexMedia"),
+        ("a_b.c/d", "abcd"),
+        ("Café 9", "Caf9"),
+        ("!!!", ""),
+        ("", ""),
+        ("Plain42", "Plain42"),
+    ],
 )
 def test_sanitise_name_part_keeps_only_ascii_letters_and_digits(raw, clean):
     assert sanitise_name_part(raw) == clean
@@ -166,8 +184,16 @@ def test_allocator_refuses_an_invalid_partner_name():
 
 @pytest.mark.parametrize(
     ("code", "ok"),
-    [("0", True), ("2147483647", True), ("2147483648", False), ("-1", False), ("", False),
-     ("1.5", False), ("abc", False), ("١٢", False)],
+    [
+        ("0", True),
+        ("2147483647", True),
+        ("2147483648", False),
+        ("-1", False),
+        ("", False),
+        ("1.5", False),
+        ("abc", False),
+        ("١٢", False),
+    ],
 )
 def test_segment_code_is_32bit(code, ok):
     assert segment_code_is_32bit(code) is ok
@@ -178,7 +204,8 @@ def test_segment_code_is_32bit(code, ok):
 
 def test_split_keeps_a_short_user_on_one_line():
     assert list(split_user_line("u1", ["1:0", "2:-1", "3:1765000000"])) == [
-        "u1 1:0 2:-1 3:1765000000"]
+        "u1 1:0 2:-1 3:1765000000"
+    ]
 
 
 def test_split_line_of_exactly_7999_characters_stays_one_line():
@@ -211,19 +238,23 @@ def test_split_1500_loads_uses_few_full_lines_in_order():
 @given(
     user=st.text(alphabet="abcdef0123456789-", min_size=1, max_size=40),
     loads=st.lists(
-        st.builds(lambda s, t: f"{s}:{t}", st.integers(0, 2_147_483_647),
-                  st.sampled_from([-1, 0, 1765000000, 1]))
+        st.builds(
+            lambda s, t: f"{s}:{t}",
+            st.integers(0, 2_147_483_647),
+            st.sampled_from([-1, 0, 1765000000, 1]),
+        )
         | st.text(alphabet="abcxyz_0123", min_size=1, max_size=300).map(lambda s: s + ":0"),
-        min_size=1, max_size=700,
+        min_size=1,
+        max_size=700,
     ),
 )
 def test_split_property_lines_short_continuations_only_when_needed_loads_in_order(user, loads):
     lines = list(split_user_line(user, loads))
     assert all(len(line) < 8000 for line in lines)
     assert all(line.startswith(user + " ") for line in lines)
-    assert [load for line in lines for load in line[len(user) + 1:].split(" ")] == loads
+    assert [load for line in lines for load in line[len(user) + 1 :].split(" ")] == loads
     for previous, nxt in pairwise(lines):
-        first_load = nxt[len(user) + 1:].split(" ")[0]
+        first_load = nxt[len(user) + 1 :].split(" ")[0]
         # A continuation exists only because the previous line could not take its first load.
         assert len(previous) + 1 + len(first_load) >= 8000
 

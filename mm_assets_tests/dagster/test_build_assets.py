@@ -34,11 +34,14 @@ def sample_copy(tmp_path: Path) -> Path:
 
 def resources(tmp_path: Path) -> dict[str, object]:
     return {
-        "storage": BatchStorage(export_dir=str(tmp_path / "export"),
-                                work_dir=str(tmp_path / "work"),
-                                outbox_dir=str(tmp_path / "outbox")),
-        "s2s": S2sFileSettings(partner_name="ExamplePartner", segment_namespace="ep",
-                               hashed_taxonomies="SportsDaily"),
+        "storage": BatchStorage(
+            export_dir=str(tmp_path / "export"),
+            work_dir=str(tmp_path / "work"),
+            outbox_dir=str(tmp_path / "outbox"),
+        ),
+        "s2s": S2sFileSettings(
+            partner_name="ExamplePartner", segment_namespace="ep", hashed_taxonomies="SportsDaily"
+        ),
         "moloco_source": MolocoExportSource(),  # method "local": the export folder itself
     }
 
@@ -49,9 +52,17 @@ def test_materialising_the_build_assets_writes_valid_files_and_passes_the_checks
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(export_batches.name, [BATCH])
     result = dg.materialize(
-        [assets.moloco_export_objects, assets.raw_audiences, assets.merged_segment_loads,
-         assets.s2s_files, checks.files_conform_to_s2s_spec, checks.outbox_matches_manifest],
-        partition_key=BATCH, instance=instance, resources=resources(tmp_path),
+        [
+            assets.moloco_export_objects,
+            assets.raw_audiences,
+            assets.merged_segment_loads,
+            assets.s2s_files,
+            checks.files_conform_to_s2s_spec,
+            checks.outbox_matches_manifest,
+        ],
+        partition_key=BATCH,
+        instance=instance,
+        resources=resources(tmp_path),
     )
     assert result.success
 
@@ -76,8 +87,13 @@ def test_materialising_the_build_assets_writes_valid_files_and_passes_the_checks
     assert names == sorted(f.name for f in manifest)
     # global + 3 agencies for cookies; mobile IDs: global + agencies that have any.
     agencies = {(f.agency, f.mobile) for f in manifest}
-    assert {("", False), ("", True), ("AcmeRetail", False), ("GlobexMedia", False),
-            ("SportsDaily", False)} <= agencies
+    assert {
+        ("", False),
+        ("", True),
+        ("AcmeRetail", False),
+        ("GlobexMedia", False),
+        ("SportsDaily", False),
+    } <= agencies
     for built in manifest:
         assert validate_file(outbox / built.name).ok
         text = gzip.decompress((outbox / built.name).read_bytes()).decode()
@@ -116,10 +132,13 @@ def test_cli_build_of_a_missing_folder_returns_2(cli_env):
 def test_cli_validate_returns_1_for_a_broken_file(tmp_path, capsys):
     path = tmp_path / "ExamplePartner_20261120120000.log.gz"
     # Header without the blank line, a segment above 2**31-1 and a repeated user.
-    path.write_bytes(gzip.compress(
-        b"Version: 3\nFileIdentifier: ExamplePartner_20261120120000.log.gz\n"
-        b"DateCreated: 1795176000\nUserNamespace: mm\nSegmentNamespace: ep\nMobile: 0\n"
-        b"u1 3000000000:0\nu2 1:0\nu1 2:0\n"))
+    path.write_bytes(
+        gzip.compress(
+            b"Version: 3\nFileIdentifier: ExamplePartner_20261120120000.log.gz\n"
+            b"DateCreated: 1795176000\nUserNamespace: mm\nSegmentNamespace: ep\nMobile: 0\n"
+            b"u1 3000000000:0\nu2 1:0\nu1 2:0\n"
+        )
+    )
     assert main(["validate", str(path)]) == 1
     out = capsys.readouterr().out
     assert "S2S-SEG" in out and "S2S-EFF" in out
@@ -138,10 +157,12 @@ EXPECTED_ASSETS = {
     "s2s_files": {"deps": {"merged_segment_loads"}, "group": "s2s_build"},
     "upload_receipts": {"deps": {"s2s_files"}, "group": "delivery"},
 }
-EXPECTED_CHECKS = {("s2s_files", "files_conform_to_s2s_spec"),
-                   ("s2s_files", "outbox_matches_manifest"),
-                   ("upload_receipts", "every_file_has_a_receipt"),
-                   ("upload_receipts", "every_file_accepted_by_mediamath")}
+EXPECTED_CHECKS = {
+    ("s2s_files", "files_conform_to_s2s_spec"),
+    ("s2s_files", "outbox_matches_manifest"),
+    ("upload_receipts", "every_file_has_a_receipt"),
+    ("upload_receipts", "every_file_accepted_by_mediamath"),
+}
 
 
 def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
@@ -162,10 +183,18 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
         }
     assert got == EXPECTED_ASSETS
     assert {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys} == (
-        EXPECTED_CHECKS)
+        EXPECTED_CHECKS
+    )
     build_job = defs.resolve_job_def("build_s2s_files")
     assert build_job.partitions_def == export_batches
     assert {k.to_user_string() for k in build_job.asset_layer.executable_asset_keys} == {
-        "moloco_export_objects", "raw_audiences", "merged_segment_loads", "s2s_files"}
+        "moloco_export_objects",
+        "raw_audiences",
+        "merged_segment_loads",
+        "s2s_files",
+    }
     assert {s.name for s in repo.sensor_defs} == {
-        "moloco_export_batches", "deferred_deliveries", "processing_log_poller"}
+        "moloco_export_batches",
+        "deferred_deliveries",
+        "processing_log_poller",
+    }

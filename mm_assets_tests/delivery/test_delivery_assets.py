@@ -96,8 +96,12 @@ def materialize_build_and_delivery(
         ],
         partition_key=BATCH,
         instance=instance,
-        resources={"storage": storage, "s2s": S2S_SETTINGS, "delivery": delivery,
-                   "moloco_source": MolocoExportSource()},
+        resources={
+            "storage": storage,
+            "s2s": S2S_SETTINGS,
+            "delivery": delivery,
+            "moloco_source": MolocoExportSource(),
+        },
         raise_on_error=False,
     )
 
@@ -121,7 +125,8 @@ def receipts_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 def receipt_check(result: dg.ExecuteInProcessResult) -> Any:
     [evaluation] = [
-        e for e in result.get_asset_check_evaluations()
+        e
+        for e in result.get_asset_check_evaluations()
         if e.check_name == "every_file_has_a_receipt"
     ]
     return evaluation
@@ -200,8 +205,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample batch built once through Dagster; the blocking build checks must pass."""
     root = tmp_path_factory.mktemp("built")
     shutil.copytree(SAMPLE_BATCH, root / "export" / BATCH)
-    storage = BatchStorage(export_dir=str(root / "export"), work_dir=str(root / "work"),
-                           outbox_dir=str(root / "outbox"))
+    storage = BatchStorage(
+        export_dir=str(root / "export"),
+        work_dir=str(root / "work"),
+        outbox_dir=str(root / "outbox"),
+    )
     with new_instance(root / "dagster") as instance:
         instance.add_dynamic_partitions(export_batches.name, [BATCH])
         result = dg.materialize(
@@ -209,8 +217,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
             selection=BUILD_ASSETS[1:],
             partition_key=BATCH,
             instance=instance,
-            resources={"storage": storage, "s2s": S2S_SETTINGS,
-                       "moloco_source": MolocoExportSource()},
+            resources={
+                "storage": storage,
+                "s2s": S2S_SETTINGS,
+                "moloco_source": MolocoExportSource(),
+            },
         )
         assert result.success
         evaluations = result.get_asset_check_evaluations()
@@ -223,8 +234,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def storage(built: Path, tmp_path: Path) -> BatchStorage:
     """This test's copy of the built outbox (work and export stay shared, read only)."""
     shutil.copytree(built / "outbox" / BATCH, tmp_path / "outbox" / BATCH)
-    return BatchStorage(export_dir=str(built / "export"), work_dir=str(built / "work"),
-                        outbox_dir=str(tmp_path / "outbox"))
+    return BatchStorage(
+        export_dir=str(built / "export"),
+        work_dir=str(built / "work"),
+        outbox_dir=str(tmp_path / "outbox"),
+    )
 
 
 @pytest.fixture
@@ -267,8 +281,11 @@ def test_sftp_build_and_delivery_then_rerun_sends_nothing(
     sftp_server: SandboxSftpServer, tmp_path: Path
 ) -> None:
     shutil.copytree(SAMPLE_BATCH, tmp_path / "export" / BATCH)
-    storage = BatchStorage(export_dir=str(tmp_path / "export"), work_dir=str(tmp_path / "work"),
-                           outbox_dir=str(tmp_path / "outbox"))
+    storage = BatchStorage(
+        export_dir=str(tmp_path / "export"),
+        work_dir=str(tmp_path / "work"),
+        outbox_dir=str(tmp_path / "outbox"),
+    )
     ledger_path = tmp_path / "state" / "ledger.sqlite"
     delivery = sftp_delivery(sftp_server, tmp_path / "known_hosts", ledger_path)
     with new_instance(tmp_path / "dagster") as instance:
@@ -351,8 +368,7 @@ def test_quota_defers_to_the_next_hour_and_a_later_run_sends_the_rest_once(
     sftp_server: SandboxSftpServer, storage: BatchStorage, instance: Any, tmp_path: Path
 ) -> None:
     ledger_path = tmp_path / "ledger.sqlite"
-    delivery = sftp_delivery(sftp_server, tmp_path / "known_hosts", ledger_path,
-                             files_per_hour=3)
+    delivery = sftp_delivery(sftp_server, tmp_path / "known_hosts", ledger_path, files_per_hour=3)
     names = [f.name for f in outgoing_files(storage, BATCH)]
     _not_at_the_end_of_an_hour()
     hour_end = hour_window(datetime.now(UTC))[1]
@@ -384,9 +400,15 @@ def test_quota_defers_to_the_next_hour_and_a_later_run_sends_the_rest_once(
     later = hour_end + timedelta(minutes=1)
     files = outgoing_files(storage, BATCH)
     with delivery.session() as (transport, ledger):
-        report = deliver_batch(files, BATCH, transport, ledger,
-                               delivery.quota_limits(transport.max_file_bytes),
-                               now=lambda: later, run_id="next-hour")
+        report = deliver_batch(
+            files,
+            BATCH,
+            transport,
+            ledger,
+            delivery.quota_limits(transport.max_file_bytes),
+            now=lambda: later,
+            run_id="next-hour",
+        )
     assert report.counts["already_delivered"] == 3
     assert report.counts["delivered"] == 3 and report.counts["deferred"] == 2
     assert report.next_not_before == hour_end + timedelta(hours=1)
@@ -415,8 +437,9 @@ def test_daily_byte_quota_defers_to_midnight_utc(
     """A day's bytes exactly used up by the first three files: the rest wait for midnight."""
     files = outgoing_files(storage, BATCH)
     budget = sum(f.size for f in files[:3])
-    delivery = sftp_delivery(sftp_server, tmp_path / "known_hosts", tmp_path / "l.sqlite",
-                             bytes_per_day=str(budget))
+    delivery = sftp_delivery(
+        sftp_server, tmp_path / "known_hosts", tmp_path / "l.sqlite", bytes_per_day=str(budget)
+    )
     result = materialize_delivery(instance, storage, delivery)
     meta = receipts_metadata(result)
     assert meta["files_delivered"] == 3 and meta["files_deferred"] == SAMPLE_FILES - 3
@@ -445,8 +468,10 @@ def _deliver_then_rebuild(
     server: SandboxSftpServer, storage: BatchStorage, instance: Any, tmp_path: Path
 ) -> tuple[str, dg.ExecuteInProcessResult, dict[str, tuple[int, int, str]]]:
     delivery = sftp_delivery(server, tmp_path / "known_hosts", tmp_path / "l.sqlite")
-    assert receipts_metadata(materialize_delivery(instance, storage, delivery))[
-        "files_delivered"] == SAMPLE_FILES
+    assert (
+        receipts_metadata(materialize_delivery(instance, storage, delivery))["files_delivered"]
+        == SAMPLE_FILES
+    )
     landed = drop_state(server.root_dir)
     name = _rebuild_first_file_under_its_name(storage)
     return name, materialize_delivery(instance, storage, delivery), landed
@@ -470,8 +495,7 @@ def test_rebuilt_file_under_a_delivered_name_is_flagged(
     sftp_server: SandboxSftpServer, storage: BatchStorage, instance: Any, tmp_path: Path
 ) -> None:
     name, result, _ = _deliver_then_rebuild(sftp_server, storage, instance, tmp_path)
-    warned = [m for m in run_messages(instance, result.run_id)
-              if name in m and "differs" in m]
+    warned = [m for m in run_messages(instance, result.run_id) if name in m and "differs" in m]
     assert warned and not receipt_check(result).passed
 
 
@@ -480,7 +504,10 @@ def test_rebuilt_file_under_a_delivered_name_is_flagged(
 
 @pytest.mark.parametrize("transport", ["sftp", "cft"])
 def test_dry_run_sends_nothing_and_writes_no_receipt(
-    transport: str, storage: BatchStorage, instance: Any, tmp_path: Path,
+    transport: str,
+    storage: BatchStorage,
+    instance: Any,
+    tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
     ledger_path = tmp_path / "ledger.sqlite"
@@ -508,10 +535,15 @@ def test_dry_run_sends_nothing_and_writes_no_receipt(
 
 
 def cft_sandbox_untouched(sandbox: SandboxCft) -> bool:
-    return sandbox.list_objects() == {} and sandbox.credentials_requests == 0 and not [
-        r for r in sandbox.seen if r.access_key_id in
-        {c["accessKeyID"] for c in sandbox.issued_credentials}
-    ]
+    return (
+        sandbox.list_objects() == {}
+        and sandbox.credentials_requests == 0
+        and not [
+            r
+            for r in sandbox.seen
+            if r.access_key_id in {c["accessKeyID"] for c in sandbox.issued_credentials}
+        ]
+    )
 
 
 # -- 5. wrong password ----------------------------------------------------------------------
@@ -519,14 +551,18 @@ def cft_sandbox_untouched(sandbox: SandboxCft) -> bool:
 
 @pytest.mark.parametrize("transport", ["sftp", "cft"])
 def test_wrong_password_fails_without_retry_and_without_receipt(
-    transport: str, storage: BatchStorage, instance: Any, tmp_path: Path,
+    transport: str,
+    storage: BatchStorage,
+    instance: Any,
+    tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
     ledger_path = tmp_path / "ledger.sqlite"
     if transport == "sftp":
         server: SandboxSftpServer = request.getfixturevalue("sftp_server")
-        delivery = sftp_delivery(server, tmp_path / "known_hosts", ledger_path,
-                                 password=WRONG_PASSWORD)
+        delivery = sftp_delivery(
+            server, tmp_path / "known_hosts", ledger_path, password=WRONG_PASSWORD
+        )
     else:
         sandbox: SandboxCft = request.getfixturevalue("cft_sandbox")
         delivery = cft_delivery(sandbox, ledger_path, password=WRONG_PASSWORD)
@@ -555,14 +591,18 @@ def test_wrong_password_fails_without_retry_and_without_receipt(
 
 
 def test_wrong_host_key_is_refused_once_naming_the_fingerprint(
-    sftp_server: SandboxSftpServer, storage: BatchStorage, instance: Any, tmp_path: Path,
+    sftp_server: SandboxSftpServer,
+    storage: BatchStorage,
+    instance: Any,
+    tmp_path: Path,
     sftp_connections: list[tuple[str, int]],
 ) -> None:
     ledger_path = tmp_path / "ledger.sqlite"
     delivery = sftp_delivery(sftp_server, tmp_path / "known_hosts", ledger_path)
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
     (tmp_path / "known_hosts").write_text(
-        f"[{sftp_server.host}]:{sftp_server.port} {other[0]} {other[1]}\n")
+        f"[{sftp_server.host}]:{sftp_server.port} {other[0]} {other[1]}\n"
+    )
 
     result = materialize_delivery(instance, storage, delivery)
     meta = receipts_metadata(result)
@@ -577,11 +617,9 @@ def test_wrong_host_key_is_refused_once_naming_the_fingerprint(
 
     fingerprint = sha256_fingerprint_of(sftp_server.host_key_line)
     wrong = sha256_fingerprint_of(" ".join(other[:2]))
-    warnings = [m for m in run_messages(instance, result.run_id)
-                if "HostKeyRejected" in m]
+    warnings = [m for m in run_messages(instance, result.run_id) if "HostKeyRejected" in m]
     assert warnings, "the run's events do not say the host key was rejected"
-    assert any(fingerprint in m and f"{sftp_server.host}:{sftp_server.port}" in m
-               for m in warnings)
+    assert any(fingerprint in m and f"{sftp_server.host}:{sftp_server.port}" in m for m in warnings)
     assert not any(wrong in m for m in run_messages(instance, result.run_id))
 
 
@@ -603,11 +641,15 @@ def _instance_texts(instance: Any) -> dict[str, str]:
     for run in instance.get_runs():
         texts[f"run {run.run_id}"] = serialize_value(run) + str(run)
         for i, entry in enumerate(instance.all_logs(run.run_id)):
-            texts[f"run {run.run_id} event {i}"] = "\n".join([
-                entry.message or "", entry.user_message or "",
-                serialize_value(entry.dagster_event) if entry.dagster_event else "",
-                str(entry.dagster_event), serialize_value(entry),
-            ])
+            texts[f"run {run.run_id} event {i}"] = "\n".join(
+                [
+                    entry.message or "",
+                    entry.user_message or "",
+                    serialize_value(entry.dagster_event) if entry.dagster_event else "",
+                    str(entry.dagster_event),
+                    serialize_value(entry),
+                ]
+            )
     return texts
 
 
@@ -638,8 +680,11 @@ def _sqlite_blobs(path: Path) -> dict[str, bytes]:
 
 
 def test_no_password_secret_key_or_session_token_in_events_logs_or_files(
-    sftp_server: SandboxSftpServer, cft_sandbox: SandboxCft, tmp_path: Path,
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    sftp_server: SandboxSftpServer,
+    cft_sandbox: SandboxCft,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Passwords configured the way `default_delivery` does it (dg.EnvVar): build + delivery
     over SFTP and CFT, and both refused logins, leave no secret in Dagster's event log, run
@@ -651,12 +696,16 @@ def test_no_password_secret_key_or_session_token_in_events_logs_or_files(
     shutil.copytree(SAMPLE_BATCH, tmp_path / "export" / BATCH)
     state = tmp_path / "state"
     state.mkdir()
-    storage = BatchStorage(export_dir=str(tmp_path / "export"), work_dir=str(tmp_path / "work"),
-                           outbox_dir=str(tmp_path / "outbox"))
+    storage = BatchStorage(
+        export_dir=str(tmp_path / "export"),
+        work_dir=str(tmp_path / "work"),
+        outbox_dir=str(tmp_path / "outbox"),
+    )
 
     def sftp(ledger: str, password: str) -> MediaMathDelivery:
-        return sftp_delivery(sftp_server, state / "known_hosts", state / ledger,
-                             password=dg.EnvVar(password))
+        return sftp_delivery(
+            sftp_server, state / "known_hosts", state / ledger, password=dg.EnvVar(password)
+        )
 
     def cft(ledger: str, password: str) -> MediaMathDelivery:
         return cft_delivery(cft_sandbox, state / ledger, password=dg.EnvVar(password))
@@ -665,13 +714,14 @@ def test_no_password_secret_key_or_session_token_in_events_logs_or_files(
         instance.add_dynamic_partitions(export_batches.name, [BATCH])
         results = [
             materialize_build_and_delivery(
-                instance, storage, sftp("sftp.sqlite", "MM_SFTP_PASSWORD")),
+                instance, storage, sftp("sftp.sqlite", "MM_SFTP_PASSWORD")
+            ),
             materialize_delivery(instance, storage, cft("cft.sqlite", "MM_CFT_TEST_PASSWORD")),
             # the error paths too: a refused login must not echo what was sent
             materialize_delivery(
-                instance, storage, sftp("wrong1.sqlite", "MM_WRONG_TEST_PASSWORD")),
-            materialize_delivery(
-                instance, storage, cft("wrong2.sqlite", "MM_WRONG_TEST_PASSWORD")),
+                instance, storage, sftp("wrong1.sqlite", "MM_WRONG_TEST_PASSWORD")
+            ),
+            materialize_delivery(instance, storage, cft("wrong2.sqlite", "MM_WRONG_TEST_PASSWORD")),
         ]
         assert receipts_metadata(results[0])["files_delivered"] == SAMPLE_FILES
         assert receipts_metadata(results[1])["files_delivered"] == SAMPLE_FILES
@@ -680,14 +730,18 @@ def test_no_password_secret_key_or_session_token_in_events_logs_or_files(
         haystacks: dict[str, str | bytes] = dict(_instance_texts(instance))
 
     assert cft_sandbox.issued_credentials, "the CFT run fetched no credentials"
-    secrets = {"sftp password": SFTP_PASSWORD, "cft password": CFT_PASSWORD,
-               "wrong password": WRONG_PASSWORD}
+    secrets = {
+        "sftp password": SFTP_PASSWORD,
+        "cft password": CFT_PASSWORD,
+        "wrong password": WRONG_PASSWORD,
+    }
     for i, issued in enumerate(cft_sandbox.issued_credentials):
         secrets[f"secret key #{i}"] = issued["secretAccessKey"]
         secrets[f"session token #{i}"] = issued["sessionToken"]
 
     haystacks["python logs"] = "\n".join(
-        f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+        f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records
+    )
     haystacks["caplog text"] = caplog.text
     for folder in ("outbox", "work", "state", "dagster"):
         haystacks.update(_file_bytes(tmp_path / folder))
@@ -703,7 +757,9 @@ def test_no_password_secret_key_or_session_token_in_events_logs_or_files(
     "instead of dg.EnvVar is "
     "persisted as the config default in the run's job snapshot (runs.db `snapshots`) and "
     "shown in the Dagster UI; only dg.EnvVar keeps it out. README: no password is written "
-    "to files.", strict=True)
+    "to files.",
+    strict=True,
+)
 def test_literal_password_is_not_persisted_in_the_job_snapshot(
     sftp_server: SandboxSftpServer, storage: BatchStorage, instance: Any, tmp_path: Path
 ) -> None:
@@ -725,8 +781,14 @@ def _crash_after_upload(
     (its in-flight row started `age` ago)."""
     file = outgoing_files(storage, BATCH)[0]
     with delivery.session() as (transport, ledger):
-        decision = ledger.reserve(file, BATCH, transport.name, datetime.now(UTC) - age,
-                                  QuotaLimits(), run_id="crashed-run")
+        decision = ledger.reserve(
+            file,
+            BATCH,
+            transport.name,
+            datetime.now(UTC) - age,
+            QuotaLimits(),
+            run_id="crashed-run",
+        )
         assert decision.send
         transport.upload(file)
     return file.name
@@ -775,12 +837,20 @@ def test_sftp_crash_between_upload_and_receipt_with_file_in_drop_is_reconciled(
 
 @pytest.mark.parametrize(
     ("age", "status", "severity"),
-    [(timedelta(minutes=5), "in_progress", dg.AssetCheckSeverity.WARN),
-     (timedelta(hours=3), "needs_attention", dg.AssetCheckSeverity.ERROR)],
-    ids=["recent", "stale"])
+    [
+        (timedelta(minutes=5), "in_progress", dg.AssetCheckSeverity.WARN),
+        (timedelta(hours=3), "needs_attention", dg.AssetCheckSeverity.ERROR),
+    ],
+    ids=["recent", "stale"],
+)
 def test_sftp_crash_with_file_taken_from_drop_is_never_resent_blindly(
-    age: timedelta, status: str, severity: dg.AssetCheckSeverity,
-    sftp_server: SandboxSftpServer, storage: BatchStorage, instance: Any, tmp_path: Path
+    age: timedelta,
+    status: str,
+    severity: dg.AssetCheckSeverity,
+    sftp_server: SandboxSftpServer,
+    storage: BatchStorage,
+    instance: Any,
+    tmp_path: Path,
 ) -> None:
     """Absent from the SFTP drop: maybe never landed, maybe taken by MediaMath. A recent row
     may belong to a run still uploading (in_progress); a stale one needs a human."""

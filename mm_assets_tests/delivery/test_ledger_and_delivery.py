@@ -76,9 +76,9 @@ class Clock:
         return self.current
 
 
-def make_files(outbox: Path, count: int, size: int = 100, prefix: str = "Partner") -> list[
-    OutgoingFile
-]:
+def make_files(
+    outbox: Path, count: int, size: int = 100, prefix: str = "Partner"
+) -> list[OutgoingFile]:
     outbox.mkdir(parents=True, exist_ok=True)
     files = []
     for i in range(count):
@@ -132,8 +132,16 @@ def test_delivers_each_file_and_a_rerun_sends_nothing(
     rows = report.to_rows()
     assert rows[0]["status"] == "delivered" and rows[0]["uploaded_at"] == T0.isoformat()
     assert set(rows[0]) == {
-        "name", "status", "transport", "remote_path", "bytes", "md5", "attempts",
-        "uploaded_at", "not_before", "message",
+        "name",
+        "status",
+        "transport",
+        "remote_path",
+        "bytes",
+        "md5",
+        "attempts",
+        "uploaded_at",
+        "not_before",
+        "message",
     }
 
 
@@ -203,9 +211,7 @@ def test_day_quota_defers_to_midnight_utc(
     assert report.usage.bytes_left_today == 50
 
 
-def test_too_large_files_are_refused_with_the_rule(
-    tmp_path: Path, ledger: Ledger
-) -> None:
+def test_too_large_files_are_refused_with_the_rule(tmp_path: Path, ledger: Ledger) -> None:
     # The transport's own limit applies when it is stricter than the quota.
     small_drop = FolderTransport(tmp_path / "drop", max_file_bytes=150)
     files = make_files(tmp_path / "outbox", 1, size=100) + make_files(
@@ -305,9 +311,7 @@ def test_cft_in_flight_object_absent_is_sent_again(tmp_path: Path, ledger: Ledge
     assert cft.uploads[file.name] == 1
 
 
-def test_a_young_in_flight_row_of_another_run_is_left_alone(
-    tmp_path: Path, ledger: Ledger
-) -> None:
+def test_a_young_in_flight_row_of_another_run_is_left_alone(tmp_path: Path, ledger: Ledger) -> None:
     cft = FolderTransport(tmp_path / "bucket", name="cft")
     [file] = make_files(tmp_path / "outbox", 1)
     ledger.reserve(file, BATCH, "cft", T0, QuotaLimits(), run_id="alive")
@@ -319,9 +323,7 @@ def test_a_young_in_flight_row_of_another_run_is_left_alone(
     assert ledger.in_flight_record(file.name) is not None
 
 
-def test_in_flight_over_another_transport_needs_attention(
-    tmp_path: Path, ledger: Ledger
-) -> None:
+def test_in_flight_over_another_transport_needs_attention(tmp_path: Path, ledger: Ledger) -> None:
     cft = FolderTransport(tmp_path / "bucket", name="cft")
     [file] = make_files(tmp_path / "outbox", 1)
     ledger.reserve(file, BATCH, "sftp", T0, QuotaLimits(), run_id="dead")

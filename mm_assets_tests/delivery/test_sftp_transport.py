@@ -171,8 +171,9 @@ def test_dropped_connection_leaves_no_partial_and_retry_completes(
 
     # A single attempt shows what a drop leaves behind: nothing under the final name.
     server.drop_connection_after_bytes = 1024 * 1024
-    with _client(server, tmp_path, max_attempts=1) as client, pytest.raises(
-        TransientDeliveryError, match="after 1 attempts"
+    with (
+        _client(server, tmp_path, max_attempts=1) as client,
+        pytest.raises(TransientDeliveryError, match="after 1 attempts"),
     ):
         client.upload(file)
     assert not (server.root_dir / file.name).exists()
@@ -199,9 +200,10 @@ def test_wrong_host_key_is_rejected_without_retry(clean_drop: SftpPeer, tmp_path
     logins_before = peer.login_attempts
 
     started = time.monotonic()
-    with _client(
-        peer, tmp_path, known_hosts=known_hosts, backoff_base_seconds=5.0
-    ) as client, pytest.raises(HostKeyRejected) as info:
+    with (
+        _client(peer, tmp_path, known_hosts=known_hosts, backoff_base_seconds=5.0) as client,
+        pytest.raises(HostKeyRejected) as info,
+    ):
         client.upload(file)
     elapsed = time.monotonic() - started
 
@@ -218,9 +220,10 @@ def test_unknown_host_is_rejected(clean_drop: SftpPeer, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts_empty"
     empty.write_text("")
     file = _make_file(tmp_path, "Partner_20250101150000.log.gz", 10_000)
-    with _client(peer, tmp_path, known_hosts=empty) as client, pytest.raises(
-        HostKeyRejected, match="unknown host"
-    ) as info:
+    with (
+        _client(peer, tmp_path, known_hosts=empty) as client,
+        pytest.raises(HostKeyRejected, match="unknown host") as info,
+    ):
         client.upload(file)
     assert _fingerprint(peer.known_hosts_line) in str(info.value)
     assert _drop_listing(peer) == set()
@@ -232,9 +235,10 @@ def test_wrong_password_fails_fast_without_retry(clean_drop: SftpPeer, tmp_path:
     logins_before = peer.login_attempts
 
     started = time.monotonic()
-    with _client(
-        peer, tmp_path, password=WRONG_PASSWORD, backoff_base_seconds=5.0
-    ) as client, pytest.raises(AuthenticationFailed) as info:
+    with (
+        _client(peer, tmp_path, password=WRONG_PASSWORD, backoff_base_seconds=5.0) as client,
+        pytest.raises(AuthenticationFailed) as info,
+    ):
         client.upload(file)
     elapsed = time.monotonic() - started
 
@@ -280,7 +284,11 @@ def test_file_over_limit_is_refused_before_connecting(tmp_path: Path) -> None:
     # Port 9 on localhost: nothing listens, so any connection attempt would surface as a
     # transient error instead of FileRefused.
     client = MediaMathSftp(
-        host="127.0.0.1", port=9, username="u", password=PASSWORD, max_file_bytes=4095,
+        host="127.0.0.1",
+        port=9,
+        username="u",
+        password=PASSWORD,
+        max_file_bytes=4095,
         backoff_base_seconds=5.0,
     )
     started = time.monotonic()
@@ -312,9 +320,7 @@ def test_drop_after_rename_is_not_delivered_twice(
     assert (server.root_dir / file.name).read_bytes() == file.path.read_bytes()
 
 
-def test_refused_login_is_not_retried(
-    sandbox_server: SandboxSftpServer, tmp_path: Path
-) -> None:
+def test_refused_login_is_not_retried(sandbox_server: SandboxSftpServer, tmp_path: Path) -> None:
     server = sandbox_server
     server.fail_logins = 1
     before = server.login_attempts

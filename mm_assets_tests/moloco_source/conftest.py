@@ -13,16 +13,27 @@ from mm_assets.sandbox.moloco.gcs_emulator import GcsEmulator
 from mm_assets.sandbox.moloco.google_sts import GoogleStsStandIn
 
 BUCKET = "mcm-export-sandbox"
-AUDIENCE = ("//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/"
-            "mcm/providers/aws")
+AUDIENCE = (
+    "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/mcm/providers/aws"
+)
 AWS_KEY = "AKIASANDBOXWIF00001"
 AWS_SECRET = "wif-aws-secret-never-logged-0001"
 AWS_TOKEN = "wif-aws-session-token-never-logged"
-AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
-            "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_ROLE_ARN", "AWS_ENDPOINT_URL_STS", "GOOGLE_APPLICATION_CREDENTIALS")
+AWS_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ENDPOINT_URL_STS",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
 
 
 @dataclass

@@ -45,10 +45,14 @@ def dkr_world():
         mgmt.stop()
 
 
-def _session(mgmt: MgmtApiStandIn, state_dir: Path, spacing: float = 1.0,
-             deadline: float = 10.0) -> KeyRotationSession:
-    return KeyRotationSession(KeyRotationClient(mgmt.url, PLATFORM, API_KEY),
-                              RotationLock(state_dir, spacing), activation_deadline_s=deadline)
+def _session(
+    mgmt: MgmtApiStandIn, state_dir: Path, spacing: float = 1.0, deadline: float = 10.0
+) -> KeyRotationSession:
+    return KeyRotationSession(
+        KeyRotationClient(mgmt.url, PLATFORM, API_KEY),
+        RotationLock(state_dir, spacing),
+        activation_deadline_s=deadline,
+    )
 
 
 def test_rotate_wait_for_propagation_then_read(dkr_world, tmp_path, caplog):
@@ -96,8 +100,10 @@ def test_429_from_a_rotation_we_did_not_record_is_waited_out(dkr_world, tmp_path
 
 
 def test_key_never_active_is_a_credential_error(tmp_path):
-    with MgmtApiStandIn(PLATFORM, API_KEY, spacing_s=0, propagation_s=30) as mgmt, \
-            HmacS3StandIn(mgmt) as s3:
+    with (
+        MgmtApiStandIn(PLATFORM, API_KEY, spacing_s=0, propagation_s=30) as mgmt,
+        HmacS3StandIn(mgmt) as s3,
+    ):
         session = _session(mgmt, tmp_path / "s", deadline=0.8)
         with pytest.raises(KeyNotActiveError) as err, session.open(s3.url, "any-bucket"):
             pass
@@ -135,8 +141,15 @@ def test_two_processes_take_turns(dkr_world, tmp_path):
     spacing, and neither process's key is deleted under it (no 429, no 403 after activation)."""
     mgmt, s3 = dkr_world
     args = [mgmt.url, PLATFORM, API_KEY, str(tmp_path / "state"), s3.url, BUCKET]
-    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)

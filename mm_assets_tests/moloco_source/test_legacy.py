@@ -25,8 +25,15 @@ def test_legacy_methods_are_refused_naming_the_supported_ones(method):
 @pytest.mark.parametrize("method", ["wif", "dkr", "sts", "local"])
 def test_service_account_key_file_is_refused_with_any_method(method, tmp_path):
     key = tmp_path / "sa.json"
-    key.write_text(json.dumps({"type": "service_account", "private_key_id": "abc123",
-                               "private_key": "-----BEGIN PRIVATE KEY-----\nxyz\n"}))
+    key.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "private_key_id": "abc123",
+                "private_key": "-----BEGIN PRIVATE KEY-----\nxyz\n",
+            }
+        )
+    )
     with pytest.raises(LegacyCredentialsRefused) as err:
         check_access_config(method, str(key))
     assert "xyz" not in str(err.value) and "abc123" not in str(err.value)
@@ -42,13 +49,15 @@ def test_refused_when_the_definitions_load(monkeypatch):
 
 def test_refused_before_a_run_uses_the_resource(tmp_path):
     """Set in code (not from the environment): the resource refuses when it is set up."""
+
     @dg.asset
     def uses_source(moloco_source: MolocoExportSource) -> None:
         pass
 
     with pytest.raises(dg.DagsterResourceFunctionError) as err:
-        dg.materialize([uses_source], resources={
-            "moloco_source": MolocoExportSource(method="hmac")})
+        dg.materialize(
+            [uses_source], resources={"moloco_source": MolocoExportSource(method="hmac")}
+        )
     assert isinstance(err.value.__cause__, LegacyCredentialsRefused)
 
 

@@ -23,16 +23,24 @@ API_KEY = "mgmt-api-key-dagster-never-logged"
 
 
 def _storage(tmp_path: Path) -> BatchStorage:
-    return BatchStorage(export_dir=str(tmp_path / "export"), work_dir=str(tmp_path / "work"),
-                        outbox_dir=str(tmp_path / "outbox"))
+    return BatchStorage(
+        export_dir=str(tmp_path / "export"),
+        work_dir=str(tmp_path / "work"),
+        outbox_dir=str(tmp_path / "outbox"),
+    )
 
 
-def _materialize(source: MolocoExportSource, storage: BatchStorage, instance: dg.DagsterInstance,
-                 batch: str) -> dg.ExecuteInProcessResult:
+def _materialize(
+    source: MolocoExportSource, storage: BatchStorage, instance: dg.DagsterInstance, batch: str
+) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions(export_batches.name, [batch])
-    return dg.materialize([moloco_export_objects], partition_key=batch, instance=instance,
-                          resources={"moloco_source": source, "storage": storage},
-                          raise_on_error=False)
+    return dg.materialize(
+        [moloco_export_objects],
+        partition_key=batch,
+        instance=instance,
+        resources={"moloco_source": source, "storage": storage},
+        raise_on_error=False,
+    )
 
 
 def _event_text(instance: dg.DagsterInstance, run_id: str) -> str:
@@ -60,8 +68,13 @@ def test_wif_staging_asset_no_secrets(wif_world: WifWorld, aws_env_keys, tmp_pat
     gcs = wif_world.gcs
     gcs.put(BUCKET, "exp/b1/part-0.csv", CSV)
     gcs.put(BUCKET, "exp/b1/_SUCCESS", b"")
-    source = MolocoExportSource(method="wif", bucket=BUCKET, prefix="exp",
-                                credentials_file=str(wif_world.config), gcs_endpoint=gcs.url)
+    source = MolocoExportSource(
+        method="wif",
+        bucket=BUCKET,
+        prefix="exp",
+        credentials_file=str(wif_world.config),
+        gcs_endpoint=gcs.url,
+    )
     storage = _storage(tmp_path)
     with dg.instance_for_test() as instance:
         first = _materialize(source, storage, instance, "b1")
@@ -72,8 +85,7 @@ def test_wif_staging_asset_no_secrets(wif_world: WifWorld, aws_env_keys, tmp_pat
     assert (Path(storage.export_dir) / "b1" / "part-0.csv").read_bytes() == CSV
     assert meta1["objects_downloaded"] == 1 and meta2["skipped_as_unchanged"] == 1
     assert meta2["objects_downloaded"] == 0 and meta1["method"] == "wif"
-    secrets = [AWS_SECRET, AWS_TOKEN, *wif_world.sts.access_tokens,
-               *wif_world.sts.federated_tokens]
+    secrets = [AWS_SECRET, AWS_TOKEN, *wif_world.sts.access_tokens, *wif_world.sts.federated_tokens]
     for secret in secrets:
         assert secret not in text and secret not in caplog.text
 
@@ -100,18 +112,30 @@ def test_dkr_staging_asset_no_secrets(dkr_world, tmp_path, caplog):
     a failing run (wrong bucket) carries no secret in its error either."""
     caplog.set_level(logging.DEBUG)
     mgmt, s3 = dkr_world
-    settings = dict(method="dkr", bucket=DKR_BUCKET, prefix="exp", api_base=mgmt.url,
-                    platform_id="p1", api_key=API_KEY, s3_endpoint=s3.url,
-                    rotation_spacing="1", key_activation_deadline="10",
-                    state_dir=str(tmp_path / "rot"))
+    settings = dict(
+        method="dkr",
+        bucket=DKR_BUCKET,
+        prefix="exp",
+        api_base=mgmt.url,
+        platform_id="p1",
+        api_key=API_KEY,
+        s3_endpoint=s3.url,
+        rotation_spacing="1",
+        key_activation_deadline="10",
+        state_dir=str(tmp_path / "rot"),
+    )
     source = MolocoExportSource(**settings)
     storage = _storage(tmp_path)
     with dg.instance_for_test() as instance:
         ok = _materialize(source, storage, instance, "b1")
         assert ok.success
         meta = _metadata(ok)
-        bad = _materialize(MolocoExportSource(**{**settings, "api_key": API_KEY + "-wrong"}),
-                           storage, instance, "b1")
+        bad = _materialize(
+            MolocoExportSource(**{**settings, "api_key": API_KEY + "-wrong"}),
+            storage,
+            instance,
+            "b1",
+        )
         assert not bad.success
         text = _event_text(instance, ok.run_id) + _event_text(instance, bad.run_id)
     assert meta["method"] == "dkr" and meta["objects_downloaded"] == 1

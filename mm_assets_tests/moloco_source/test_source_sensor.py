@@ -21,19 +21,30 @@ CSV = b"user_id,segment\nu1,1\n"
 
 def _source(world: WifWorld, **overrides: object) -> MolocoExportSource:
     values: dict[str, object] = dict(
-        method="wif", bucket=BUCKET, prefix=PREFIX, credentials_file=str(world.config),
-        gcs_endpoint=world.gcs.url, quiet_period="3600", max_runs_per_tick=20,
-        list_page_size=100)
+        method="wif",
+        bucket=BUCKET,
+        prefix=PREFIX,
+        credentials_file=str(world.config),
+        gcs_endpoint=world.gcs.url,
+        quiet_period="3600",
+        max_runs_per_tick=20,
+        list_page_size=100,
+    )
     values.update(overrides)
     return MolocoExportSource(**values)  # type: ignore[arg-type]
 
 
-def _tick(source: MolocoExportSource, tmp_path: Path, cursor: str | None,
-          instance: dg.DagsterInstance) -> tuple[dg.SensorResult | dg.SkipReason, str | None]:
-    storage = BatchStorage(export_dir=str(tmp_path / "export"), work_dir=str(tmp_path / "w"),
-                           outbox_dir=str(tmp_path / "o"))
-    context = dg.build_sensor_context(cursor=cursor, instance=instance,
-                                      resources={"moloco_source": source, "storage": storage})
+def _tick(
+    source: MolocoExportSource, tmp_path: Path, cursor: str | None, instance: dg.DagsterInstance
+) -> tuple[dg.SensorResult | dg.SkipReason, str | None]:
+    storage = BatchStorage(
+        export_dir=str(tmp_path / "export"),
+        work_dir=str(tmp_path / "w"),
+        outbox_dir=str(tmp_path / "o"),
+    )
+    context = dg.build_sensor_context(
+        cursor=cursor, instance=instance, resources={"moloco_source": source, "storage": storage}
+    )
     result = moloco_export_batches(context)
     if isinstance(result, dg.SensorResult):
         return result, result.cursor
@@ -53,7 +64,8 @@ def instance():
 
 
 def test_new_batch_relisted_rewritten_and_cursor_object_deleted(
-        wif_world: WifWorld, aws_env_keys, tmp_path, instance):
+    wif_world: WifWorld, aws_env_keys, tmp_path, instance
+):
     gcs = wif_world.gcs
     gcs.put(BUCKET, f"{PREFIX}/b1/part-0.csv", CSV)
     gcs.put(BUCKET, f"{PREFIX}/b1/part-1.csv", CSV)
@@ -90,8 +102,7 @@ def test_new_batch_relisted_rewritten_and_cursor_object_deleted(
     assert len(cursor or "") < 1000  # compact: per batch a fingerprint, not object lists
 
 
-def test_quiet_period_completes_a_batch_without_marker(wif_world, aws_env_keys, tmp_path,
-                                                        instance):
+def test_quiet_period_completes_a_batch_without_marker(wif_world, aws_env_keys, tmp_path, instance):
     wif_world.gcs.put(BUCKET, f"{PREFIX}/b3/part-0.csv", CSV)
     source = _source(wif_world, quiet_period="1")
     result, cursor = _tick(source, tmp_path, None, instance)
@@ -102,8 +113,9 @@ def test_quiet_period_completes_a_batch_without_marker(wif_world, aws_env_keys, 
     assert [b for b, _ in _runs(result)] == ["b3"]
 
 
-def test_a_thousand_objects_with_a_small_bound_per_tick(wif_world, aws_env_keys, tmp_path,
-                                                         instance):
+def test_a_thousand_objects_with_a_small_bound_per_tick(
+    wif_world, aws_env_keys, tmp_path, instance
+):
     bucket = wif_world.gcs.admin_client().bucket(BUCKET)
     for i in range(1000):
         batch = f"batch_{i // 25:03d}"  # 40 batches of 25 objects (24 files + marker)

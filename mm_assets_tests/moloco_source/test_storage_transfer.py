@@ -26,25 +26,40 @@ def gcs():
 
 
 def _source(gcs: GcsEmulator, sts: StorageTransferStandIn) -> MolocoExportSource:
-    return MolocoExportSource(method="sts", bucket=SOURCE, prefix="exp", sts_project=PROJECT,
-                              sts_destination_bucket=DEST, sts_endpoint=sts.url,
-                              gcs_endpoint=gcs.url, sts_poll_interval="0.05")
+    return MolocoExportSource(
+        method="sts",
+        bucket=SOURCE,
+        prefix="exp",
+        sts_project=PROJECT,
+        sts_destination_bucket=DEST,
+        sts_endpoint=sts.url,
+        gcs_endpoint=gcs.url,
+        sts_poll_interval="0.05",
+    )
 
 
 def test_transfer_then_stage_from_own_bucket(gcs, tmp_path, caplog):
     """MCM-STS: job created once and reused, run, waited for with progress in the log, then the
     batch is read from our own bucket and staged."""
     caplog.set_level("INFO")
-    storage = BatchStorage(export_dir=str(tmp_path / "export"), work_dir=str(tmp_path / "w"),
-                           outbox_dir=str(tmp_path / "o"))
-    with StorageTransferStandIn(gcs, PROJECT, polls_until_done=3) as sts, \
-            dg.instance_for_test() as instance:
+    storage = BatchStorage(
+        export_dir=str(tmp_path / "export"),
+        work_dir=str(tmp_path / "w"),
+        outbox_dir=str(tmp_path / "o"),
+    )
+    with (
+        StorageTransferStandIn(gcs, PROJECT, polls_until_done=3) as sts,
+        dg.instance_for_test() as instance,
+    ):
         instance.add_dynamic_partitions(export_batches.name, ["b1"])
         source = _source(gcs, sts)
         for _ in range(2):
-            result = dg.materialize([moloco_export_objects], partition_key="b1",
-                                    instance=instance,
-                                    resources={"moloco_source": source, "storage": storage})
+            result = dg.materialize(
+                [moloco_export_objects],
+                partition_key="b1",
+                instance=instance,
+                resources={"moloco_source": source, "storage": storage},
+            )
             assert result.success
         assert len(sts.jobs) == 1  # created once, reused by the second run
         assert sum(1 for m, p in sts.requests if p.endswith(":run")) == 2
@@ -61,6 +76,5 @@ def test_access_denied_names_the_service_agent(gcs):
         runner = _source(gcs, sts).transfer_runner()
         with pytest.raises(TransferAccessDenied) as err:
             runner.run()
-    assert "project-123456789012@storage-transfer-service.iam.gserviceaccount.com" in str(
-        err.value)
+    assert "project-123456789012@storage-transfer-service.iam.gserviceaccount.com" in str(err.value)
     assert "MCM-STS" in str(err.value)

@@ -50,6 +50,7 @@ def test_wif_end_to_end_with_aws_environment_keys(wif_world: WifWorld, aws_env_k
     assert gcs.refused == 0
     # An unauthenticated client is refused by the same bucket: the token is really checked.
     from google.auth.credentials import AnonymousCredentials
+
     anonymous = GcsStore(gcs_client(AnonymousCredentials(), None, api_endpoint=gcs.url), BUCKET)
     with pytest.raises(CredentialError):
         list(anonymous.iter_objects("export"))
@@ -77,8 +78,9 @@ def test_wif_on_eks_uses_web_identity(wif_world, clean_aws_env, tmp_path):
     _seed(gcs)
     token_file = tmp_path / "token"
     token_file.write_text("eks-oidc-token\n")
-    with AwsCredentialsStandIn(AWS_KEY, AWS_SECRET, AWS_TOKEN,
-                               web_identity_token="eks-oidc-token") as aws:
+    with AwsCredentialsStandIn(
+        AWS_KEY, AWS_SECRET, AWS_TOKEN, web_identity_token="eks-oidc-token"
+    ) as aws:
         clean_aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
         clean_aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/mcm-export")
         clean_aws_env.setenv("AWS_REGION", "us-east-1")
@@ -95,8 +97,9 @@ def test_wif_supplier_errors_are_credential_errors(wif_world, clean_aws_env):
         clean_aws_env.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{aws.url}/v2/credentials/x")
         clean_aws_env.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "wrong-token-value")
         clean_aws_env.setenv("AWS_REGION", "us-east-1")
-        store = GcsStore(gcs_client(load_wif_credentials(config), None, api_endpoint=gcs.url),
-                         BUCKET)
+        store = GcsStore(
+            gcs_client(load_wif_credentials(config), None, api_endpoint=gcs.url), BUCKET
+        )
         with pytest.raises(CredentialError) as err:
             list(store.iter_objects("export"))
         assert "wrong-token-value" not in str(err.value)
@@ -106,7 +109,14 @@ def test_wif_supplier_errors_are_credential_errors(wif_world, clean_aws_env):
 def test_wif_refuses_service_account_key_file(tmp_path):
     """MCM-LEGACY: a service-account key file is refused before anything is sent."""
     path = tmp_path / "key.json"
-    path.write_text(json.dumps({"type": "service_account", "private_key": "-----BEGIN x",
-                                "client_email": "a@b.iam.gserviceaccount.com"}))
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "private_key": "-----BEGIN x",
+                "client_email": "a@b.iam.gserviceaccount.com",
+            }
+        )
+    )
     with pytest.raises(LegacyCredentialsRefused, match="Workload Identity Federation"):
         load_wif_credentials(path)

@@ -39,21 +39,39 @@ NAMESPACE = "ep"
 INTEGRATION = "sandbox_partner"
 
 
-def s2s_text(name: str, *, namespace: str = NAMESPACE, rows: list[str] | None = None,
-             header: list[str] | None = None) -> bytes:
+def s2s_text(
+    name: str,
+    *,
+    namespace: str = NAMESPACE,
+    rows: list[str] | None = None,
+    header: list[str] | None = None,
+) -> bytes:
     """A small S2S file body (S2S-FMT, S2S-HDR) written by hand, not by the project's writer."""
-    lines = header if header is not None else [
-        "Version: 3", f"FileIdentifier: {name}", "DateCreated: 1763640000", "UserNamespace: mm",
-        f"SegmentNamespace: {namespace}", "Mobile: 0"]
-    body = rows if rows is not None else [
-        "2c3753c5-9a67-4600-f044-a5d7e0c5f6d7 10001:0 10003:0",
-        "3d3353c3-9a67-4651-a443-a6d7e1c4fde8 10002:-1"]
+    lines = (
+        header
+        if header is not None
+        else [
+            "Version: 3",
+            f"FileIdentifier: {name}",
+            "DateCreated: 1763640000",
+            "UserNamespace: mm",
+            f"SegmentNamespace: {namespace}",
+            "Mobile: 0",
+        ]
+    )
+    body = (
+        rows
+        if rows is not None
+        else [
+            "2c3753c5-9a67-4600-f044-a5d7e0c5f6d7 10001:0 10003:0",
+            "3d3353c3-9a67-4651-a443-a6d7e1c4fde8 10002:-1",
+        ]
+    )
     return ("\n".join(lines) + "\n\n" + "".join(r + "\n" for r in body)).encode()
 
 
 def file_name(i: int, agency: str = "") -> str:
-    stamp = (datetime(2026, 11, 20, 12, tzinfo=UTC) + timedelta(seconds=i)).strftime(
-        "%Y%m%d%H%M%S")
+    stamp = (datetime(2026, 11, 20, 12, tzinfo=UTC) + timedelta(seconds=i)).strftime("%Y%m%d%H%M%S")
     return f"{agency + '_' if agency else ''}ExamplePartner_{stamp}.log.gz"
 
 
@@ -65,8 +83,7 @@ BROKEN: dict[str, tuple[bytes | None, str]] = {
     "gzip_of_nothing": (gzip.compress(b""), "File is empty"),
     # S2S-HDR: Version must come first
     "bad_header": (None, "Invalid headers"),
-    "namespace": (None, f"Integration {INTEGRATION} is not authorized to write into "
-                        f"namespaces zz"),
+    "namespace": (None, f"Integration {INTEGRATION} is not authorized to write into namespaces zz"),
     # S2S-EFF: the same user on two lines
     "repeated_user": (None, "File is invalid"),
     "no_rows": (None, "File is empty"),
@@ -78,9 +95,19 @@ def broken_bytes(kind: str, name: str) -> bytes:
     if data is not None:
         return data
     if kind == "bad_header":
-        return gzip.compress(s2s_text(name, header=[
-            f"FileIdentifier: {name}", "Version: 3", "DateCreated: 1763640000",
-            "UserNamespace: mm", f"SegmentNamespace: {NAMESPACE}", "Mobile: 0"]))
+        return gzip.compress(
+            s2s_text(
+                name,
+                header=[
+                    f"FileIdentifier: {name}",
+                    "Version: 3",
+                    "DateCreated: 1763640000",
+                    "UserNamespace: mm",
+                    f"SegmentNamespace: {NAMESPACE}",
+                    "Mobile: 0",
+                ],
+            )
+        )
     if kind == "namespace":
         return gzip.compress(s2s_text(name, namespace="zz"))
     if kind == "repeated_user":
@@ -99,8 +126,9 @@ def drop(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(drop: Path) -> Iterator[SandboxProcessingLog]:
-    with SandboxProcessingLog([drop], USER, PASSWORD, page_size=2,
-                              allowed_namespaces=[NAMESPACE], integration=INTEGRATION) as srv:
+    with SandboxProcessingLog(
+        [drop], USER, PASSWORD, page_size=2, allowed_namespaces=[NAMESPACE], integration=INTEGRATION
+    ) as srv:
         yield srv
 
 
@@ -116,8 +144,12 @@ class Sleeps:
 
 
 def make_client(server: SandboxProcessingLog, **overrides: object) -> ProcessingLogClient:
-    kwargs: dict[str, object] = {"timeout": 5.0, "max_attempts": 4, "backoff": 0.05,
-                                 "max_total_wait": 5.0}
+    kwargs: dict[str, object] = {
+        "timeout": 5.0,
+        "max_attempts": 4,
+        "backoff": 0.05,
+        "max_total_wait": 5.0,
+    }
     kwargs.update(overrides)
     password = str(kwargs.pop("password", PASSWORD))
     return ProcessingLogClient(server.url, USER, password, **kwargs)  # type: ignore[arg-type]
@@ -159,8 +191,10 @@ def test_each_rejection_carries_mediamaths_message(
 
 def test_pending_until_processed_then_accepted(drop: Path) -> None:
     name = file_name(2)
-    with SandboxProcessingLog([drop], USER, PASSWORD, processing_delay_seconds=0.6) as server, \
-            make_client(server) as client:
+    with (
+        SandboxProcessingLog([drop], USER, PASSWORD, processing_delay_seconds=0.6) as server,
+        make_client(server) as client,
+    ):
         land(drop, name, gzip.compress(s2s_text(name)))
         first = client.outcome(name)
         assert (first.status, first.message, first.raw_records) == (Outcome.PENDING, "", [])
@@ -194,14 +228,25 @@ def test_objects_in_the_cft_sandbox_bucket_are_judged(drop: Path) -> None:
     good, bad = file_name(6), file_name(7)
     with SandboxCft(integration=INTEGRATION) as cft:
         s3 = cft.admin_s3()
-        s3.put_object(Bucket=cft.bucket, Key=f"{INTEGRATION}/{good}",
-                      Body=gzip.compress(s2s_text(good)))
-        s3.put_object(Bucket=cft.bucket, Key=f"{INTEGRATION}/{bad}",
-                      Body=gzip.compress(s2s_text(bad, namespace="zz")))
+        s3.put_object(
+            Bucket=cft.bucket, Key=f"{INTEGRATION}/{good}", Body=gzip.compress(s2s_text(good))
+        )
+        s3.put_object(
+            Bucket=cft.bucket,
+            Key=f"{INTEGRATION}/{bad}",
+            Body=gzip.compress(s2s_text(bad, namespace="zz")),
+        )
         s3.put_object(Bucket=cft.bucket, Key=f"elsewhere/{file_name(8)}", Body=b"x")
-        with SandboxProcessingLog([drop], USER, PASSWORD, integration=INTEGRATION,
-                                  bucket_sources=[cft_bucket_source(cft)]) as server, \
-                make_client(server) as client:
+        with (
+            SandboxProcessingLog(
+                [drop],
+                USER,
+                PASSWORD,
+                integration=INTEGRATION,
+                bucket_sources=[cft_bucket_source(cft)],
+            ) as server,
+            make_client(server) as client,
+        ):
             assert client.outcome(good).status is Outcome.ACCEPTED
             assert client.outcome(bad).message == BROKEN["namespace"][1]
             assert client.outcome(file_name(8)).status is Outcome.PENDING
@@ -227,8 +272,7 @@ def test_bare_list_answers_are_paged_until_a_short_or_empty_page(drop: Path) -> 
     names = [file_name(20 + i) for i in range(4)]
     for name in names:
         land(drop, name, gzip.compress(s2s_text(name)))
-    with SandboxProcessingLog([drop], USER, PASSWORD, page_size=2,
-                              response_shape="list") as server:
+    with SandboxProcessingLog([drop], USER, PASSWORD, page_size=2, response_shape="list") as server:
         with make_client(server) as client:
             assert len(client.records_between(datetime(2000, 1, 1))) == 4
         # No total in a bare list: the client asks until an empty page.
@@ -283,8 +327,10 @@ def test_a_slow_answer_times_out_and_is_retried(server: SandboxProcessingLog, dr
 def test_retries_stop_at_max_attempts(server: SandboxProcessingLog) -> None:
     server.fail_next = [503] * 10
     server.retry_after = ""
-    with make_client(server, sleep=Sleeps(), max_attempts=3) as client, \
-            pytest.raises(ProcessingLogUnavailable, match=r"after 3 request\(s\): HTTP 503"):
+    with (
+        make_client(server, sleep=Sleeps(), max_attempts=3) as client,
+        pytest.raises(ProcessingLogUnavailable, match=r"after 3 request\(s\): HTTP 503"),
+    ):
         client.outcome(file_name(33))
     assert len(server.requests_seen) == 3
 
@@ -296,8 +342,10 @@ def test_total_wait_is_bounded_even_when_retry_after_asks_for_more(
     server.retry_after = "30"
     sleeps = Sleeps()
     started = time.monotonic()
-    with make_client(server, sleep=sleeps, max_total_wait=5.0) as client, \
-            pytest.raises(ProcessingLogUnavailable, match="wait budget"):
+    with (
+        make_client(server, sleep=sleeps, max_total_wait=5.0) as client,
+        pytest.raises(ProcessingLogUnavailable, match="wait budget"),
+    ):
         client.outcome(file_name(34))
     assert sleeps.calls == [] and time.monotonic() - started < 2
 
@@ -305,8 +353,7 @@ def test_total_wait_is_bounded_even_when_retry_after_asks_for_more(
 def test_connection_refused_is_unavailable(tmp_path: Path) -> None:
     with SandboxProcessingLog([tmp_path], USER, PASSWORD) as srv:
         url = srv.url  # a port nobody listens on once the server stopped
-    client = ProcessingLogClient(url, USER, PASSWORD, max_attempts=2, backoff=0.01,
-                                 sleep=Sleeps())
+    client = ProcessingLogClient(url, USER, PASSWORD, max_attempts=2, backoff=0.01, sleep=Sleeps())
     with pytest.raises(ProcessingLogUnavailable, match="connection failed"):
         client.outcome(file_name(35))
 
@@ -339,43 +386,59 @@ def test_other_client_errors_are_not_retried(server: SandboxProcessingLog) -> No
 # -- tolerant parsing (the JSON shape is undocumented) ---------------------------------------
 
 
-@pytest.mark.parametrize("body, count", [
-    ([{"filename": "a", "message": "OK"}], 1),
-    ({"logs": [{"filename": "a"}, {"filename": "b"}]}, 2),
-    ({"Data": {"Results": [{"file_name": "a"}]}}, 1),
-    ({"page": 1, "items_here": [{"fileName": "a"}]}, 1),
-    ({"filename": "a", "message": "OK"}, 1),
-    ({}, 0),
-    (None, 0),
-    ({"logs": []}, 0),
-])
+@pytest.mark.parametrize(
+    "body, count",
+    [
+        ([{"filename": "a", "message": "OK"}], 1),
+        ({"logs": [{"filename": "a"}, {"filename": "b"}]}, 2),
+        ({"Data": {"Results": [{"file_name": "a"}]}}, 1),
+        ({"page": 1, "items_here": [{"fileName": "a"}]}, 1),
+        ({"filename": "a", "message": "OK"}, 1),
+        ({}, 0),
+        (None, 0),
+        ({"logs": []}, 0),
+    ],
+)
 def test_records_are_found_in_lists_and_objects(body: object, count: int) -> None:
     records, _ = extract_records(body)
     assert len(records) == count
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ({"FileName": "/drop/x.log.gz", "Status": "error", "Message": "Invalid headers"},
-     ("x.log.gz", "error", "Invalid headers")),
-    ({"file": "x", "msg": "OK", "processed_at": "2026-11-20 12:00:00"}, ("x", None, "OK")),
-    ({"name": "x", "result": {"message": "File is empty"}}, ("x", "File is empty", None)),
-    ("OK", (None, None, "OK")),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (
+            {"FileName": "/drop/x.log.gz", "Status": "error", "Message": "Invalid headers"},
+            ("x.log.gz", "error", "Invalid headers"),
+        ),
+        ({"file": "x", "msg": "OK", "processed_at": "2026-11-20 12:00:00"}, ("x", None, "OK")),
+        ({"name": "x", "result": {"message": "File is empty"}}, ("x", "File is empty", None)),
+        ("OK", (None, None, "OK")),
+    ],
+)
 def test_record_fields_under_likely_names(raw: object, expected: tuple) -> None:
     record = to_record(raw)
     assert (record.filename, record.status, record.message) == expected
     assert record.raw == raw
 
 
-@pytest.mark.parametrize("text, outcome", [
-    ("OK", Outcome.ACCEPTED), ("ok", Outcome.ACCEPTED), ("success", Outcome.ACCEPTED),
-    ("File is empty", Outcome.REJECTED), ("File is invalid", Outcome.REJECTED),
-    ("File is not in GZIP format", Outcome.REJECTED), ("Invalid headers", Outcome.REJECTED),
-    ("Integration acme is not authorized to write into namespaces zz", Outcome.REJECTED),
-    ("Some new failure nobody documented", Outcome.REJECTED),
-    ("Processing", Outcome.PENDING), ("", Outcome.PENDING),
-    ("something unexpected", Outcome.PENDING),
-])
+@pytest.mark.parametrize(
+    "text, outcome",
+    [
+        ("OK", Outcome.ACCEPTED),
+        ("ok", Outcome.ACCEPTED),
+        ("success", Outcome.ACCEPTED),
+        ("File is empty", Outcome.REJECTED),
+        ("File is invalid", Outcome.REJECTED),
+        ("File is not in GZIP format", Outcome.REJECTED),
+        ("Invalid headers", Outcome.REJECTED),
+        ("Integration acme is not authorized to write into namespaces zz", Outcome.REJECTED),
+        ("Some new failure nobody documented", Outcome.REJECTED),
+        ("Processing", Outcome.PENDING),
+        ("", Outcome.PENDING),
+        ("something unexpected", Outcome.PENDING),
+    ],
+)
 def test_messages_map_to_outcomes(text: str, outcome: Outcome) -> None:
     assert classify(text) is outcome
 
@@ -384,8 +447,12 @@ def test_the_latest_final_record_decides() -> None:
     def rec(message: str, when: str | None) -> LogRecord:
         return to_record({"filename": "f", "message": message, "timestamp": when})
 
-    records = [rec("OK", "2026-11-20T12:05:00Z"), rec("File is invalid", "2026-11-20T12:00:00Z"),
-               rec("Processing", "2026-11-20T12:10:00Z"), rec("OK", None)]
+    records = [
+        rec("OK", "2026-11-20T12:05:00Z"),
+        rec("File is invalid", "2026-11-20T12:00:00Z"),
+        rec("Processing", "2026-11-20T12:10:00Z"),
+        rec("OK", None),
+    ]
     result = outcome_of("f", records)
     assert (result.status, result.message) == (Outcome.ACCEPTED, "OK")
     assert len(result.raw_records) == 4
@@ -393,12 +460,15 @@ def test_the_latest_final_record_decides() -> None:
     assert other.status is Outcome.PENDING and other.raw_records == []
 
 
-@pytest.mark.parametrize("value, expected", [
-    (1763640000, datetime(2025, 11, 20, 12, 0, tzinfo=UTC)),
-    (1763640000000, datetime(2025, 11, 20, 12, 0, tzinfo=UTC)),
-    ("2025-11-20 12:00:00", datetime(2025, 11, 20, 12, 0, tzinfo=UTC)),
-    ("2025-11-20T13:00:00+01:00", datetime(2025, 11, 20, 12, 0, tzinfo=UTC)),
-    ("yesterday", None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (1763640000, datetime(2025, 11, 20, 12, 0, tzinfo=UTC)),
+        (1763640000000, datetime(2025, 11, 20, 12, 0, tzinfo=UTC)),
+        ("2025-11-20 12:00:00", datetime(2025, 11, 20, 12, 0, tzinfo=UTC)),
+        ("2025-11-20T13:00:00+01:00", datetime(2025, 11, 20, 12, 0, tzinfo=UTC)),
+        ("yesterday", None),
+    ],
+)
 def test_timestamps_are_read_leniently(value: object, expected: datetime | None) -> None:
     assert parse_timestamp(value) == expected

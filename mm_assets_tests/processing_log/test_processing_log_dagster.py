@@ -42,10 +42,15 @@ BATCH = SAMPLE_BATCH.name
 # Distinctive, so a leak cannot hide behind a common substring.
 SFTP_PASSWORD = "SftpPw-" + "Lg7tR2mQ9xVb4NcK"
 WRONG_PASSWORD = "WrongPw-" + "Yh3dS8pW1zJe6TuF"
-BUILD_ASSETS = [build_assets.moloco_export_objects, build_assets.raw_audiences,
-                build_assets.merged_segment_loads, build_assets.s2s_files]
-S2S_SETTINGS = S2sFileSettings(partner_name="ExamplePartner", segment_namespace="ep",
-                               hashed_taxonomies="SportsDaily")
+BUILD_ASSETS = [
+    build_assets.moloco_export_objects,
+    build_assets.raw_audiences,
+    build_assets.merged_segment_loads,
+    build_assets.s2s_files,
+]
+S2S_SETTINGS = S2sFileSettings(
+    partner_name="ExamplePartner", segment_namespace="ep", hashed_taxonomies="SportsDaily"
+)
 CHECK_KEY = dg.AssetCheckKey(upload_receipts.key, CHECK_NAME)
 
 
@@ -54,15 +59,25 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample batch built once through Dagster (build assets only)."""
     root = tmp_path_factory.mktemp("built")
     shutil.copytree(SAMPLE_BATCH, root / "export" / BATCH)
-    storage = BatchStorage(export_dir=str(root / "export"), work_dir=str(root / "work"),
-                           outbox_dir=str(root / "outbox"))
+    storage = BatchStorage(
+        export_dir=str(root / "export"),
+        work_dir=str(root / "work"),
+        outbox_dir=str(root / "outbox"),
+    )
     (root / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
         instance.add_dynamic_partitions(export_batches.name, [BATCH])
-        assert dg.materialize(BUILD_ASSETS, selection=BUILD_ASSETS[1:], partition_key=BATCH,
-                              instance=instance,
-                              resources={"storage": storage, "s2s": S2S_SETTINGS,
-                                         "moloco_source": MolocoExportSource()}).success
+        assert dg.materialize(
+            BUILD_ASSETS,
+            selection=BUILD_ASSETS[1:],
+            partition_key=BATCH,
+            instance=instance,
+            resources={
+                "storage": storage,
+                "s2s": S2S_SETTINGS,
+                "moloco_source": MolocoExportSource(),
+            },
+        ).success
     return root
 
 
@@ -72,8 +87,11 @@ def storage(built: Path, tmp_path: Path) -> BatchStorage:
     shutil.copytree(built / "outbox" / BATCH, tmp_path / "outbox" / BATCH)
     shutil.copy(built / "outbox" / NAME_REGISTER, tmp_path / "outbox" / NAME_REGISTER)
     shutil.copytree(built / "work", tmp_path / "work")
-    return BatchStorage(export_dir=str(built / "export"), work_dir=str(tmp_path / "work"),
-                        outbox_dir=str(tmp_path / "outbox"))
+    return BatchStorage(
+        export_dir=str(built / "export"),
+        work_dir=str(tmp_path / "work"),
+        outbox_dir=str(tmp_path / "outbox"),
+    )
 
 
 @pytest.fixture
@@ -95,42 +113,66 @@ def delivery(sftp_server: SandboxSftpServer, tmp_path: Path) -> MediaMathDeliver
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(sftp_server.known_hosts_line + "\n")
     return MediaMathDelivery(
-        transport="sftp", sftp_host=sftp_server.host, sftp_port=sftp_server.port,
-        username=sftp_server.username, password=sftp_server.password,
-        known_hosts=str(known_hosts), ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+        transport="sftp",
+        sftp_host=sftp_server.host,
+        sftp_port=sftp_server.port,
+        username=sftp_server.username,
+        password=sftp_server.password,
+        known_hosts=str(known_hosts),
+        ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+    )
 
 
-def log_server(sftp_server: SandboxSftpServer, *, delay: float = 0.0,
-               password: str = SFTP_PASSWORD) -> SandboxProcessingLog:
-    return SandboxProcessingLog([sftp_server.root_dir], sftp_server.username, password,
-                                processing_delay_seconds=delay, allowed_namespaces=["ep"],
-                                page_size=2)
+def log_server(
+    sftp_server: SandboxSftpServer, *, delay: float = 0.0, password: str = SFTP_PASSWORD
+) -> SandboxProcessingLog:
+    return SandboxProcessingLog(
+        [sftp_server.root_dir],
+        sftp_server.username,
+        password,
+        processing_delay_seconds=delay,
+        allowed_namespaces=["ep"],
+        page_size=2,
+    )
 
 
 def processing_log(server: SandboxProcessingLog, **overrides: Any) -> MediaMathProcessingLog:
-    settings: dict[str, Any] = {"url": server.url, "poll_interval": "0s", "backoff_seconds": 0.01,
-                                "max_total_wait_seconds": 1.0, "timeout_seconds": 5.0}
+    settings: dict[str, Any] = {
+        "url": server.url,
+        "poll_interval": "0s",
+        "backoff_seconds": 0.01,
+        "max_total_wait_seconds": 1.0,
+        "timeout_seconds": 5.0,
+    }
     settings.update(overrides)
     return MediaMathProcessingLog(**settings)
 
 
-def deliver(instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
-            log: MediaMathProcessingLog) -> dg.AssetCheckEvaluation:
+def deliver(
+    instance: dg.DagsterInstance,
+    storage: BatchStorage,
+    delivery: MediaMathDelivery,
+    log: MediaMathProcessingLog,
+) -> dg.AssetCheckEvaluation:
     result = dg.materialize(
-        [upload_receipts, every_file_accepted_by_mediamath], partition_key=BATCH,
-        instance=instance, resources={"storage": storage, "delivery": delivery,
-                                      "processing_log": log})
+        [upload_receipts, every_file_accepted_by_mediamath],
+        partition_key=BATCH,
+        instance=instance,
+        resources={"storage": storage, "delivery": delivery, "processing_log": log},
+    )
     assert result.success
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.check_name == CHECK_NAME
     return evaluation
 
 
-def tick(instance: dg.DagsterInstance, delivery: MediaMathDelivery,
-         log: MediaMathProcessingLog) -> dg.SensorResult:
+def tick(
+    instance: dg.DagsterInstance, delivery: MediaMathDelivery, log: MediaMathProcessingLog
+) -> dg.SensorResult:
     """One sensor evaluation, its asset events stored the way the sensor daemon stores them."""
-    context = dg.build_sensor_context(instance=instance,
-                                      resources={"delivery": delivery, "processing_log": log})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"delivery": delivery, "processing_log": log}
+    )
     result = processing_log_poller(context)
     assert isinstance(result, dg.SensorResult)
     for event in result.asset_events:
@@ -161,7 +203,8 @@ def break_header(storage: BatchStorage, name: str) -> None:
 
 def all_event_text(instance: dg.DagsterInstance) -> str:
     records = instance.get_event_records(
-        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION))
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    )
     runs = {r.event_log_entry.run_id for r in records}
     texts = [str(r.event_log_entry) for r in records]
     for run_id in runs:
@@ -173,7 +216,9 @@ def all_event_text(instance: dg.DagsterInstance) -> str:
 
 
 def test_a_broken_header_fails_with_invalid_headers_and_a_rebuild_passes(
-    instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
+    instance: dg.DagsterInstance,
+    storage: BatchStorage,
+    delivery: MediaMathDelivery,
     sftp_server: SandboxSftpServer,
 ) -> None:
     first_names = [f.name for f in read_manifest(storage.outbox(BATCH))]
@@ -194,10 +239,17 @@ def test_a_broken_header_fails_with_invalid_headers_and_a_rebuild_passes(
         assert f"| 1 | {broken} |" in table and "| sftp |" in table
 
         # On purpose: rebuild (new file names, FileIdentifier stays unique) and re-send.
-        assert dg.materialize(BUILD_ASSETS, selection=[build_assets.s2s_files],
-                              partition_key=BATCH, instance=instance,
-                              resources={"storage": storage, "s2s": S2S_SETTINGS,
-                                         "moloco_source": MolocoExportSource()}).success
+        assert dg.materialize(
+            BUILD_ASSETS,
+            selection=[build_assets.s2s_files],
+            partition_key=BATCH,
+            instance=instance,
+            resources={
+                "storage": storage,
+                "s2s": S2S_SETTINGS,
+                "moloco_source": MolocoExportSource(),
+            },
+        ).success
         second_names = [f.name for f in read_manifest(storage.outbox(BATCH))]
         assert not set(second_names) & set(first_names)
         again = deliver(instance, storage, delivery, log)
@@ -216,8 +268,11 @@ def test_a_broken_header_fails_with_invalid_headers_and_a_rebuild_passes(
 
 
 def test_pending_files_pass_when_the_sensor_polls_after_processing(
-    instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
-    sftp_server: SandboxSftpServer, tmp_path: Path,
+    instance: dg.DagsterInstance,
+    storage: BatchStorage,
+    delivery: MediaMathDelivery,
+    sftp_server: SandboxSftpServer,
+    tmp_path: Path,
 ) -> None:
     names = [f.name for f in read_manifest(storage.outbox(BATCH))]
     with log_server(sftp_server, delay=1.5) as server:
@@ -246,7 +301,10 @@ def test_pending_files_pass_when_the_sensor_polls_after_processing(
     [event] = answered.asset_events
     assert isinstance(event, dg.AssetCheckEvaluation)
     assert (event.asset_key, event.check_name, event.partition) == (
-        upload_receipts.key, CHECK_NAME, BATCH)
+        upload_receipts.key,
+        CHECK_NAME,
+        BATCH,
+    )
     assert event.passed and meta(event)["files_accepted"] == len(names)
     assert event.target_materialization_data is not None
     # Nothing pending any more: the next tick asks MediaMath nothing.
@@ -265,7 +323,9 @@ def test_pending_files_pass_when_the_sensor_polls_after_processing(
 
 
 def test_no_answer_by_the_deadline_is_timed_out_and_no_longer_polled(
-    instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
+    instance: dg.DagsterInstance,
+    storage: BatchStorage,
+    delivery: MediaMathDelivery,
     sftp_server: SandboxSftpServer,
 ) -> None:
     with log_server(sftp_server, delay=3600) as server:
@@ -289,7 +349,9 @@ def test_no_answer_by_the_deadline_is_timed_out_and_no_longer_polled(
 
 
 def test_refused_credentials_fail_the_check_without_showing_the_password(
-    instance: dg.DagsterInstance, storage: BatchStorage, delivery: MediaMathDelivery,
+    instance: dg.DagsterInstance,
+    storage: BatchStorage,
+    delivery: MediaMathDelivery,
     sftp_server: SandboxSftpServer,
 ) -> None:
     with log_server(sftp_server, password=WRONG_PASSWORD) as server:
@@ -310,10 +372,20 @@ def test_sandbox_transport_reads_the_log_url_and_credentials_from_the_sandbox_st
     state = tmp_path / "sandbox"
     state.mkdir()
     (state / "sftp_password").write_text(SFTP_PASSWORD + "\n")
-    (state / "sandbox.json").write_text(json.dumps({
-        "sftp_port": 2222, "sftp_username": "mm_partner", "cft_credentials_url": "",
-        "cft_s3_endpoint_url": "", "cft_username": "", "cft_integration": "", "cft_bucket": "",
-        "processing_log_url": "http://127.0.0.1:5056"}))
+    (state / "sandbox.json").write_text(
+        json.dumps(
+            {
+                "sftp_port": 2222,
+                "sftp_username": "mm_partner",
+                "cft_credentials_url": "",
+                "cft_s3_endpoint_url": "",
+                "cft_username": "",
+                "cft_integration": "",
+                "cft_bucket": "",
+                "processing_log_url": "http://127.0.0.1:5056",
+            }
+        )
+    )
     delivery = MediaMathDelivery(transport="sandbox", sandbox_state_dir=str(state))
     with MediaMathProcessingLog().client(delivery) as client:
         assert client.base_url == "http://127.0.0.1:5056"
@@ -330,22 +402,32 @@ def test_the_check_runs_with_the_delivery_job_and_the_definitions_load() -> None
         asset_checks=[every_file_accepted_by_mediamath],
         jobs=[deliver_s2s_files_job],
         sensors=[processing_log_poller],
-        resources={"storage": BatchStorage(export_dir="e", work_dir="w", outbox_dir="o"),
-                   "s2s": S2S_SETTINGS, "delivery": MediaMathDelivery(),
-                   "moloco_source": MolocoExportSource(),
-                   "processing_log": MediaMathProcessingLog()},
+        resources={
+            "storage": BatchStorage(export_dir="e", work_dir="w", outbox_dir="o"),
+            "s2s": S2S_SETTINGS,
+            "delivery": MediaMathDelivery(),
+            "moloco_source": MolocoExportSource(),
+            "processing_log": MediaMathProcessingLog(),
+        },
     )
     dg.Definitions.validate_loadable(defs)
     job = defs.resolve_job_def(deliver_s2s_files_job.name)
     # The check runs in every delivery run (CLI, deferred_deliveries sensor), not on its own.
-    assert set(job.graph.node_names()) == {"upload_receipts",
-                                           f"upload_receipts_{CHECK_NAME}"}
+    assert set(job.graph.node_names()) == {"upload_receipts", f"upload_receipts_{CHECK_NAME}"}
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("6h", 21600), ("30m", 1800), ("90s", 90), ("1d", 86400), ("1h30m", 5400), ("45", 45),
-    ("0s", 0),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("6h", 21600),
+        ("30m", 1800),
+        ("90s", 90),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("45", 45),
+        ("0s", 0),
+    ],
+)
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 

@@ -31,9 +31,20 @@ METHODS = ("local", "wif", "dkr", "sts")
 LEGACY_METHODS = ("hmac", "static", "static_hmac", "hmac_static", "service_account", "sa_key")
 
 __all__ = [
-    "LEGACY_METHODS", "METHODS", "SUPPORTED_METHODS", "CredentialError", "ExportObject",
-    "LegacyCredentialsRefused", "MolocoExportError", "StageReport", "TransientSourceError",
-    "batch_fingerprint", "batch_of", "check_access_config", "group_batches", "stage_batch",
+    "LEGACY_METHODS",
+    "METHODS",
+    "SUPPORTED_METHODS",
+    "CredentialError",
+    "ExportObject",
+    "LegacyCredentialsRefused",
+    "MolocoExportError",
+    "StageReport",
+    "TransientSourceError",
+    "batch_fingerprint",
+    "batch_of",
+    "check_access_config",
+    "group_batches",
+    "stage_batch",
 ]
 
 
@@ -48,10 +59,10 @@ def check_access_config(method: str, credentials_file: str = "") -> str:
         raise LegacyCredentialsRefused(
             f"MM_MOLOCO_METHOD={method}: static HMAC keys and service-account keys are no "
             "longer supported for the Moloco export (MCM-LEGACY, after 2026-10-01). Use "
-            f"{SUPPORTED_METHODS}.")
+            f"{SUPPORTED_METHODS}."
+        )
     if method not in METHODS:
-        raise CredentialError(f"MM_MOLOCO_METHOD={method!r} is not known. Use "
-                              f"{SUPPORTED_METHODS}.")
+        raise CredentialError(f"MM_MOLOCO_METHOD={method!r} is not known. Use {SUPPORTED_METHODS}.")
     if credentials_file:
         path = Path(credentials_file)
         try:
@@ -62,8 +73,11 @@ def check_access_config(method: str, credentials_file: str = "") -> str:
             raise LegacyCredentialsRefused(
                 f"MM_MOLOCO_CREDENTIALS_FILE={credentials_file} is a service-account key file: "
                 "no longer supported for the Moloco export (MCM-LEGACY, after 2026-10-01). Use "
-                f"{SUPPORTED_METHODS}.")
+                f"{SUPPORTED_METHODS}."
+            )
     if method == "wif" and not credentials_file:
-        raise CredentialError("MM_MOLOCO_METHOD=wif needs MM_MOLOCO_CREDENTIALS_FILE (the "
-                              "gcp-creds.json credential configuration MOLOCO provides)")
+        raise CredentialError(
+            "MM_MOLOCO_METHOD=wif needs MM_MOLOCO_CREDENTIALS_FILE (the "
+            "gcp-creds.json credential configuration MOLOCO provides)"
+        )
     return method

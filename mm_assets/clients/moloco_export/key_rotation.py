@@ -60,13 +60,24 @@ class HmacKey:
 class KeyRotationClient:
     """RotateDataExportKey: `POST {base}/rmp/mgmt/v1/platforms/{id}/data-export/key`."""
 
-    def __init__(self, api_base: str, platform_id: str, api_key: str, *,
-                 timeout: float = 30.0, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        api_base: str,
+        platform_id: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+    ) -> None:
         if not api_base or not platform_id or not api_key:
-            raise CredentialError("Dynamic Key Rotation needs MM_MOLOCO_API_BASE, "
-                                  "MM_MOLOCO_PLATFORM_ID and MM_MOLOCO_API_KEY")
-        self.url = (f"{api_base.rstrip('/')}/rmp/mgmt/v1/platforms/"
-                    f"{requests.utils.quote(platform_id, safe='')}/data-export/key")
+            raise CredentialError(
+                "Dynamic Key Rotation needs MM_MOLOCO_API_BASE, "
+                "MM_MOLOCO_PLATFORM_ID and MM_MOLOCO_API_KEY"
+            )
+        self.url = (
+            f"{api_base.rstrip('/')}/rmp/mgmt/v1/platforms/"
+            f"{requests.utils.quote(platform_id, safe='')}/data-export/key"
+        )
         self._api_key = api_key
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -75,20 +86,25 @@ class KeyRotationClient:
         """One call: the new key, or the seconds to wait when the API answers 429."""
         try:
             resp = self.session.post(
-                self.url, headers={"x-api-key": self._api_key,
-                                   "Content-Type": "application/json"},
-                data=b"{}", timeout=self.timeout)
+                self.url,
+                headers={"x-api-key": self._api_key, "Content-Type": "application/json"},
+                data=b"{}",
+                timeout=self.timeout,
+            )
         except requests.RequestException as exc:
-            raise TransientSourceError(redact(
-                f"key rotation: {type(exc).__name__}: {exc}", [self._api_key])) from None
+            raise TransientSourceError(
+                redact(f"key rotation: {type(exc).__name__}: {exc}", [self._api_key])
+            ) from None
         if resp.status_code == 429:
             try:
                 return max(float(resp.headers.get("Retry-After", "1")), 0.1)
             except ValueError:
                 return 1.0
         if resp.status_code in (401, 403):
-            raise CredentialError(f"key rotation refused with HTTP {resp.status_code}: check "
-                                  "MM_MOLOCO_API_KEY (ADMIN permission) and MM_MOLOCO_PLATFORM_ID")
+            raise CredentialError(
+                f"key rotation refused with HTTP {resp.status_code}: check "
+                "MM_MOLOCO_API_KEY (ADMIN permission) and MM_MOLOCO_PLATFORM_ID"
+            )
         if resp.status_code >= 500:
             raise TransientSourceError(f"key rotation: HTTP {resp.status_code}")
         if resp.status_code != 200:
@@ -104,9 +120,14 @@ class KeyRotationClient:
 class RotationLock:
     """Cross-process lock + last-rotation time, in `state_dir` (shared by every process)."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], spacing_s: float = DEFAULT_SPACING_S,
-                 *, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        spacing_s: float = DEFAULT_SPACING_S,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.dir = Path(state_dir)
         self.spacing_s = spacing_s
         self.clock = clock
@@ -125,7 +146,8 @@ class RotationLock:
                     if time.monotonic() > deadline:
                         raise TransientSourceError(
                             "another process has held the key-rotation lock for "
-                            f"{wait_timeout_s:.0f} s") from None
+                            f"{wait_timeout_s:.0f} s"
+                        ) from None
                     self.sleep(0.05)
             try:
                 yield
@@ -147,8 +169,11 @@ class RotationLock:
         """Sleep until `spacing_s` has passed since the last rotation; returns seconds slept."""
         wait = self.last_rotation() + self.spacing_s - self.clock()
         if wait > 0:
-            logger.info("waiting %.1f s: at most one key rotation per %.0f s (MCM-DKR)",
-                        wait, self.spacing_s)
+            logger.info(
+                "waiting %.1f s: at most one key rotation per %.0f s (MCM-DKR)",
+                wait,
+                self.spacing_s,
+            )
             self.sleep(wait)
             return wait
         return 0.0
@@ -162,26 +187,34 @@ def is_not_yet_active(exc: Exception) -> bool:
         return False
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     code = exc.response.get("Error", {}).get("Code", "")
-    return status in (401, 403) or code in ("InvalidAccessKeyId", "AccessDenied",
-                                           "SignatureDoesNotMatch")
+    return status in (401, 403) or code in (
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "SignatureDoesNotMatch",
+    )
 
 
-def s3_client(key: HmacKey, endpoint: str = DEFAULT_S3_ENDPOINT, *, timeout: float = 60.0
-              ) -> Any:
+def s3_client(key: HmacKey, endpoint: str = DEFAULT_S3_ENDPOINT, *, timeout: float = 60.0) -> Any:
     """boto3 against GCS's S3-compatible endpoint with the rotated pair (HMAC mode)."""
     import boto3
     from botocore.config import Config
 
     return boto3.client(
-        "s3", endpoint_url=endpoint, region_name="auto",
-        aws_access_key_id=key.key_id, aws_secret_access_key=key.secret_key,
+        "s3",
+        endpoint_url=endpoint,
+        region_name="auto",
+        aws_access_key_id=key.key_id,
+        aws_secret_access_key=key.secret_key,
         config=Config(
-            signature_version="s3v4", s3={"addressing_style": "path"},
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
             # Newer botocore sends CRC checksum headers GCS rejects (PEERS.md).
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            connect_timeout=timeout, read_timeout=timeout,
-            retries={"max_attempts": 3, "mode": "standard"}),
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
     )
 
 
@@ -205,9 +238,14 @@ def botocore_debug_muted() -> Iterator[None]:
 class KeyRotationSession:
     """`with session.open() as key:` rotate (spaced, locked), wait until active, use, release."""
 
-    def __init__(self, client: KeyRotationClient, lock: RotationLock, *,
-                 activation_deadline_s: float = DEFAULT_ACTIVATION_DEADLINE_S,
-                 rate_limit_deadline_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        client: KeyRotationClient,
+        lock: RotationLock,
+        *,
+        activation_deadline_s: float = DEFAULT_ACTIVATION_DEADLINE_S,
+        rate_limit_deadline_s: float = 600.0,
+    ) -> None:
         self.client = client
         self.lock = lock
         self.activation_deadline_s = activation_deadline_s
@@ -229,8 +267,10 @@ class KeyRotationSession:
             # 429: a rotation we did not record (another host, another tool) is too recent.
             self.lock.record_rotation(self.lock.clock())
             if time.monotonic() + result > deadline:
-                raise TransientSourceError("key rotation still rate-limited (429) after "
-                                           f"{self.rate_limit_deadline_s:.0f} s")
+                raise TransientSourceError(
+                    "key rotation still rate-limited (429) after "
+                    f"{self.rate_limit_deadline_s:.0f} s"
+                )
             logger.info("key rotation answered 429: waiting %.1f s (MCM-DKR spacing)", result)
             self.waited_for_spacing_s += result
             self.lock.sleep(result)
@@ -246,25 +286,29 @@ class KeyRotationSession:
             except Exception as exc:
                 if not is_not_yet_active(exc):
                     from mm_assets.clients.moloco_export.listing import s3_error
+
                     raise s3_error(exc, "probing the export bucket", secrets) from None
                 if time.monotonic() - start > self.activation_deadline_s:
                     raise KeyNotActiveError(
                         "the rotated key was still refused (403) after "
                         f"{self.activation_deadline_s:.0f} s: MCM-DKR allows up to 60 s to "
                         "propagate; check the bucket name and that MOLOCO enabled the "
-                        "platform's export") from None
+                        "platform's export"
+                    ) from None
                 logger.info("new key not active yet (403): retrying in %.1f s", delay)
                 self.lock.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     @contextlib.contextmanager
-    def open(self, endpoint: str, bucket: str, lock_timeout_s: float = 3600.0
-             ) -> Iterator[tuple[HmacKey, Any]]:
+    def open(
+        self, endpoint: str, bucket: str, lock_timeout_s: float = 3600.0
+    ) -> Iterator[tuple[HmacKey, Any]]:
         """Rotate, wait until active, yield (key, boto3 client); the lock is held throughout."""
         with self.lock.held(lock_timeout_s), botocore_debug_muted():
             key = self._rotate()
             client = s3_client(key, endpoint)
             self.wait_until_active(
                 lambda: client.list_objects_v2(Bucket=bucket, MaxKeys=1),
-                (key.secret_key, key.key_id))
+                (key.secret_key, key.key_id),
+            )
             yield key, client

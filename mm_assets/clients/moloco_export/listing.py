@@ -65,7 +65,7 @@ def batch_of(name: str, prefix: str) -> str | None:
     prefix = normalise_prefix(prefix)
     if not name.startswith(prefix):
         return None
-    rest = name[len(prefix):]
+    rest = name[len(prefix) :]
     batch, sep, tail = rest.partition("/")
     if not sep or not tail or not batch or batch.startswith((".", "_")):
         return None
@@ -101,14 +101,16 @@ class ExportStore(Protocol):
 
     method: str
 
-    def iter_objects(self, prefix: str, page_size: int = DEFAULT_PAGE_SIZE
-                     ) -> Iterator[ExportObject]: ...
+    def iter_objects(
+        self, prefix: str, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[ExportObject]: ...
 
     def write_to(self, obj: ExportObject, out: BinaryIO) -> None:
         """Stream the listed version of `obj` into `out` (memory bounded)."""
 
 
 # --- local folder ------------------------------------------------------------------------------
+
 
 class LocalStore:
     """The local export folder: `root/<batch>/...` (the default, `method=local`)."""
@@ -118,16 +120,20 @@ class LocalStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def iter_objects(self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE
-                     ) -> Iterator[ExportObject]:
+    def iter_objects(
+        self, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[ExportObject]:
         base = self.root / normalise_prefix(prefix)
         if not base.is_dir():
             return
         for path in sorted(p for p in base.rglob("*") if p.is_file()):
             st = path.stat()
             yield ExportObject(
-                name=path.relative_to(self.root).as_posix(), size=st.st_size,
-                version=f"{st.st_mtime_ns}-{st.st_size}", updated=st.st_mtime)
+                name=path.relative_to(self.root).as_posix(),
+                size=st.st_size,
+                version=f"{st.st_mtime_ns}-{st.st_size}",
+                updated=st.st_mtime,
+            )
 
     def write_to(self, obj: ExportObject, out: BinaryIO) -> None:
         with open(self.root / obj.name, "rb") as f:
@@ -137,6 +143,7 @@ class LocalStore:
 
 # --- Google Cloud Storage (MCM-WIF, and the own bucket of MCM-STS) ------------------------------
 
+
 def _gcs_error(exc: Exception, what: str) -> MolocoExportError:
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as aexc
@@ -144,8 +151,7 @@ def _gcs_error(exc: Exception, what: str) -> MolocoExportError:
     text = f"{what}: {type(exc).__name__}: {exc}"
     if isinstance(exc, aexc.TransportError):
         return TransientSourceError(text)
-    if isinstance(exc, aexc.GoogleAuthError | gexc.Unauthorized | gexc.Forbidden
-                  | gexc.NotFound):
+    if isinstance(exc, aexc.GoogleAuthError | gexc.Unauthorized | gexc.Forbidden | gexc.NotFound):
         # NotFound on the export bucket is an access problem too: GCS answers 404 to readers
         # who may not see a bucket's name, and retrying will not make it appear.
         return CredentialError(text)
@@ -155,8 +161,9 @@ def _gcs_error(exc: Exception, what: str) -> MolocoExportError:
 class GcsStore:
     """One bucket through the official client (MCM-WIF: credentials from the federation file)."""
 
-    def __init__(self, client: Any, bucket: str, method: str = "wif",
-                 retry_deadline_s: float = 120.0) -> None:
+    def __init__(
+        self, client: Any, bucket: str, method: str = "wif", retry_deadline_s: float = 120.0
+    ) -> None:
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         self.client = client
@@ -167,20 +174,27 @@ class GcsStore:
         self.retry = DEFAULT_RETRY.with_timeout(retry_deadline_s)
         self.timeout = min(60.0, max(retry_deadline_s, 1.0))
 
-    def iter_objects(self, prefix: str, page_size: int = DEFAULT_PAGE_SIZE
-                     ) -> Iterator[ExportObject]:
+    def iter_objects(
+        self, prefix: str, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[ExportObject]:
         try:
-            blobs = self.client.list_blobs(self.bucket, prefix=normalise_prefix(prefix),
-                                           page_size=page_size, retry=self.retry,
-                                           timeout=self.timeout)
+            blobs = self.client.list_blobs(
+                self.bucket,
+                prefix=normalise_prefix(prefix),
+                page_size=page_size,
+                retry=self.retry,
+                timeout=self.timeout,
+            )
             for page in blobs.pages:
                 for blob in page:
                     yield ExportObject(
-                        name=blob.name, size=int(blob.size or 0),
+                        name=blob.name,
+                        size=int(blob.size or 0),
                         version=str(blob.generation),
                         md5_hex=base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None,
                         crc32c_b64=blob.crc32c,
-                        updated=blob.updated.timestamp() if blob.updated else 0.0)
+                        updated=blob.updated.timestamp() if blob.updated else 0.0,
+                    )
         except MolocoExportError:
             raise
         except Exception as exc:
@@ -199,6 +213,7 @@ class GcsStore:
 
 # --- S3-compatible endpoint (MCM-DKR) -----------------------------------------------------------
 
+
 def s3_error(exc: Exception, what: str, secrets: tuple[str | None, ...] = ()) -> MolocoExportError:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -206,8 +221,12 @@ def s3_error(exc: Exception, what: str, secrets: tuple[str | None, ...] = ()) ->
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = exc.response.get("Error", {}).get("Code", "")
-        if status in (401, 403) or code in ("AccessDenied", "InvalidAccessKeyId",
-                                           "SignatureDoesNotMatch", "NoSuchBucket"):
+        if status in (401, 403) or code in (
+            "AccessDenied",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "NoSuchBucket",
+        ):
             return CredentialError(text)
         return TransientSourceError(text)
     if isinstance(exc, NoCredentialsError):
@@ -227,20 +246,26 @@ class S3Store:
         self.bucket = bucket
         self._secrets = secrets
 
-    def iter_objects(self, prefix: str, page_size: int = DEFAULT_PAGE_SIZE
-                     ) -> Iterator[ExportObject]:
+    def iter_objects(
+        self, prefix: str, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[ExportObject]:
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=normalise_prefix(prefix),
-                PaginationConfig={"PageSize": page_size})
+                Bucket=self.bucket,
+                Prefix=normalise_prefix(prefix),
+                PaginationConfig={"PageSize": page_size},
+            )
             for page in pages:
                 for item in page.get("Contents", []):
                     etag = item["ETag"].strip('"')
                     yield ExportObject(
-                        name=item["Key"], size=int(item["Size"]), version=etag,
+                        name=item["Key"],
+                        size=int(item["Size"]),
+                        version=etag,
                         # A multipart ETag (`...-N`) is not an MD5 of the bytes.
                         md5_hex=None if "-" in etag else etag,
-                        updated=item["LastModified"].timestamp())
+                        updated=item["LastModified"].timestamp(),
+                    )
         except MolocoExportError:
             raise
         except Exception as exc:
@@ -248,8 +273,9 @@ class S3Store:
 
     def write_to(self, obj: ExportObject, out: BinaryIO) -> None:
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=obj.name,
-                                          IfMatch=f'"{obj.version}"')["Body"]
+            body = self.client.get_object(
+                Bucket=self.bucket, Key=obj.name, IfMatch=f'"{obj.version}"'
+            )["Body"]
             try:
                 for chunk in body.iter_chunks(CHUNK):
                     out.write(chunk)

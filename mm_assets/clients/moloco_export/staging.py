@@ -51,10 +51,15 @@ def relative_name(obj: ExportObject, prefix: str, batch: str) -> str:
     head = f"{normalise_prefix(prefix)}{batch}/"
     if not obj.name.startswith(head):
         raise UnsafeObjectName(f"{obj.name!r} is not under {head!r}")
-    rel = obj.name[len(head):]
+    rel = obj.name[len(head) :]
     parts = PurePosixPath(rel).parts
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) \
-            or "\\" in rel or "\0" in rel:
+    if (
+        not rel
+        or rel.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or "\\" in rel
+        or "\0" in rel
+    ):
         raise UnsafeObjectName(f"object name {obj.name!r} cannot be staged safely")
     return rel
 
@@ -113,8 +118,13 @@ def download_object(store: ExportStore, obj: ExportObject, target: Path) -> None
 
 
 def stage_batch(
-    store: ExportStore, prefix: str, batch: str, objects: list[ExportObject], dest: Path,
-    *, log: Callable[[str], None] = lambda _m: None,
+    store: ExportStore,
+    prefix: str,
+    batch: str,
+    objects: list[ExportObject],
+    dest: Path,
+    *,
+    log: Callable[[str], None] = lambda _m: None,
 ) -> StageReport:
     """Make `dest` hold exactly the batch's data objects (markers are not staged)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -132,8 +142,12 @@ def stage_batch(
         report.files[rel] = {"bytes": obj.size, "version": obj.version}
         target = dest / rel
         known = state.get(rel)
-        if known and known.get("version") == obj.version and target.is_file() \
-                and target.stat().st_size == obj.size:
+        if (
+            known
+            and known.get("version") == obj.version
+            and target.is_file()
+            and target.stat().st_size == obj.size
+        ):
             report.skipped_unchanged.append(rel)
             continue
         download_object(store, obj, target)

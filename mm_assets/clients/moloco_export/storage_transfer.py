@@ -42,7 +42,8 @@ def transfer_client(credentials: Any = None, api_endpoint: str | None = None) ->
 
     options = {"api_endpoint": api_endpoint} if api_endpoint else None
     return storage_transfer.StorageTransferServiceClient(
-        credentials=credentials, transport="rest", client_options=options)
+        credentials=credentials, transport="rest", client_options=options
+    )
 
 
 @dataclass
@@ -57,12 +58,23 @@ class TransferResult:
 
 
 class StorageTransferRunner:
-    def __init__(self, client: Any, project_id: str, source_bucket: str, prefix: str,
-                 destination_bucket: str, *, poll_interval_s: float = 10.0,
-                 timeout_s: float = 6 * 3600.0, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        project_id: str,
+        source_bucket: str,
+        prefix: str,
+        destination_bucket: str,
+        *,
+        poll_interval_s: float = 10.0,
+        timeout_s: float = 6 * 3600.0,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         if not project_id or not destination_bucket or not source_bucket:
-            raise CredentialError("Storage Transfer Service needs MM_MOLOCO_STS_PROJECT, "
-                                  "MM_MOLOCO_BUCKET and MM_MOLOCO_STS_DESTINATION_BUCKET")
+            raise CredentialError(
+                "Storage Transfer Service needs MM_MOLOCO_STS_PROJECT, "
+                "MM_MOLOCO_BUCKET and MM_MOLOCO_STS_DESTINATION_BUCKET"
+            )
         self.client = client
         self.project_id = project_id
         self.source_bucket = source_bucket
@@ -84,7 +96,8 @@ class StorageTransferRunner:
         if self._agent is None:
             try:
                 account = self.client.get_google_service_account(
-                    request={"project_id": self.project_id})
+                    request={"project_id": self.project_id}
+                )
                 self._agent = account.account_email
             except Exception:
                 self._agent = service_agent_email("PROJECT_NUMBER")
@@ -95,7 +108,9 @@ class StorageTransferRunner:
         return TransferAccessDenied(
             f"Storage Transfer Service access denied while {what} (MCM-STS): MOLOCO must grant "
             f"read access on gs://{self.source_bucket} to the transfer service agent {agent}, "
-            f"and that agent needs write access to gs://{self.destination_bucket}.", agent)
+            f"and that agent needs write access to gs://{self.destination_bucket}.",
+            agent,
+        )
 
     def _map(self, exc: Exception, what: str) -> Exception:
         from google.api_core import exceptions as gexc
@@ -105,8 +120,14 @@ class StorageTransferRunner:
             return self._denied(what)
         if isinstance(exc, gexc.Unauthenticated | gexc.Unauthorized | aexc.GoogleAuthError):
             return CredentialError(f"Storage Transfer Service: {what}: {type(exc).__name__}")
-        if isinstance(exc, gexc.ServiceUnavailable | gexc.InternalServerError
-                      | gexc.TooManyRequests | gexc.DeadlineExceeded | ConnectionError):
+        if isinstance(
+            exc,
+            gexc.ServiceUnavailable
+            | gexc.InternalServerError
+            | gexc.TooManyRequests
+            | gexc.DeadlineExceeded
+            | ConnectionError,
+        ):
             return TransientSourceError(f"Storage Transfer Service: {what}: {exc}")
         return TransferFailed(f"Storage Transfer Service: {what}: {type(exc).__name__}: {exc}")
 
@@ -117,7 +138,8 @@ class StorageTransferRunner:
 
         try:
             job = self.client.get_transfer_job(
-                request={"job_name": self.job_name, "project_id": self.project_id})
+                request={"job_name": self.job_name, "project_id": self.project_id}
+            )
             if job.status != storage_transfer.TransferJob.Status.ENABLED:
                 raise TransferFailed(f"{self.job_name} exists but is {job.status.name}")
             return False
@@ -128,17 +150,22 @@ class StorageTransferRunner:
         except Exception as exc:
             raise self._map(exc, f"looking up {self.job_name}") from None
         job = storage_transfer.TransferJob(
-            name=self.job_name, project_id=self.project_id,
+            name=self.job_name,
+            project_id=self.project_id,
             description="mm-assets: Moloco MCM export -> own bucket (MCM-STS)",
             status=storage_transfer.TransferJob.Status.ENABLED,
             transfer_spec=storage_transfer.TransferSpec(
-                gcs_data_source=storage_transfer.GcsData(bucket_name=self.source_bucket,
-                                                         path=self.prefix),
-                gcs_data_sink=storage_transfer.GcsData(bucket_name=self.destination_bucket,
-                                                       path=self.prefix),
+                gcs_data_source=storage_transfer.GcsData(
+                    bucket_name=self.source_bucket, path=self.prefix
+                ),
+                gcs_data_sink=storage_transfer.GcsData(
+                    bucket_name=self.destination_bucket, path=self.prefix
+                ),
                 # Incremental: objects already copied with the same content are skipped.
                 transfer_options=storage_transfer.TransferOptions(
-                    overwrite_when=storage_transfer.TransferOptions.OverwriteWhen.DIFFERENT)),
+                    overwrite_when=storage_transfer.TransferOptions.OverwriteWhen.DIFFERENT
+                ),
+            ),
         )
         try:
             self.client.create_transfer_job(request={"transfer_job": job})
@@ -146,8 +173,10 @@ class StorageTransferRunner:
             return False  # another process created it first
         except Exception as exc:
             raise self._map(exc, f"creating {self.job_name}") from None
-        self.log(f"created transfer job {self.job_name}: gs://{self.source_bucket}/"
-                 f"{self.prefix} -> gs://{self.destination_bucket}/{self.prefix}")
+        self.log(
+            f"created transfer job {self.job_name}: gs://{self.source_bucket}/"
+            f"{self.prefix} -> gs://{self.destination_bucket}/{self.prefix}"
+        )
         return True
 
     def run(self) -> TransferResult:
@@ -156,7 +185,8 @@ class StorageTransferRunner:
         created = self.ensure_job()
         try:
             op = self.client.run_transfer_job(
-                request={"job_name": self.job_name, "project_id": self.project_id})
+                request={"job_name": self.job_name, "project_id": self.project_id}
+            )
         except Exception as exc:
             raise self._map(exc, f"starting {self.job_name}") from None
         name = op.operation.name
@@ -166,12 +196,15 @@ class StorageTransferRunner:
             while not op.done():
                 progress = self._counters(op)
                 if progress != last:
-                    self.log(f"transfer {name}: {progress[0]} of {progress[2]} objects, "
-                             f"{progress[1]} bytes copied")
+                    self.log(
+                        f"transfer {name}: {progress[0]} of {progress[2]} objects, "
+                        f"{progress[1]} bytes copied"
+                    )
                     last = progress
                 if time.monotonic() - start > self.timeout_s:
                     raise TransientSourceError(
-                        f"transfer {name} not done after {self.timeout_s:.0f} s")
+                        f"transfer {name} not done after {self.timeout_s:.0f} s"
+                    )
                 time.sleep(self.poll_interval_s)
             op.result()
         except (TransientSourceError, TransferAccessDenied):
@@ -182,8 +215,9 @@ class StorageTransferRunner:
             raise self._map(exc, f"running {name}") from None
         copied, nbytes, found = self._counters(op)
         self.log(f"transfer {name} done: {copied} objects, {nbytes} bytes copied")
-        return TransferResult(self.job_name, name, created, copied, nbytes, found,
-                              time.monotonic() - start)
+        return TransferResult(
+            self.job_name, name, created, copied, nbytes, found, time.monotonic() - start
+        )
 
     @staticmethod
     def _counters(op: Any) -> tuple[int, int, int]:
@@ -191,5 +225,8 @@ class StorageTransferRunner:
         counters = getattr(meta, "counters", None)
         if counters is None:
             return (0, 0, 0)
-        return (int(counters.objects_copied_to_sink), int(counters.bytes_copied_to_sink),
-                int(counters.objects_found_from_source))
+        return (
+            int(counters.objects_copied_to_sink),
+            int(counters.bytes_copied_to_sink),
+            int(counters.objects_found_from_source),
+        )

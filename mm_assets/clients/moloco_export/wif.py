@@ -49,8 +49,9 @@ def read_credentials_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         info = json.loads(Path(path).read_text())
     except OSError as exc:
-        raise CredentialError(f"cannot read the credential configuration {path}: "
-                              f"{exc.strerror}") from None
+        raise CredentialError(
+            f"cannot read the credential configuration {path}: {exc.strerror}"
+        ) from None
     except ValueError:
         raise CredentialError(f"{path} is not a JSON credential configuration") from None
     if not isinstance(info, dict):
@@ -60,11 +61,14 @@ def read_credentials_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise LegacyCredentialsRefused(
             f"{path} is a service-account key file: MCM-LEGACY service-account keys and static "
             "HMAC keys are no longer supported for the Moloco export (after 2026-10-01). Use "
-            f"{SUPPORTED_METHODS}.")
+            f"{SUPPORTED_METHODS}."
+        )
     if kind != "external_account":
-        raise CredentialError(f"{path} has type {kind!r}; Workload Identity Federation "
-                              "(MCM-WIF) needs the 'external_account' configuration MOLOCO "
-                              "provides")
+        raise CredentialError(
+            f"{path} has type {kind!r}; Workload Identity Federation "
+            "(MCM-WIF) needs the 'external_account' configuration MOLOCO "
+            "provides"
+        )
     return info
 
 
@@ -77,9 +81,11 @@ def container_credentials_available(env: dict[str, str] | os._Environ[str] = os.
     """ECS/EKS sources are present and static keys (which google-auth reads itself) are not."""
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         return False
-    return bool(env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-                or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-                or (env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN")))
+    return bool(
+        env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        or (env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"))
+    )
 
 
 def _aws_supplier_base() -> type:
@@ -92,8 +98,14 @@ class ContainerAwsCredentialsSupplier(_aws_supplier_base()):  # type: ignore[mis
     """AWS credentials on ECS (container endpoint) and EKS (IRSA web identity), cached until
     shortly before they expire (google-auth does not cache supplier answers)."""
 
-    def __init__(self, *, region: str | None = None, sts_endpoint: str | None = None,
-                 timeout: float = 10.0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        region: str | None = None,
+        sts_endpoint: str | None = None,
+        timeout: float = 10.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self._env = env if env is not None else os.environ
         self._region = region
         self._sts_endpoint = sts_endpoint
@@ -103,8 +115,7 @@ class ContainerAwsCredentialsSupplier(_aws_supplier_base()):  # type: ignore[mis
         self._lock = threading.Lock()
 
     def get_aws_region(self, context: Any, request: Any) -> str:
-        region = (self._region or self._env.get("AWS_REGION")
-                  or self._env.get("AWS_DEFAULT_REGION"))
+        region = self._region or self._env.get("AWS_REGION") or self._env.get("AWS_DEFAULT_REGION")
         if not region:
             raise CredentialError("AWS region unknown: set AWS_REGION (ECS and EKS set it)")
         return region
@@ -122,7 +133,8 @@ class ContainerAwsCredentialsSupplier(_aws_supplier_base()):  # type: ignore[mis
         env = self._env
         try:
             if env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") or env.get(
-                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+            ):
                 key, secret, token, expires = self._from_container_endpoint()
             else:
                 key, secret, token, expires = self._from_web_identity()
@@ -134,7 +146,8 @@ class ContainerAwsCredentialsSupplier(_aws_supplier_base()):  # type: ignore[mis
     def _from_container_endpoint(self) -> tuple[str, str, str | None, float]:
         env = self._env
         url = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") or (
-            ECS_CONTAINER_HOST + env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", ""))
+            ECS_CONTAINER_HOST + env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "")
+        )
         headers = {}
         auth = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
         if env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"):
@@ -144,27 +157,38 @@ class ContainerAwsCredentialsSupplier(_aws_supplier_base()):  # type: ignore[mis
         try:
             resp = requests.get(url, headers=headers, timeout=self._timeout)
         except requests.RequestException as exc:
-            raise CredentialError(redact(f"AWS container credentials endpoint unreachable: "
-                                         f"{type(exc).__name__}", [auth])) from None
+            raise CredentialError(
+                redact(
+                    f"AWS container credentials endpoint unreachable: {type(exc).__name__}", [auth]
+                )
+            ) from None
         if resp.status_code != 200:
-            raise CredentialError("AWS container credentials endpoint answered HTTP "
-                                  f"{resp.status_code}")
+            raise CredentialError(
+                f"AWS container credentials endpoint answered HTTP {resp.status_code}"
+            )
         try:
             data = resp.json()
-            return (data["AccessKeyId"], data["SecretAccessKey"], data.get("Token"),
-                    _parse_expiry(data.get("Expiration")))
+            return (
+                data["AccessKeyId"],
+                data["SecretAccessKey"],
+                data.get("Token"),
+                _parse_expiry(data.get("Expiration")),
+            )
         except (ValueError, KeyError, TypeError):
-            raise CredentialError("AWS container credentials endpoint: unexpected answer") \
-                from None
+            raise CredentialError("AWS container credentials endpoint: unexpected answer") from None
 
     def _from_web_identity(self) -> tuple[str, str, str | None, float]:
         env = self._env
         token = Path(env["AWS_WEB_IDENTITY_TOKEN_FILE"]).read_text().strip()
         region = self.get_aws_region(None, None)
-        endpoint = (self._sts_endpoint or env.get("AWS_ENDPOINT_URL_STS")
-                    or f"https://sts.{region}.amazonaws.com")
+        endpoint = (
+            self._sts_endpoint
+            or env.get("AWS_ENDPOINT_URL_STS")
+            or f"https://sts.{region}.amazonaws.com"
+        )
         form = {
-            "Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
+            "Action": "AssumeRoleWithWebIdentity",
+            "Version": "2011-06-15",
             "RoleArn": env["AWS_ROLE_ARN"],
             "RoleSessionName": env.get("AWS_ROLE_SESSION_NAME") or "mm-assets-moloco-wif",
             "WebIdentityToken": token,
@@ -174,19 +198,25 @@ class ContainerAwsCredentialsSupplier(_aws_supplier_base()):  # type: ignore[mis
         try:
             resp = requests.post(endpoint, data=form, timeout=self._timeout)
         except requests.RequestException as exc:
-            raise CredentialError(redact(f"AWS STS unreachable: {type(exc).__name__}",
-                                         [token])) from None
+            raise CredentialError(
+                redact(f"AWS STS unreachable: {type(exc).__name__}", [token])
+            ) from None
         if resp.status_code != 200:
-            raise CredentialError(f"AWS STS AssumeRoleWithWebIdentity answered HTTP "
-                                  f"{resp.status_code} for role {env['AWS_ROLE_ARN']}")
+            raise CredentialError(
+                f"AWS STS AssumeRoleWithWebIdentity answered HTTP "
+                f"{resp.status_code} for role {env['AWS_ROLE_ARN']}"
+            )
         try:
             root = ET.fromstring(resp.content)
             found = {el.tag.rsplit("}", 1)[-1]: (el.text or "") for el in root.iter()}
-            return (found["AccessKeyId"], found["SecretAccessKey"], found.get("SessionToken"),
-                    _parse_expiry(found.get("Expiration")))
+            return (
+                found["AccessKeyId"],
+                found["SecretAccessKey"],
+                found.get("SessionToken"),
+                _parse_expiry(found.get("Expiration")),
+            )
         except (ET.ParseError, KeyError):
-            raise CredentialError("AWS STS AssumeRoleWithWebIdentity: unexpected answer") \
-                from None
+            raise CredentialError("AWS STS AssumeRoleWithWebIdentity: unexpected answer") from None
 
 
 def _parse_expiry(value: str | None) -> float:
@@ -195,8 +225,7 @@ def _parse_expiry(value: str | None) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def load_wif_credentials(path: str | os.PathLike[str], *,
-                         aws_supplier: Any | None = None) -> Any:
+def load_wif_credentials(path: str | os.PathLike[str], *, aws_supplier: Any | None = None) -> Any:
     """MCM-WIF: the federated credentials of the configuration file, without scopes.
 
     With an AWS source on ECS/EKS (or when `aws_supplier` is given) the credential source of the
@@ -218,8 +247,13 @@ def load_wif_credentials(path: str | os.PathLike[str], *,
         raise CredentialError(f"invalid credential configuration {path}: {exc}") from None
 
 
-def gcs_client(credentials: Any, project: str | None = None, *, api_endpoint: str | None = None,
-               universe_domain: str | None = None) -> Any:
+def gcs_client(
+    credentials: Any,
+    project: str | None = None,
+    *,
+    api_endpoint: str | None = None,
+    universe_domain: str | None = None,
+) -> Any:
     """`google.cloud.storage.Client` with explicit credentials and project (no ADC lookup)."""
     from google.cloud import storage
 
@@ -231,5 +265,4 @@ def gcs_client(credentials: Any, project: str | None = None, *, api_endpoint: st
         # Must match the credentials' universe; a non-Google universe also keeps google-auth
         # from starting its background lookup at iamcredentials.googleapis.com (tests).
         options["universe_domain"] = domain
-    return storage.Client(project=project, credentials=credentials,
-                          client_options=options or None)
+    return storage.Client(project=project, credentials=credentials, client_options=options or None)

@@ -11,14 +11,26 @@ from mm_assets.defs.s2s_build.assets import s2s_files
 from mm_assets.defs.s2s_build.metadata import md_table
 from mm_assets.delivery.deliver import DONE_STATUSES, Status, deliver_batch
 
-RECEIPT_COLUMNS = ["name", "status", "transport", "remote_path", "bytes", "md5", "attempts",
-                   "uploaded_at", "not_before", "message"]
+RECEIPT_COLUMNS = [
+    "name",
+    "status",
+    "transport",
+    "remote_path",
+    "bytes",
+    "md5",
+    "attempts",
+    "uploaded_at",
+    "not_before",
+    "message",
+]
 
 
 def outgoing_files(storage: BatchStorage, batch: str) -> list[OutgoingFile]:
     outbox = storage.outbox(batch)
-    return [OutgoingFile(name=f.name, path=outbox / f.name, size=f.bytes, md5_hex=f.md5)
-            for f in read_manifest(outbox)]
+    return [
+        OutgoingFile(name=f.name, path=outbox / f.name, size=f.bytes, md5_hex=f.md5)
+        for f in read_manifest(outbox)
+    ]
 
 
 @dg.asset(
@@ -36,31 +48,44 @@ def upload_receipts(
     files = outgoing_files(storage, batch)
     with delivery.session() as (transport, ledger):
         report = deliver_batch(
-            files, batch, transport, ledger, delivery.quota_limits(transport.max_file_bytes),
-            run_id=context.run_id, dry_run=delivery.is_dry_run)
+            files,
+            batch,
+            transport,
+            ledger,
+            delivery.quota_limits(transport.max_file_bytes),
+            run_id=context.run_id,
+            dry_run=delivery.is_dry_run,
+        )
     for entry in report.entries:
         if entry.status not in DONE_STATUSES or entry.message:
             context.log.warning(f"{entry.name}: {entry.status} {entry.message}".rstrip())
     usage = report.usage.as_dict()
     next_time = report.next_not_before
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": sum(report.counts[str(s)] for s in DONE_STATUSES),
-        "transport": report.transport,
-        "dry_run": report.dry_run,
-        "all_delivered": report.done,
-        **{f"files_{status}": count for status, count in report.counts.items() if count},
-        "next_send_after": next_time.isoformat() if next_time else "",
-        "receipts": dg.MetadataValue.md(md_table(
-            RECEIPT_COLUMNS, [[row[c] for c in RECEIPT_COLUMNS] for row in report.to_rows()])),
-        "quota": dg.MetadataValue.json(usage),
-        "quota_files_left_this_hour": usage["files_left_this_hour"],
-        "quota_bytes_left_today": usage["bytes_left_today"],
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": sum(report.counts[str(s)] for s in DONE_STATUSES),
+            "transport": report.transport,
+            "dry_run": report.dry_run,
+            "all_delivered": report.done,
+            **{f"files_{status}": count for status, count in report.counts.items() if count},
+            "next_send_after": next_time.isoformat() if next_time else "",
+            "receipts": dg.MetadataValue.md(
+                md_table(
+                    RECEIPT_COLUMNS, [[row[c] for c in RECEIPT_COLUMNS] for row in report.to_rows()]
+                )
+            ),
+            "quota": dg.MetadataValue.json(usage),
+            "quota_files_left_this_hour": usage["files_left_this_hour"],
+            "quota_bytes_left_today": usage["bytes_left_today"],
+        }
+    )
 
 
-@dg.asset_check(asset=upload_receipts,
-                description="Every built file of the batch has a receipt (deferred files warn "
-                "until a later run sends them; failures and files needing attention fail).")
+@dg.asset_check(
+    asset=upload_receipts,
+    description="Every built file of the batch has a receipt (deferred files warn "
+    "until a later run sends them; failures and files needing attention fail).",
+)
 def every_file_has_a_receipt(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage, delivery: MediaMathDelivery
 ) -> dg.AssetCheckResult:
@@ -72,16 +97,21 @@ def every_file_has_a_receipt(
     missing = [f.name for f in files if receipts.get(f.name) != f.md5_hex]
     names = [f.name for f in files]
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=upload_receipts.key, asset_partitions=[batch]),
-        limit=1).records
+        dg.AssetRecordsFilter(asset_key=upload_receipts.key, asset_partitions=[batch]), limit=1
+    ).records
     materialization = records[0].asset_materialization if records else None
     metadata = materialization.metadata if materialization else {}
-    hard = sum(int(metadata[f"files_{s}"].value) for s in
-               (Status.FAILED, Status.NEEDS_ATTENTION, Status.REFUSED)
-               if f"files_{s}" in metadata)
+    hard = sum(
+        int(metadata[f"files_{s}"].value)
+        for s in (Status.FAILED, Status.NEEDS_ATTENTION, Status.REFUSED)
+        if f"files_{s}" in metadata
+    )
     return dg.AssetCheckResult(
         passed=not missing,
         severity=dg.AssetCheckSeverity.ERROR if hard else dg.AssetCheckSeverity.WARN,
-        metadata={"files": len(names), "with_receipt": len(names) - len(missing),
-                  "without_receipt": dg.MetadataValue.json(missing)},
+        metadata={
+            "files": len(names),
+            "with_receipt": len(names) - len(missing),
+            "without_receipt": dg.MetadataValue.json(missing),
+        },
     )

@@ -45,9 +45,11 @@ class MediaMathDelivery(dg.ConfigurableResource):
     sandbox_state_dir: str = str(STATE_DIR / "sandbox")
 
     def quota_limits(self, max_file_bytes: int) -> QuotaLimits:
-        return QuotaLimits(files_per_hour=self.files_per_hour,
-                           bytes_per_day=parse_size(self.bytes_per_day),
-                           max_file_bytes=max_file_bytes)
+        return QuotaLimits(
+            files_per_hour=self.files_per_hour,
+            bytes_per_day=parse_size(self.bytes_per_day),
+            max_file_bytes=max_file_bytes,
+        )
 
     def get_ledger(self) -> Ledger:
         if self.ledger_url:
@@ -67,24 +69,39 @@ class MediaMathDelivery(dg.ConfigurableResource):
 
     def get_transport(self) -> Transport:
         if self.transport not in TRANSPORTS:
-            raise dg.Failure(f"MM_DELIVERY_TRANSPORT must be one of {', '.join(TRANSPORTS)}, "
-                             f"not {self.transport!r}")
+            raise dg.Failure(
+                f"MM_DELIVERY_TRANSPORT must be one of {', '.join(TRANSPORTS)}, "
+                f"not {self.transport!r}"
+            )
         if self.transport == "cft":
             return MediaMathCft(
-                credentials_url=self.cft_credentials_url, username=self.username,
-                password=self.password, integration=self.cft_integration,
-                bucket=self.cft_bucket, endpoint_url=self.cft_endpoint_url or None)
+                credentials_url=self.cft_credentials_url,
+                username=self.username,
+                password=self.password,
+                integration=self.cft_integration,
+                bucket=self.cft_bucket,
+                endpoint_url=self.cft_endpoint_url or None,
+            )
         if self.transport == "sftp":
             return MediaMathSftp(
-                host=self.sftp_host, port=self.sftp_port, username=self.username,
-                password=self.password, remote_dir=self.remote_dir,
+                host=self.sftp_host,
+                port=self.sftp_port,
+                username=self.username,
+                password=self.password,
+                remote_dir=self.remote_dir,
                 known_hosts=Path(self.known_hosts) if self.known_hosts else None,
-                host_key=self.host_key or None)
+                host_key=self.host_key or None,
+            )
         sandbox = SandboxState.load(Path(self.sandbox_state_dir))
         return MediaMathSftp(
-            host="127.0.0.1", port=sandbox.sftp_port, username=sandbox.sftp_username,
-            password=sandbox.sftp_password(), known_hosts=sandbox.known_hosts,
-            max_attempts=2, backoff_base_seconds=0.2)
+            host="127.0.0.1",
+            port=sandbox.sftp_port,
+            username=sandbox.sftp_username,
+            password=sandbox.sftp_password(),
+            known_hosts=sandbox.known_hosts,
+            max_attempts=2,
+            backoff_base_seconds=0.2,
+        )
 
     @contextmanager
     def session(self) -> Iterator[tuple[Transport, Ledger]]:

@@ -1,6 +1,5 @@
 """`moloco_export_objects`: one export batch, staged where `raw_audiences` reads it."""
 
-
 import dagster as dg
 
 from mm_assets.clients.moloco_export.errors import MolocoExportError, redact
@@ -30,14 +29,14 @@ def moloco_export_objects(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     try:
-        report, access = moloco_source.stage(batch, storage.batch_dir(batch), storage.export_dir,
-                                             log=context.log.info)
+        report, access = moloco_source.stage(
+            batch, storage.batch_dir(batch), storage.export_dir, log=context.log.info
+        )
     except MolocoExportError as exc:
         # Client messages are already free of secrets; the redaction is a second net.
         raise dg.Failure(description=redact(str(exc), moloco_source.secrets())) from None
     if report.objects == 0:
-        raise dg.Failure(description=f"batch {batch!r} has no data objects in "
-                                     f"{access.location}")
+        raise dg.Failure(description=f"batch {batch!r} has no data objects in {access.location}")
     files = sorted(report.files.items())
     metadata: dict[str, object] = {
         "method": report.method,
@@ -50,10 +49,15 @@ def moloco_export_objects(
         "removed_as_deleted": len(report.removed),
         "batch_version": report.version,
         "staged_in": dg.MetadataValue.path(str(storage.batch_dir(batch))),
-        "files": dg.MetadataValue.md(md_table(
-            ["file", "bytes", "version", "staged now"],
-            [[name, f["bytes"], f["version"], "yes" if name in report.downloaded else "no"]
-             for name, f in files[:MAX_FILES_SHOWN]])),
+        "files": dg.MetadataValue.md(
+            md_table(
+                ["file", "bytes", "version", "staged now"],
+                [
+                    [name, f["bytes"], f["version"], "yes" if name in report.downloaded else "no"]
+                    for name, f in files[:MAX_FILES_SHOWN]
+                ],
+            )
+        ),
     }
     metadata.update({k: v for k, v in access.details.items()})
     return dg.MaterializeResult(metadata=metadata)  # type: ignore[arg-type]

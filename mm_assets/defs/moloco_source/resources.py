@@ -113,19 +113,23 @@ class MolocoExportSource(dg.ConfigurableResource):
         try:
             # MCM-STS runs on GCP: the workload's own identity (metadata server).
             credentials, _ = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/cloud-platform"])
+                scopes=["https://www.googleapis.com/auth/cloud-platform"]
+            )
         except Exception as exc:
-            raise CredentialError(f"no Google credentials for the Storage Transfer Service: "
-                                  f"{type(exc).__name__}") from None
+            raise CredentialError(
+                f"no Google credentials for the Storage Transfer Service: {type(exc).__name__}"
+            ) from None
         return credentials
 
     def _gcs_store(self, bucket: str, method: str) -> GcsStore:
         from mm_assets.clients.moloco_export.wif import gcs_client
 
-        client = gcs_client(self._gcs_credentials(), self.gcp_project or self.sts_project or None,
-                            api_endpoint=self.gcs_endpoint or None)
-        return GcsStore(client, bucket, method=method,
-                        retry_deadline_s=float(self.retry_deadline))
+        client = gcs_client(
+            self._gcs_credentials(),
+            self.gcp_project or self.sts_project or None,
+            api_endpoint=self.gcs_endpoint or None,
+        )
+        return GcsStore(client, bucket, method=method, retry_deadline_s=float(self.retry_deadline))
 
     def transfer_runner(self, log: Callable[[str], None] | None = None) -> Any:
         from mm_assets.clients.moloco_export.storage_transfer import (
@@ -135,13 +139,24 @@ class MolocoExportSource(dg.ConfigurableResource):
 
         client = transfer_client(self._gcs_credentials(), self.sts_endpoint or None)
         return StorageTransferRunner(
-            client, self.sts_project, self.bucket, self.prefix, self.sts_destination_bucket,
-            poll_interval_s=float(self.sts_poll_interval), timeout_s=float(self.sts_timeout),
-            log=log)
+            client,
+            self.sts_project,
+            self.bucket,
+            self.prefix,
+            self.sts_destination_bucket,
+            poll_interval_s=float(self.sts_poll_interval),
+            timeout_s=float(self.sts_timeout),
+            log=log,
+        )
 
     @contextlib.contextmanager
-    def open(self, local_dir: str | Path = "", *, transfer: bool = False,
-             log: Callable[[str], None] | None = None) -> Iterator[ExportAccess]:
+    def open(
+        self,
+        local_dir: str | Path = "",
+        *,
+        transfer: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> Iterator[ExportAccess]:
         """An access session. `dkr` holds the rotation lock for its whole length (MCM-DKR);
         `sts` with `transfer=True` first copies the export into the own bucket (MCM-STS)."""
         method = self.normalised_method
@@ -151,31 +166,44 @@ class MolocoExportSource(dg.ConfigurableResource):
             yield ExportAccess(LocalStore(root), "", root)
         elif method == "wif":
             self._need("MM_MOLOCO_BUCKET", self.bucket)
-            yield ExportAccess(self._gcs_store(self.bucket, "wif"), prefix,
-                               f"gs://{self.bucket}/{prefix}")
+            yield ExportAccess(
+                self._gcs_store(self.bucket, "wif"), prefix, f"gs://{self.bucket}/{prefix}"
+            )
         elif method == "dkr":
             self._need("MM_MOLOCO_BUCKET", self.bucket)
             session = KeyRotationSession(
                 KeyRotationClient(self.api_base, self.platform_id, self.api_key),
                 RotationLock(self.state_dir, float(self.rotation_spacing)),
-                activation_deadline_s=float(self.key_activation_deadline))
+                activation_deadline_s=float(self.key_activation_deadline),
+            )
             with session.open(self.s3_endpoint, self.bucket) as (key, client):
                 yield ExportAccess(
                     S3Store(client, self.bucket, (key.secret_key, key.key_id, self.api_key)),
-                    prefix, f"s3://{self.bucket}/{prefix} at {self.s3_endpoint}",
-                    {"key_rotations": session.rotations,
-                     "waited_for_spacing_s": round(session.waited_for_spacing_s, 2),
-                     "waited_for_key_activation_s": round(session.waited_for_activation_s, 2)})
+                    prefix,
+                    f"s3://{self.bucket}/{prefix} at {self.s3_endpoint}",
+                    {
+                        "key_rotations": session.rotations,
+                        "waited_for_spacing_s": round(session.waited_for_spacing_s, 2),
+                        "waited_for_key_activation_s": round(session.waited_for_activation_s, 2),
+                    },
+                )
         else:
             self._need("MM_MOLOCO_STS_DESTINATION_BUCKET", self.sts_destination_bucket)
             details: dict[str, Any] = {}
             if transfer:
                 result = self.transfer_runner(log).run()
-                details = {"transfer_job": result.job_name, "transfer_operation":
-                           result.operation, "transfer_objects_copied": result.objects_copied,
-                           "transfer_bytes_copied": result.bytes_copied}
-            yield ExportAccess(self._gcs_store(self.sts_destination_bucket, "sts"), prefix,
-                               f"gs://{self.sts_destination_bucket}/{prefix}", details)
+                details = {
+                    "transfer_job": result.job_name,
+                    "transfer_operation": result.operation,
+                    "transfer_objects_copied": result.objects_copied,
+                    "transfer_bytes_copied": result.bytes_copied,
+                }
+            yield ExportAccess(
+                self._gcs_store(self.sts_destination_bucket, "sts"),
+                prefix,
+                f"gs://{self.sts_destination_bucket}/{prefix}",
+                details,
+            )
 
     @staticmethod
     def _need(name: str, value: str) -> None:
@@ -190,24 +218,34 @@ class MolocoExportSource(dg.ConfigurableResource):
             objects = list(access.store.iter_objects(access.prefix, self.list_page_size))
         return group_batches(objects, access.prefix)
 
-    def stage(self, batch: str, dest: Path, local_dir: str | Path = "",
-              log: Callable[[str], None] | None = None) -> tuple[StageReport, ExportAccess]:
+    def stage(
+        self,
+        batch: str,
+        dest: Path,
+        local_dir: str | Path = "",
+        log: Callable[[str], None] | None = None,
+    ) -> tuple[StageReport, ExportAccess]:
         """Stage one batch into `dest` (for `local`: only describe the folder)."""
         log = log or logger.info
         with self.open(local_dir, transfer=True, log=log) as access:
             head = f"{access.prefix}{batch}/"
             objects = list(access.store.iter_objects(head, self.list_page_size))
             if access.store.method == "local":
-                report = StageReport(batch=batch, method="local", version=batch_fingerprint(
-                    [o for o in objects if not o.is_marker]))
+                report = StageReport(
+                    batch=batch,
+                    method="local",
+                    version=batch_fingerprint([o for o in objects if not o.is_marker]),
+                )
                 for obj in objects:
                     if obj.is_marker:
                         continue
                     report.objects += 1
                     report.bytes_total += obj.size
-                    report.files[obj.name[len(head):]] = {"bytes": obj.size,
-                                                          "version": obj.version}
-                    report.skipped_unchanged.append(obj.name[len(head):])
+                    report.files[obj.name[len(head) :]] = {
+                        "bytes": obj.size,
+                        "version": obj.version,
+                    }
+                    report.skipped_unchanged.append(obj.name[len(head) :])
             else:
                 report = stage_batch(access.store, access.prefix, batch, objects, dest, log=log)
         return report, access
@@ -218,8 +256,10 @@ def default_moloco_source() -> MolocoExportSource:
     the code location loads, with a message naming the supported methods."""
     import os
 
-    check_access_config(os.environ.get("MM_MOLOCO_METHOD", "local"),
-                        os.environ.get("MM_MOLOCO_CREDENTIALS_FILE", ""))
+    check_access_config(
+        os.environ.get("MM_MOLOCO_METHOD", "local"),
+        os.environ.get("MM_MOLOCO_CREDENTIALS_FILE", ""),
+    )
     return MolocoExportSource(
         method=setting("MM_MOLOCO_METHOD", "local"),
         bucket=setting("MM_MOLOCO_BUCKET", ""),

@@ -21,7 +21,6 @@ Listing errors are sorted: transient ones (network, 5xx, 429) skip the tick with
 credential errors (refused, expired, legacy configuration) fail the tick so it shows red.
 """
 
-
 import json
 import time
 from dataclasses import dataclass
@@ -63,12 +62,23 @@ def load_cursor(text: str | None) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         data = {}
-    return {"v": 1, "seen": dict(data.get("seen", {})), "pending": dict(data.get("pending", {})),
-            "floor": float(data.get("floor", 0.0)), "hwm": float(data.get("hwm", 0.0))}
+    return {
+        "v": 1,
+        "seen": dict(data.get("seen", {})),
+        "pending": dict(data.get("pending", {})),
+        "floor": float(data.get("floor", 0.0)),
+        "hwm": float(data.get("hwm", 0.0)),
+    }
 
 
-def plan_batches(batches: dict[str, list[ExportObject]], cursor: dict[str, Any], *,
-                 now: float, quiet_period_s: float, max_runs: int) -> Plan:
+def plan_batches(
+    batches: dict[str, list[ExportObject]],
+    cursor: dict[str, Any],
+    *,
+    now: float,
+    quiet_period_s: float,
+    max_runs: int,
+) -> Plan:
     """Pure decision of one tick (no Dagster, no I/O): which batch versions to run."""
     seen: dict[str, list[Any]] = cursor["seen"]
     pending: dict[str, list[Any]] = {}
@@ -99,8 +109,11 @@ def plan_batches(batches: dict[str, list[ExportObject]], cursor: dict[str, Any],
         previous = cursor["pending"].get(batch)
         if previous and previous[0] == fp:
             first_seen = float(previous[1])
-        complete = has_success_marker(objects) or now - newest >= quiet_period_s \
+        complete = (
+            has_success_marker(objects)
+            or now - newest >= quiet_period_s
             or now - first_seen >= quiet_period_s
+        )
         if not complete:
             pending[batch] = [fp, first_seen]
             waiting.append(batch)
@@ -125,24 +138,34 @@ def plan_batches(batches: dict[str, list[ExportObject]], cursor: dict[str, Any],
     return Plan(runs, new_batches, cursor, waiting, deferred)
 
 
-@dg.sensor(job=build_s2s_files_job, minimum_interval_seconds=60,
-           default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(
+    job=build_s2s_files_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
 def moloco_export_batches(
-    context: dg.SensorEvaluationContext, moloco_source: MolocoExportSource,
+    context: dg.SensorEvaluationContext,
+    moloco_source: MolocoExportSource,
     storage: BatchStorage,
 ) -> dg.SensorResult | dg.SkipReason:
     """One run per new complete batch version of the Moloco export (see module docstring)."""
     try:
         batches = moloco_source.list_batches(storage.export_dir)
     except TransientSourceError as exc:
-        return dg.SkipReason(f"listing the export failed, retrying next tick: "
-                             f"{redact(str(exc), moloco_source.secrets())}")
+        return dg.SkipReason(
+            f"listing the export failed, retrying next tick: "
+            f"{redact(str(exc), moloco_source.secrets())}"
+        )
     except CredentialError as exc:
         raise CredentialError(redact(str(exc), moloco_source.secrets())) from None
     cursor = load_cursor(context.cursor)
-    plan = plan_batches(batches, cursor, now=time.time(),
-                        quiet_period_s=float(moloco_source.quiet_period),
-                        max_runs=max(1, int(moloco_source.max_runs_per_tick)))
+    plan = plan_batches(
+        batches,
+        cursor,
+        now=time.time(),
+        quiet_period_s=float(moloco_source.quiet_period),
+        max_runs=max(1, int(moloco_source.max_runs_per_tick)),
+    )
     new_cursor = json.dumps(plan.cursor, sort_keys=True, separators=(",", ":"))
     if not plan.run_requests:
         context.update_cursor(new_cursor)
@@ -151,10 +174,16 @@ def moloco_export_batches(
             reason += f"; waiting for the quiet period: {', '.join(plan.waiting[:10])}"
         return dg.SkipReason(reason + ")")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=batch, run_key=f"{batch}@{fp}",
-                                    tags={"mm_assets/moloco_batch_version": fp})
-                      for batch, fp in plan.run_requests],
+        run_requests=[
+            dg.RunRequest(
+                partition_key=batch,
+                run_key=f"{batch}@{fp}",
+                tags={"mm_assets/moloco_batch_version": fp},
+            )
+            for batch, fp in plan.run_requests
+        ],
         dynamic_partitions_requests=[export_batches.build_add_request(plan.new_batches)]
-        if plan.new_batches else [],
+        if plan.new_batches
+        else [],
         cursor=new_cursor,
     )

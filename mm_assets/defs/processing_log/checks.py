@@ -49,7 +49,8 @@ def verdict_metadata(verdict: BatchVerdict) -> dict[str, Any]:
         "longest_wait_minutes": round((verdict.longest_wait_seconds or 0) / 60, 1),
         "processing_log": dg.MetadataValue.md(md_table(TABLE_COLUMNS, verdict.rows)),
         "mediamath_records": dg.MetadataValue.json(
-            {r.file_name: r.raw_records[-_RAW_RECORDS_PER_FILE:] for r in verdict.current}),
+            {r.file_name: r.raw_records[-_RAW_RECORDS_PER_FILE:] for r in verdict.current}
+        ),
     }
 
 
@@ -57,8 +58,9 @@ def verdict_severity(verdict: BatchVerdict) -> dg.AssetCheckSeverity:
     return dg.AssetCheckSeverity.ERROR if verdict.error else dg.AssetCheckSeverity.WARN
 
 
-def register_batch(store: StatusStore, storage: BatchStorage, delivery: MediaMathDelivery,
-                   batch: str) -> None:
+def register_batch(
+    store: StatusStore, storage: BatchStorage, delivery: MediaMathDelivery, batch: str
+) -> None:
     """Track every file of the batch's current build: delivered ones (with a receipt) as
     pending until MediaMath answers, the others as not delivered."""
     outbox = storage.outbox(batch)
@@ -70,20 +72,28 @@ def register_batch(store: StatusStore, storage: BatchStorage, delivery: MediaMat
     for built in read_manifest(outbox):
         receipt = receipts.get(built.name)
         store.register(
-            built.name, batch, built_at,
+            built.name,
+            batch,
+            built_at,
             receipt.transport if receipt else delivery.transport_label(),
             receipt.bytes if receipt else built.bytes,
-            receipt.uploaded_at if receipt else None, None)
+            receipt.uploaded_at if receipt else None,
+            None,
+        )
 
 
 @dg.asset_check(
-    asset=upload_receipts, name=CHECK_NAME,
+    asset=upload_receipts,
+    name=CHECK_NAME,
     description="MediaMath's processing log (S2S-LOG) said OK for every delivered file of the "
     "batch. Fails (ERROR) with MediaMath's message when a file is rejected or gets no answer "
     "before the deadline; warns while files wait. Re-evaluated by the processing_log_poller "
-    "sensor.")
+    "sensor.",
+)
 def every_file_accepted_by_mediamath(
-    context: dg.AssetCheckExecutionContext, storage: BatchStorage, delivery: MediaMathDelivery,
+    context: dg.AssetCheckExecutionContext,
+    storage: BatchStorage,
+    delivery: MediaMathDelivery,
     processing_log: MediaMathProcessingLog,
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
@@ -103,28 +113,46 @@ def every_file_accepted_by_mediamath(
     metadata = verdict_metadata(verdict)
     if problem:
         context.log.error(problem)
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                   description=problem, metadata=metadata)
-    return dg.AssetCheckResult(passed=verdict.passed, severity=verdict_severity(verdict),
-                               description=verdict.description, metadata=metadata)
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=problem,
+            metadata=metadata,
+        )
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=verdict_severity(verdict),
+        description=verdict.description,
+        metadata=metadata,
+    )
 
 
-def evaluation_for(instance: dg.DagsterInstance, batch: str, verdict: BatchVerdict,
-                   now: datetime) -> dg.AssetCheckEvaluation:
+def evaluation_for(
+    instance: dg.DagsterInstance, batch: str, verdict: BatchVerdict, now: datetime
+) -> dg.AssetCheckEvaluation:
     """The check's result as an event a sensor can report, tied to the batch's latest
     `upload_receipts` materialisation so the UI shows it against that run."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=upload_receipts.key, asset_partitions=[batch]),
-        limit=1).records
+        dg.AssetRecordsFilter(asset_key=upload_receipts.key, asset_partitions=[batch]), limit=1
+    ).records
     target = _target(records[0]) if records else None
     return dg.AssetCheckEvaluation(
-        asset_key=upload_receipts.key, check_name=CHECK_NAME, passed=verdict.passed,
-        severity=verdict_severity(verdict), description=verdict.description,
-        metadata={**verdict_metadata(verdict), "evaluated_by": "processing_log_poller",
-                  "evaluated_at": now.isoformat()},
-        target_materialization_data=target, partition=batch)
+        asset_key=upload_receipts.key,
+        check_name=CHECK_NAME,
+        passed=verdict.passed,
+        severity=verdict_severity(verdict),
+        description=verdict.description,
+        metadata={
+            **verdict_metadata(verdict),
+            "evaluated_by": "processing_log_poller",
+            "evaluated_at": now.isoformat(),
+        },
+        target_materialization_data=target,
+        partition=batch,
+    )
 
 
 def _target(record: dg.EventLogRecord) -> AssetCheckEvaluationTargetMaterializationData:
     return AssetCheckEvaluationTargetMaterializationData(
-        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp)
+        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+    )

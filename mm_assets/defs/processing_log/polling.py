@@ -21,8 +21,18 @@ from mm_assets.defs.processing_log.status_store import FileState, FileStatus, St
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
-TABLE_COLUMNS = ["attempt", "name", "bytes", "transport", "uploaded_at", "mediamath_status",
-                 "message", "waited", "polls", "current"]
+TABLE_COLUMNS = [
+    "attempt",
+    "name",
+    "bytes",
+    "transport",
+    "uploaded_at",
+    "mediamath_status",
+    "message",
+    "waited",
+    "polls",
+    "current",
+]
 
 
 def parse_duration(text: str) -> timedelta:
@@ -58,8 +68,9 @@ def next_interval(settings: PollSettings, polls: int) -> timedelta:
     return min(settings.poll_interval * factor, settings.max_poll_interval)
 
 
-def poll_file(client: ProcessingLogClient, status: FileStatus, now: datetime,
-              settings: PollSettings) -> FileStatus:
+def poll_file(
+    client: ProcessingLogClient, status: FileStatus, now: datetime, settings: PollSettings
+) -> FileStatus:
     """Ask once about a pending file; past its deadline with no answer it is timed out.
 
     `ProcessingLogUnavailable` is recorded on the row (the file stays pending);
@@ -69,31 +80,46 @@ def poll_file(client: ProcessingLogClient, status: FileStatus, now: datetime,
         return status
     deadline_at = status.uploaded_at + settings.deadline
     polls = status.polls + 1
-    updated = replace(status, polls=polls, last_checked_at=now, deadline_at=deadline_at,
-                      next_check_at=now + next_interval(settings, polls))
+    updated = replace(
+        status,
+        polls=polls,
+        last_checked_at=now,
+        deadline_at=deadline_at,
+        next_check_at=now + next_interval(settings, polls),
+    )
     try:
         outcome = client.outcome(status.file_name)
     except ProcessingLogUnavailable as exc:
         updated = replace(updated, last_error=str(exc))
     else:
-        updated = replace(updated, last_error="", raw_records=outcome.raw_records,
-                          message=outcome.message)
+        updated = replace(
+            updated, last_error="", raw_records=outcome.raw_records, message=outcome.message
+        )
         if outcome.status is Outcome.ACCEPTED:
             return replace(updated, status=FileState.ACCEPTED, answered_at=now)
         if outcome.status is Outcome.REJECTED:
             return replace(updated, status=FileState.REJECTED, answered_at=now)
     if now >= deadline_at:
         waited = human_duration((now - status.uploaded_at).total_seconds())
-        return replace(updated, status=FileState.TIMED_OUT, next_check_at=None,
-                       message=f"no answer from MediaMath after {waited} (deadline "
-                       f"{human_duration(settings.deadline.total_seconds())})")
+        return replace(
+            updated,
+            status=FileState.TIMED_OUT,
+            next_check_at=None,
+            message=f"no answer from MediaMath after {waited} (deadline "
+            f"{human_duration(settings.deadline.total_seconds())})",
+        )
     return updated
 
 
-def poll_files(store: StatusStore, client: ProcessingLogClient, files: list[FileStatus],
-               now: Callable[[], datetime], settings: PollSettings,
-               give_up_at: float | None = None, clock: Callable[[], float] | None = None,
-               ) -> set[str]:
+def poll_files(
+    store: StatusStore,
+    client: ProcessingLogClient,
+    files: list[FileStatus],
+    now: Callable[[], datetime],
+    settings: PollSettings,
+    give_up_at: float | None = None,
+    clock: Callable[[], float] | None = None,
+) -> set[str]:
     """Poll `files` and save them; the batches whose files changed state or message.
 
     Stops at the first file the log could not be read for: the service is down, and asking
@@ -133,11 +159,21 @@ def batch_verdict(rows: list[FileStatus], now: datetime) -> BatchVerdict:
     counts = Counter(str(r.status) for r in current)
     waiting = [r.waited(now) for r in current if r.status is FileState.PENDING]
     longest = max((w for w in waiting if w is not None), default=None)
-    table = [[attempt_of[r.built_at], r.file_name, r.bytes, r.transport,
-              r.uploaded_at.isoformat() if r.uploaded_at else "", str(r.status),
-              r.message or r.last_error, human_duration(r.waited(now)), r.polls,
-              "yes" if r.built_at == latest else "superseded"]
-             for r in rows]
+    table = [
+        [
+            attempt_of[r.built_at],
+            r.file_name,
+            r.bytes,
+            r.transport,
+            r.uploaded_at.isoformat() if r.uploaded_at else "",
+            str(r.status),
+            r.message or r.last_error,
+            human_duration(r.waited(now)),
+            r.polls,
+            "yes" if r.built_at == latest else "superseded",
+        ]
+        for r in rows
+    ]
     rejected = [r for r in current if r.status is FileState.REJECTED]
     timed_out = [r for r in current if r.status is FileState.TIMED_OUT]
     pending = [r for r in current if r.status is FileState.PENDING]
@@ -145,14 +181,20 @@ def batch_verdict(rows: list[FileStatus], now: datetime) -> BatchVerdict:
     n = len(current)
     parts: list[str] = []
     if rejected:
-        parts.append(f"MediaMath rejected {len(rejected)} of {n} file(s): " + "; ".join(
-            f"{r.file_name}: {r.message}" for r in rejected))
+        parts.append(
+            f"MediaMath rejected {len(rejected)} of {n} file(s): "
+            + "; ".join(f"{r.file_name}: {r.message}" for r in rejected)
+        )
     if timed_out:
-        parts.append(f"{len(timed_out)} file(s) got no answer before the deadline: " +
-                     ", ".join(r.file_name for r in timed_out))
+        parts.append(
+            f"{len(timed_out)} file(s) got no answer before the deadline: "
+            + ", ".join(r.file_name for r in timed_out)
+        )
     if pending:
-        parts.append(f"{len(pending)} of {n} file(s) waiting for MediaMath's processing log "
-                     f"(longest {human_duration(longest)})")
+        parts.append(
+            f"{len(pending)} of {n} file(s) waiting for MediaMath's processing log "
+            f"(longest {human_duration(longest)})"
+        )
     if undelivered:
         parts.append(f"{len(undelivered)} file(s) not delivered yet")
     if not current:
@@ -160,6 +202,12 @@ def batch_verdict(rows: list[FileStatus], now: datetime) -> BatchVerdict:
     passed = bool(current) and counts[str(FileState.ACCEPTED)] == n
     if passed:
         parts = [f"MediaMath accepted all {n} file(s)"]
-    return BatchVerdict(passed=passed, error=bool(rejected or timed_out),
-                        description="; ".join(parts), counts=dict(counts), current=current,
-                        rows=table, longest_wait_seconds=longest)
+    return BatchVerdict(
+        passed=passed,
+        error=bool(rejected or timed_out),
+        description="; ".join(parts),
+        counts=dict(counts),
+        current=current,
+        rows=table,
+        longest_wait_seconds=longest,
+    )

@@ -40,9 +40,11 @@ class MediaMathProcessingLog(dg.ConfigurableResource):
     store_url: str = ""  # empty = the delivery ledger's database
 
     def poll_settings(self) -> PollSettings:
-        return PollSettings(deadline=parse_duration(self.deadline),
-                            poll_interval=parse_duration(self.poll_interval),
-                            max_poll_interval=parse_duration(self.max_poll_interval))
+        return PollSettings(
+            deadline=parse_duration(self.deadline),
+            poll_interval=parse_duration(self.poll_interval),
+            max_poll_interval=parse_duration(self.max_poll_interval),
+        )
 
     def _endpoint(self, delivery: MediaMathDelivery) -> tuple[str, str, str]:
         """(base URL, username, password) for this deployment."""
@@ -51,25 +53,33 @@ class MediaMathProcessingLog(dg.ConfigurableResource):
         state_dir = Path(delivery.sandbox_state_dir)
         path = state_dir / STATE_FILE
         if not path.exists():
-            raise dg.Failure(f"no sandbox state in {state_dir}: start the sandbox with "
-                             f"`mm-assets sandbox`")
+            raise dg.Failure(
+                f"no sandbox state in {state_dir}: start the sandbox with `mm-assets sandbox`"
+            )
         data = json.loads(path.read_text())
         # Only the fields SandboxState knows: the state file may carry newer keys than it.
         known = {f.name for f in dataclasses.fields(SandboxState)} - {"state_dir"}
-        sandbox = SandboxState(state_dir=state_dir,
-                               **{k: v for k, v in data.items() if k in known})
+        sandbox = SandboxState(state_dir=state_dir, **{k: v for k, v in data.items() if k in known})
         url = self.url or data.get(SANDBOX_URL_KEY)
         if not url:
-            raise dg.Failure(f"the sandbox in {state_dir} does not serve a processing log: "
-                             f"restart it with `mm-assets sandbox`")
+            raise dg.Failure(
+                f"the sandbox in {state_dir} does not serve a processing log: "
+                f"restart it with `mm-assets sandbox`"
+            )
         return url, sandbox.sftp_username, sandbox.sftp_password()
 
     def client(self, delivery: MediaMathDelivery) -> ProcessingLogClient:
         url, username, password = self._endpoint(delivery)
         return ProcessingLogClient(
-            url, username, password, timeout=self.timeout_seconds,
-            max_attempts=self.max_attempts, backoff=self.backoff_seconds,
-            max_total_wait=self.max_total_wait_seconds, ca_bundle=self.ca_bundle or None)
+            url,
+            username,
+            password,
+            timeout=self.timeout_seconds,
+            max_attempts=self.max_attempts,
+            backoff=self.backoff_seconds,
+            max_total_wait=self.max_total_wait_seconds,
+            ca_bundle=self.ca_bundle or None,
+        )
 
     def store(self, delivery: MediaMathDelivery) -> StatusStore:
         if self.store_url:

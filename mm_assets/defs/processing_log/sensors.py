@@ -24,13 +24,17 @@ TICK_BUDGET_SECONDS = 40.0
 FILES_PER_TICK = 100
 
 
-@dg.sensor(name="processing_log_poller", minimum_interval_seconds=TICK_SECONDS,
-           default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Polls MediaMath's processing log for delivered files still pending and "
-           "records every_file_accepted_by_mediamath evaluations; a file with no answer by the "
-           "deadline is reported timed out and no longer polled.")
+@dg.sensor(
+    name="processing_log_poller",
+    minimum_interval_seconds=TICK_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Polls MediaMath's processing log for delivered files still pending and "
+    "records every_file_accepted_by_mediamath evaluations; a file with no answer by the "
+    "deadline is reported timed out and no longer polled.",
+)
 def processing_log_poller(
-    context: dg.SensorEvaluationContext, delivery: MediaMathDelivery,
+    context: dg.SensorEvaluationContext,
+    delivery: MediaMathDelivery,
     processing_log: MediaMathProcessingLog,
 ) -> dg.SensorResult:
     settings = processing_log.poll_settings()
@@ -42,11 +46,20 @@ def processing_log_poller(
         with processing_log.client(delivery) as client:
             # ProcessingLogCredentialsError propagates: the tick fails with its message, which
             # is where an operator looks when every file would fail the same way.
-            changed = poll_files(store, client, due, utc_now, settings,
-                                 give_up_at=started + TICK_BUDGET_SECONDS, clock=time.monotonic)
+            changed = poll_files(
+                store,
+                client,
+                due,
+                utc_now,
+                settings,
+                give_up_at=started + TICK_BUDGET_SECONDS,
+                clock=time.monotonic,
+            )
         now = utc_now()
-        events = [evaluation_for(context.instance, batch, batch_verdict(store.batch(batch), now),
-                                 now) for batch in sorted(changed)]
+        events = [
+            evaluation_for(context.instance, batch, batch_verdict(store.batch(batch), now), now)
+            for batch in sorted(changed)
+        ]
     for event in events:
         context.log.info(f"{event.partition}: {event.description}")
     if not events:

@@ -116,7 +116,8 @@ class StatusStore:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.url = parsed
         self.engine = sa.create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {})
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {}
+        )
         _metadata.create_all(self.engine, checkfirst=True)
 
     def __repr__(self) -> str:
@@ -138,51 +139,90 @@ class StatusStore:
 
     @staticmethod
     def _get(conn: Connection, file_name: str) -> FileStatus | None:
-        row = conn.execute(sa.select(status_table).where(
-            status_table.c.file_name == file_name)).mappings().first()
+        row = (
+            conn.execute(sa.select(status_table).where(status_table.c.file_name == file_name))
+            .mappings()
+            .first()
+        )
         return FileStatus._from_row(row) if row is not None else None
 
     def get(self, file_name: str) -> FileStatus | None:
         with self._tx() as conn:
             return self._get(conn, file_name)
 
-    def register(self, file_name: str, batch: str, built_at: str, transport: str, nbytes: int,
-                 uploaded_at: datetime | None, deadline_at: datetime | None) -> FileStatus:
+    def register(
+        self,
+        file_name: str,
+        batch: str,
+        built_at: str,
+        transport: str,
+        nbytes: int,
+        uploaded_at: datetime | None,
+        deadline_at: datetime | None,
+    ) -> FileStatus:
         """Track a file of a batch; idempotent. A file registered before its delivery becomes
         pending once it has a receipt; a known delivered file keeps its status and deadline."""
         try:
-            return self._register(file_name, batch, built_at, transport, nbytes, uploaded_at,
-                                  deadline_at)
+            return self._register(
+                file_name, batch, built_at, transport, nbytes, uploaded_at, deadline_at
+            )
         except IntegrityError:
             # Another check registered it between our read and our insert: theirs stands.
-            return self._register(file_name, batch, built_at, transport, nbytes, uploaded_at,
-                                  deadline_at)
+            return self._register(
+                file_name, batch, built_at, transport, nbytes, uploaded_at, deadline_at
+            )
 
-    def _register(self, file_name: str, batch: str, built_at: str, transport: str, nbytes: int,
-                  uploaded_at: datetime | None, deadline_at: datetime | None) -> FileStatus:
+    def _register(
+        self,
+        file_name: str,
+        batch: str,
+        built_at: str,
+        transport: str,
+        nbytes: int,
+        uploaded_at: datetime | None,
+        deadline_at: datetime | None,
+    ) -> FileStatus:
         with self._tx() as conn:
             known = self._get(conn, file_name)
             if known is None:
                 status = FileStatus(
-                    file_name=file_name, batch=batch, built_at=built_at, transport=transport,
-                    bytes=nbytes, uploaded_at=uploaded_at, deadline_at=deadline_at,
+                    file_name=file_name,
+                    batch=batch,
+                    built_at=built_at,
+                    transport=transport,
+                    bytes=nbytes,
+                    uploaded_at=uploaded_at,
+                    deadline_at=deadline_at,
                     status=FileState.PENDING if uploaded_at else FileState.NOT_DELIVERED,
-                    message="", raw_records=[], polls=0, last_checked_at=None,
-                    next_check_at=uploaded_at, answered_at=None, last_error="")
+                    message="",
+                    raw_records=[],
+                    polls=0,
+                    last_checked_at=None,
+                    next_check_at=uploaded_at,
+                    answered_at=None,
+                    last_error="",
+                )
                 conn.execute(status_table.insert().values(**status._row()))
                 return status
             if known.status is FileState.NOT_DELIVERED and uploaded_at is not None:
-                known = replace(known, status=FileState.PENDING, uploaded_at=uploaded_at,
-                                deadline_at=deadline_at, transport=transport, bytes=nbytes,
-                                next_check_at=uploaded_at)
+                known = replace(
+                    known,
+                    status=FileState.PENDING,
+                    uploaded_at=uploaded_at,
+                    deadline_at=deadline_at,
+                    transport=transport,
+                    bytes=nbytes,
+                    next_check_at=uploaded_at,
+                )
                 self._put(conn, known)
             return known
 
     @staticmethod
     def _put(conn: Connection, status: FileStatus) -> None:
         row = status._row()
-        conn.execute(status_table.update().where(
-            status_table.c.file_name == status.file_name).values(**row))
+        conn.execute(
+            status_table.update().where(status_table.c.file_name == status.file_name).values(**row)
+        )
 
     def save(self, status: FileStatus) -> None:
         """Write a row back after a poll; a final verdict is never overwritten by a later,
@@ -199,9 +239,13 @@ class StatusStore:
     def batch(self, batch: str) -> list[FileStatus]:
         """Every row of the batch, oldest attempt first."""
         with self._tx() as conn:
-            rows = conn.execute(sa.select(status_table).where(status_table.c.batch == batch)
-                                .order_by(status_table.c.built_at, status_table.c.uploaded_at,
-                                          status_table.c.file_name)).mappings()
+            rows = conn.execute(
+                sa.select(status_table)
+                .where(status_table.c.batch == batch)
+                .order_by(
+                    status_table.c.built_at, status_table.c.uploaded_at, status_table.c.file_name
+                )
+            ).mappings()
             return [FileStatus._from_row(r) for r in rows]
 
     def due(self, now: datetime, limit: int = 100) -> list[FileStatus]:
@@ -212,11 +256,16 @@ class StatusStore:
                 sa.select(status_table)
                 .where(c.status == str(FileState.PENDING))
                 .where(sa.or_(c.next_check_at.is_(None), c.next_check_at <= now))
-                .order_by(c.next_check_at, c.file_name).limit(limit)).mappings()
+                .order_by(c.next_check_at, c.file_name)
+                .limit(limit)
+            ).mappings()
             return [FileStatus._from_row(r) for r in rows]
 
     def batches_with(self, states: Sequence[FileState]) -> list[str]:
         with self._tx() as conn:
-            rows = conn.execute(sa.select(status_table.c.batch).distinct().where(
-                status_table.c.status.in_([str(s) for s in states])))
+            rows = conn.execute(
+                sa.select(status_table.c.batch)
+                .distinct()
+                .where(status_table.c.status.in_([str(s) for s in states]))
+            )
             return sorted(r[0] for r in rows)

@@ -1,6 +1,5 @@
 """Build MediaMath S2S files for one export batch: read, merge, write (DESIGN.md asset graph)."""
 
-
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.metadata import md_table
 
 REPORT = "report.json"
+
 
 def save_report(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,37 +37,61 @@ def raw_audiences(
     context: dg.AssetExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.MaterializeResult:
     batch = context.partition_key
-    report = read_export_batch(storage.batch_dir(batch), storage.work(batch, "raw_audiences"),
-                               s2s.build_settings())
-    save_report(storage.work(batch, "raw_audiences") / REPORT, {
-        "rows_read": report.rows_read, "rows_accepted": report.rows_accepted,
-        "rows_quarantined": report.rows_quarantined,
-        "quarantine_reasons": report.quarantine_reasons,
-        "file_issues": [[i.file, i.message] for i in report.file_issues],
-        "files": report.files,
-    })
+    report = read_export_batch(
+        storage.batch_dir(batch), storage.work(batch, "raw_audiences"), s2s.build_settings()
+    )
+    save_report(
+        storage.work(batch, "raw_audiences") / REPORT,
+        {
+            "rows_read": report.rows_read,
+            "rows_accepted": report.rows_accepted,
+            "rows_quarantined": report.rows_quarantined,
+            "quarantine_reasons": report.quarantine_reasons,
+            "file_issues": [[i.file, i.message] for i in report.file_issues],
+            "files": report.files,
+        },
+    )
     for issue in report.file_issues:
         context.log.warning(f"{issue.file}: {issue.message}")
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": report.rows_accepted,
-        "rows_read": report.rows_read,
-        "rows_quarantined": report.rows_quarantined,
-        "files_read": len(report.files),
-        "files_unusable": len(report.file_issues),
-        "quarantine_reasons": dg.MetadataValue.md(md_table(
-            ["reason", "rows"], list(report.quarantine_reasons.items()))),
-        "quarantine_preview": dg.MetadataValue.md(md_table(
-            ["file", "line", "reason", "user_id", "segment", "timestamp", "client",
-             "device_type"], [list(r.values()) for r in report.quarantine_preview])),
-        "unusable_files": dg.MetadataValue.md(md_table(
-            ["file", "problem"], [[i.file, i.message] for i in report.file_issues])),
-        "files": dg.MetadataValue.md(md_table(
-            ["file", "rows", "quarantined"],
-            [[name, f["rows"], f["quarantined"]] for name, f in report.files.items()])),
-        "client_name_collisions": dg.MetadataValue.json(report.client_collisions),
-        "user_buckets": report.buckets,
-        "quarantine_table": dg.MetadataValue.path(str(report.quarantine_path)),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": report.rows_accepted,
+            "rows_read": report.rows_read,
+            "rows_quarantined": report.rows_quarantined,
+            "files_read": len(report.files),
+            "files_unusable": len(report.file_issues),
+            "quarantine_reasons": dg.MetadataValue.md(
+                md_table(["reason", "rows"], list(report.quarantine_reasons.items()))
+            ),
+            "quarantine_preview": dg.MetadataValue.md(
+                md_table(
+                    [
+                        "file",
+                        "line",
+                        "reason",
+                        "user_id",
+                        "segment",
+                        "timestamp",
+                        "client",
+                        "device_type",
+                    ],
+                    [list(r.values()) for r in report.quarantine_preview],
+                )
+            ),
+            "unusable_files": dg.MetadataValue.md(
+                md_table(["file", "problem"], [[i.file, i.message] for i in report.file_issues])
+            ),
+            "files": dg.MetadataValue.md(
+                md_table(
+                    ["file", "rows", "quarantined"],
+                    [[name, f["rows"], f["quarantined"]] for name, f in report.files.items()],
+                )
+            ),
+            "client_name_collisions": dg.MetadataValue.json(report.client_collisions),
+            "user_buckets": report.buckets,
+            "quarantine_table": dg.MetadataValue.path(str(report.quarantine_path)),
+        }
+    )
 
 
 @dg.asset(
@@ -83,25 +107,43 @@ def merged_segment_loads(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     out = storage.work(batch, "merged_segment_loads")
-    report = merge_segment_loads(storage.work(batch, "raw_audiences") / "loads", out,
-                                 s2s.build_settings())
-    families = [[k.agency or "(global)", "mobile" if k.mobile else "cookie", v.users, v.lines,
-                 v.loads, v.text_bytes] for k, v in report.by_file.items()]
-    save_report(out / REPORT, {
-        "loads_out": report.loads_out, "users": report.users, "conflicts": report.conflicts,
-        "families": families,
-    })
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": report.users,
-        "loads_in": report.rows_in,
-        "loads_out": report.loads_out,
-        "repeats_folded": report.repeats_folded,
-        "conflicting_loads": report.conflicts,
-        "users_continued_on_more_lines": report.continued_users,
-        "user_buckets": report.buckets,
-        "file_families": dg.MetadataValue.md(md_table(
-            ["agency", "ids", "users", "lines", "loads", "text bytes"], families)),
-    })
+    report = merge_segment_loads(
+        storage.work(batch, "raw_audiences") / "loads", out, s2s.build_settings()
+    )
+    families = [
+        [
+            k.agency or "(global)",
+            "mobile" if k.mobile else "cookie",
+            v.users,
+            v.lines,
+            v.loads,
+            v.text_bytes,
+        ]
+        for k, v in report.by_file.items()
+    ]
+    save_report(
+        out / REPORT,
+        {
+            "loads_out": report.loads_out,
+            "users": report.users,
+            "conflicts": report.conflicts,
+            "families": families,
+        },
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": report.users,
+            "loads_in": report.rows_in,
+            "loads_out": report.loads_out,
+            "repeats_folded": report.repeats_folded,
+            "conflicting_loads": report.conflicts,
+            "users_continued_on_more_lines": report.continued_users,
+            "user_buckets": report.buckets,
+            "file_families": dg.MetadataValue.md(
+                md_table(["agency", "ids", "users", "lines", "loads", "text bytes"], families)
+            ),
+        }
+    )
 
 
 @dg.asset(
@@ -117,17 +159,37 @@ def s2s_files(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     outbox = storage.outbox(batch)
-    built = write_s2s_files(storage.work(batch, "merged_segment_loads") / "lines", outbox,
-                            s2s.build_settings(), batch=batch)
-    rows = [[f.name, f.agency or "(global)", int(f.mobile), int(f.hash_segments), f.users,
-             f.loads, f.bytes, f.md5] for f in built]
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": len(built),
-        "files": len(built),
-        "gz_bytes": sum(f.bytes for f in built),
-        "users": sum(f.users for f in built),
-        "loads": sum(f.loads for f in built),
-        "manifest": dg.MetadataValue.md(md_table(
-            ["name", "agency", "mobile", "hashed", "users", "loads", "bytes", "md5"], rows)),
-        "outbox": dg.MetadataValue.path(str(outbox)),
-    })
+    built = write_s2s_files(
+        storage.work(batch, "merged_segment_loads") / "lines",
+        outbox,
+        s2s.build_settings(),
+        batch=batch,
+    )
+    rows = [
+        [
+            f.name,
+            f.agency or "(global)",
+            int(f.mobile),
+            int(f.hash_segments),
+            f.users,
+            f.loads,
+            f.bytes,
+            f.md5,
+        ]
+        for f in built
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(built),
+            "files": len(built),
+            "gz_bytes": sum(f.bytes for f in built),
+            "users": sum(f.users for f in built),
+            "loads": sum(f.loads for f in built),
+            "manifest": dg.MetadataValue.md(
+                md_table(
+                    ["name", "agency", "mobile", "hashed", "users", "loads", "bytes", "md5"], rows
+                )
+            ),
+            "outbox": dg.MetadataValue.path(str(outbox)),
+        }
+    )

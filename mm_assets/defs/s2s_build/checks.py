@@ -1,7 +1,6 @@
 """Checks on `s2s_files` before anything leaves the machine (blocking: a failing file is never
 uploaded). They re-read the files with the independent validator, not the writer's code."""
 
-
 import hashlib
 from collections import Counter
 
@@ -15,8 +14,11 @@ from mm_assets.defs.s2s_build.assets import REPORT, load_report, s2s_files
 from mm_assets.defs.s2s_build.metadata import md_table
 
 
-@dg.asset_check(asset=s2s_files, blocking=True,
-                description="Every built file passes every S2S-* rule (independent validator).")
+@dg.asset_check(
+    asset=s2s_files,
+    blocking=True,
+    description="Every built file passes every S2S-* rule (independent validator).",
+)
 def files_conform_to_s2s_spec(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.AssetCheckResult:
@@ -35,14 +37,18 @@ def files_conform_to_s2s_spec(
             "violations": sum(counts.values()),
             "violations_by_rule": dg.MetadataValue.json(dict(counts)),
             "first_violations": dg.MetadataValue.md(
-                md_table(["file", "rule", "line", "message"], rows[:50])),
+                md_table(["file", "rule", "line", "message"], rows[:50])
+            ),
         },
     )
 
 
-@dg.asset_check(asset=s2s_files, blocking=True,
-                description="The outbox holds exactly the manifest's files, with its sizes and "
-                "MD5s, and they carry every merged user and load (nothing lost on the way).")
+@dg.asset_check(
+    asset=s2s_files,
+    blocking=True,
+    description="The outbox holds exactly the manifest's files, with its sizes and "
+    "MD5s, and they carry every merged user and load (nothing lost on the way).",
+)
 def outbox_matches_manifest(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage
 ) -> dg.AssetCheckResult:
@@ -59,16 +65,21 @@ def outbox_matches_manifest(
         if len(data) != built.bytes or hashlib.md5(data).hexdigest() != built.md5:
             problems.append([built.name, "bytes or md5 differ from the manifest"])
     listed = {b.name for b in manifest}
-    problems += [[p.name, "in the outbox but not in the manifest"]
-                 for p in outbox.glob("*" + SUFFIX) if p.name not in listed]
+    problems += [
+        [p.name, "in the outbox but not in the manifest"]
+        for p in outbox.glob("*" + SUFFIX)
+        if p.name not in listed
+    ]
     merged = load_report(storage.work(batch, "merged_segment_loads") / REPORT)
     written_loads = sum(b.loads for b in manifest)
     if written_loads != merged["loads_out"]:
-        problems.append(["(batch)", f"{written_loads} loads written, "
-                                    f"{merged['loads_out']} merged"])
+        problems.append(["(batch)", f"{written_loads} loads written, {merged['loads_out']} merged"])
     return dg.AssetCheckResult(
         passed=not problems,
-        metadata={"files": len(manifest), "loads_written": written_loads,
-                  "loads_merged": merged["loads_out"],
-                  "problems": dg.MetadataValue.md(md_table(["file", "problem"], problems))},
+        metadata={
+            "files": len(manifest),
+            "loads_written": written_loads,
+            "loads_merged": merged["loads_out"],
+            "problems": dg.MetadataValue.md(md_table(["file", "problem"], problems)),
+        },
     )

@@ -23,9 +23,12 @@ class ThreadedWsgi:
         self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
         self.port = self._server.server_port
         self.url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True,
-                                        name=f"sandbox-{self.port}")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(0.05,),
+            daemon=True,
+            name=f"sandbox-{self.port}",
+        )
 
     def start(self) -> ThreadedWsgi:
         self._thread.start()

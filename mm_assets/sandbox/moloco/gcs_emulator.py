@@ -20,8 +20,14 @@ from mm_assets.sandbox.moloco import ThreadedWsgi
 
 logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
 
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-encoding", "content-length",
-        "host"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-encoding",
+    "content-length",
+    "host",
+}
 
 
 def _free_port() -> int:
@@ -33,8 +39,11 @@ def _free_port() -> int:
 class GcsEmulator:
     """`with GcsEmulator(buckets=["mcm-export-x"]) as gcs: gcs.url ...`"""
 
-    def __init__(self, buckets: tuple[str, ...] | list[str] = (),
-                 require_token: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        buckets: tuple[str, ...] | list[str] = (),
+        require_token: Callable[[str], bool] | None = None,
+    ) -> None:
         from gcp_storage_emulator.server import create_server
 
         self._direct_port = _free_port()
@@ -75,15 +84,20 @@ class GcsEmulator:
         if not token or not self._require_token(token):
             self.refused += 1
             body = b'{"error": {"code": 401, "message": "Invalid Credentials"}}'
-            return Response(body, 401, content_type="application/json")(environ,
-                                                                        start_response)
+            return Response(body, 401, content_type="application/json")(environ, start_response)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         upstream = requests.request(
-            request.method, self.direct_url + request.full_path.rstrip("?"),
-            headers=headers, data=request.get_data(), timeout=30, stream=True)
+            request.method,
+            self.direct_url + request.full_path.rstrip("?"),
+            headers=headers,
+            data=request.get_data(),
+            timeout=30,
+            stream=True,
+        )
         out = [(k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP]
-        return Response(upstream.raw.read(decode_content=False), upstream.status_code,
-                        headers=out)(environ, start_response)
+        return Response(upstream.raw.read(decode_content=False), upstream.status_code, headers=out)(
+            environ, start_response
+        )
 
     # -- test helpers (straight to the emulator, no auth) -------------------------------------
 
@@ -91,8 +105,11 @@ class GcsEmulator:
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
-        return storage.Client(project="sandbox", credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": self.direct_url})
+        return storage.Client(
+            project="sandbox",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.direct_url},
+        )
 
     def put(self, bucket: str, name: str, data: bytes) -> int:
         """Write an object; returns its generation."""

@@ -34,9 +34,12 @@ def _json(data: dict[str, Any], status: int = 200) -> Response:
 
 
 class GoogleStsStandIn(WsgiStandIn):
-    def __init__(self, audience: str,
-                 service_account: str = "mcm-export@moloco.iam.gserviceaccount.com",
-                 expected_aws_key_id: str | None = None) -> None:
+    def __init__(
+        self,
+        audience: str,
+        service_account: str = "mcm-export@moloco.iam.gserviceaccount.com",
+        expected_aws_key_id: str | None = None,
+    ) -> None:
         self.audience = audience
         self.service_account = service_account
         self.expected_aws_key_id = expected_aws_key_id
@@ -57,15 +60,16 @@ class GoogleStsStandIn(WsgiStandIn):
             "audience": self.audience,
             "subject_token_type": AWS_TOKEN_TYPE,
             "token_url": f"{self.url}/v1/token",
-            "service_account_impersonation_url":
+            "service_account_impersonation_url": (
                 f"{self.url}/v1/projects/-/serviceAccounts/{self.service_account}"
-                ":generateAccessToken",
-            "credential_source": credential_source or {
+                ":generateAccessToken"
+            ),
+            "credential_source": credential_source
+            or {
                 "environment_id": "aws1",
                 "region_url": "http://169.254.169.254/latest/meta-data/placement/availability-zone",
                 "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials",
-                "regional_cred_verification_url":
-                    "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+                "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
             },
             "universe_domain": UNIVERSE,
         }
@@ -98,14 +102,19 @@ class GoogleStsStandIn(WsgiStandIn):
         if "GetCallerIdentity" not in subject.get("url", "") or not key_id:
             return _json({"error": "invalid_grant"}, 400)
         if self.expected_aws_key_id and key_id != self.expected_aws_key_id:
-            return _json({"error": "invalid_grant", "error_description": "unknown identity"},
-                         400)
+            return _json({"error": "invalid_grant", "error_description": "unknown identity"}, 400)
         token = "fed-" + secrets.token_urlsafe(24)
         with self._lock:
             self.federated_tokens.add(token)
             self.exchanges.append({"aws_key_id": key_id, "audience": form["audience"]})
-        return _json({"access_token": token, "expires_in": 3600, "token_type": "Bearer",
-                      "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"})
+        return _json(
+            {
+                "access_token": token,
+                "expires_in": 3600,
+                "token_type": "Bearer",
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            }
+        )
 
     def _impersonate(self, request: Request) -> Response:
         auth = request.headers.get("Authorization", "")
@@ -124,8 +133,14 @@ class AwsCredentialsStandIn(WsgiStandIn):
     """ECS container credentials endpoint and AWS STS AssumeRoleWithWebIdentity, for the
     ECS/EKS supplier (`ContainerAwsCredentialsSupplier`)."""
 
-    def __init__(self, access_key_id: str, secret_access_key: str, session_token: str,
-                 auth_token: str | None = None, web_identity_token: str | None = None) -> None:
+    def __init__(
+        self,
+        access_key_id: str,
+        secret_access_key: str,
+        session_token: str,
+        auth_token: str | None = None,
+        web_identity_token: str | None = None,
+    ) -> None:
         self.access_key_id = access_key_id
         self.secret_access_key = secret_access_key
         self.session_token = session_token
@@ -140,18 +155,24 @@ class AwsCredentialsStandIn(WsgiStandIn):
             self.calls.append("container")
             if self.auth_token and request.headers.get("Authorization") != self.auth_token:
                 return Response("denied", 401)(environ, start_response)
-            return _json({"AccessKeyId": self.access_key_id,
-                          "SecretAccessKey": self.secret_access_key,
-                          "Token": self.session_token,
-                          "Expiration": "2099-01-01T00:00:00Z"})(environ, start_response)
-        if request.method == "POST" and request.form.get("Action") == \
-                "AssumeRoleWithWebIdentity":
+            return _json(
+                {
+                    "AccessKeyId": self.access_key_id,
+                    "SecretAccessKey": self.secret_access_key,
+                    "Token": self.session_token,
+                    "Expiration": "2099-01-01T00:00:00Z",
+                }
+            )(environ, start_response)
+        if request.method == "POST" and request.form.get("Action") == "AssumeRoleWithWebIdentity":
             self.calls.append("web_identity")
             if request.form.get("WebIdentityToken") != self.web_identity_token:
-                return Response("<ErrorResponse><Error><Code>InvalidIdentityToken</Code>"
-                                "</Error></ErrorResponse>", 400)(environ, start_response)
+                return Response(
+                    "<ErrorResponse><Error><Code>InvalidIdentityToken</Code>"
+                    "</Error></ErrorResponse>",
+                    400,
+                )(environ, start_response)
             body = (
-                '<AssumeRoleWithWebIdentityResponse '
+                "<AssumeRoleWithWebIdentityResponse "
                 'xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
                 "<AssumeRoleWithWebIdentityResult><Credentials>"
                 f"<AccessKeyId>{self.access_key_id}</AccessKeyId>"
@@ -159,6 +180,7 @@ class AwsCredentialsStandIn(WsgiStandIn):
                 f"<SessionToken>{self.session_token}</SessionToken>"
                 "<Expiration>2099-01-01T00:00:00Z</Expiration>"
                 "</Credentials></AssumeRoleWithWebIdentityResult>"
-                "</AssumeRoleWithWebIdentityResponse>")
+                "</AssumeRoleWithWebIdentityResponse>"
+            )
             return Response(body, 200, content_type="text/xml")(environ, start_response)
         return Response("not found", 404)(environ, start_response)

@@ -37,11 +37,18 @@ class HmacS3StandIn(WsgiStandIn):
 
     def admin(self) -> Any:
         return boto3.client(
-            "s3", endpoint_url=self.url, region_name="us-east-1",
-            aws_access_key_id=self.admin_key_id, aws_secret_access_key=self._admin_secret,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"))
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.admin_key_id,
+            aws_secret_access_key=self._admin_secret,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         auth = environ.get("HTTP_AUTHORIZATION", "")
@@ -52,9 +59,13 @@ class HmacS3StandIn(WsgiStandIn):
             if state != "active":
                 code = "AccessDenied" if state == "propagating" else "InvalidAccessKeyId"
                 self.refused.append(state)
-                body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
-                        "<Message>Access denied.</Message></Error>").encode()
-                start_response("403 Forbidden", [("Content-Type", "application/xml"),
-                                                 ("Content-Length", str(len(body)))])
+                body = (
+                    f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                    "<Message>Access denied.</Message></Error>"
+                ).encode()
+                start_response(
+                    "403 Forbidden",
+                    [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+                )
                 return [body]
         return self._moto(environ, start_response)

@@ -36,8 +36,9 @@ class IssuedKey:
 
 
 class MgmtApiStandIn(WsgiStandIn):
-    def __init__(self, platform_id: str, api_key: str, *, spacing_s: float = 60.0,
-                 propagation_s: float = 0.0) -> None:
+    def __init__(
+        self, platform_id: str, api_key: str, *, spacing_s: float = 60.0, propagation_s: float = 0.0
+    ) -> None:
         self.platform_id = platform_id
         self.api_key = api_key
         self.spacing_s = spacing_s
@@ -92,9 +93,13 @@ class MgmtApiStandIn(WsgiStandIn):
                 resp = _error(429, "RESOURCE_EXHAUSTED: at most one call per minute")
                 resp.headers["Retry-After"] = f"{max(wait, 0.1):.2f}"
                 return 429, resp
-            key = IssuedKey(key_id="GOOG1E" + secrets.token_hex(14).upper(),
-                            secret_key=secrets.token_urlsafe(30), platform_id=platform_id,
-                            issued_at=now, active_at=now + self.propagation_s)
+            key = IssuedKey(
+                key_id="GOOG1E" + secrets.token_hex(14).upper(),
+                secret_key=secrets.token_urlsafe(30),
+                platform_id=platform_id,
+                issued_at=now,
+                active_at=now + self.propagation_s,
+            )
             self.keys = {key.key_id: key}  # every earlier key is deleted
             self.rotations.append(now)
             self._all_secrets.append(key.secret_key)
@@ -103,5 +108,6 @@ class MgmtApiStandIn(WsgiStandIn):
 
 
 def _error(status: int, message: str) -> Response:
-    return Response(json.dumps({"code": status, "message": message}), status,
-                    content_type="application/json")
+    return Response(
+        json.dumps({"code": status, "message": message}), status, content_type="application/json"
+    )

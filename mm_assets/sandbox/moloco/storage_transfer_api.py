@@ -34,8 +34,15 @@ def _error(status: int, code: str, message: str) -> Response:
 
 
 class StorageTransferStandIn(WsgiStandIn):
-    def __init__(self, gcs: GcsEmulator, project_id: str, project_number: str = "123456789012",
-                 *, agent_can_read: bool = True, polls_until_done: int = 2) -> None:
+    def __init__(
+        self,
+        gcs: GcsEmulator,
+        project_id: str,
+        project_number: str = "123456789012",
+        *,
+        agent_can_read: bool = True,
+        polls_until_done: int = 2,
+    ) -> None:
         self.gcs = gcs
         self.project_id = project_id
         self.agent = f"project-{project_number}@storage-transfer-service.iam.gserviceaccount.com"
@@ -61,14 +68,14 @@ class StorageTransferStandIn(WsgiStandIn):
         if method == "POST" and path == "/v1/transferJobs":
             return self._create(json.loads(request.get_data() or b"{}"))
         if method == "POST" and path.startswith("/v1/transferJobs/") and path.endswith(":run"):
-            return self._run(path[len("/v1/"):-len(":run")])
+            return self._run(path[len("/v1/") : -len(":run")])
         if method == "GET" and path.startswith("/v1/transferJobs/"):
-            job = self.jobs.get(path[len("/v1/"):])
+            job = self.jobs.get(path[len("/v1/") :])
             if job is None or request.args.get("projectId") != self.project_id:
                 return _error(404, "NOT_FOUND", "transfer job not found")
             return _json(job)
         if method == "GET" and path.startswith("/v1/transferOperations/"):
-            return self._poll(path[len("/v1/"):])
+            return self._poll(path[len("/v1/") :])
         return _error(404, "NOT_FOUND", f"{method} {path}")
 
     def _create(self, job: dict[str, Any]) -> Response:
@@ -78,9 +85,12 @@ class StorageTransferStandIn(WsgiStandIn):
             return _error(409, "ALREADY_EXISTS", "job exists")
         source = job["transferSpec"]["gcsDataSource"]["bucketName"]
         if not self.agent_can_read:
-            return _error(403, "PERMISSION_DENIED",
-                          f"Failed to obtain the location of the GCS bucket {source}: "
-                          f"{self.agent} does not have storage.buckets.get access")
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                f"Failed to obtain the location of the GCS bucket {source}: "
+                f"{self.agent} does not have storage.buckets.get access",
+            )
         self.jobs[job["name"]] = job
         return _json(job)
 
@@ -107,7 +117,7 @@ class StorageTransferStandIn(WsgiStandIn):
         client = self.gcs.admin_client()
         count = size = 0
         for blob in client.list_blobs(src["bucketName"], prefix=src.get("path", "")):
-            name = dst.get("path", "") + blob.name[len(src.get("path", "")):]
+            name = dst.get("path", "") + blob.name[len(src.get("path", "")) :]
             data = blob.download_as_bytes()
             client.bucket(dst["bucketName"]).blob(name).upload_from_string(data)
             count, size = count + 1, size + len(data)
@@ -120,12 +130,16 @@ class StorageTransferStandIn(WsgiStandIn):
         result: dict[str, Any] = {
             "name": name,
             "metadata": {
-                "@type": _OP_TYPE, "name": name, "projectId": self.project_id,
+                "@type": _OP_TYPE,
+                "name": name,
+                "projectId": self.project_id,
                 "transferJobName": op["job"]["name"],
                 "status": "SUCCESS" if done else "IN_PROGRESS",
-                "counters": {"objectsFoundFromSource": str(found[0]),
-                             "objectsCopiedToSink": str(found[0]),
-                             "bytesCopiedToSink": str(found[1])},
+                "counters": {
+                    "objectsFoundFromSource": str(found[0]),
+                    "objectsCopiedToSink": str(found[0]),
+                    "bytesCopiedToSink": str(found[1]),
+                },
             },
             "done": done,
         }
