@@ -44,6 +44,8 @@ from mm_assets.clients.transport import (
     DeliveryError,
     FileRefused,
     OutgoingFile,
+    ServiceDown,
+    Sighting,
     TransientDeliveryError,
     UploadResult,
 )
@@ -235,8 +237,9 @@ class CftCredentialsClient:
                 return self._fetch_once()
             except TransientDeliveryError as exc:
                 if attempt >= self.max_attempts:
-                    raise TransientDeliveryError(
-                        f"CFT credentials endpoint failed {attempt} times; last: {exc}"
+                    raise ServiceDown(
+                        f"CFT credentials endpoint down ({attempt} attempts; last: {exc}); "
+                        f"no file can be sent until it answers"
                     ) from None
                 delay = _backoff_seconds(
                     attempt, self.backoff_base_seconds, self.backoff_max_seconds
@@ -406,6 +409,8 @@ class MediaMathCft:
         self._lock = threading.RLock()
         self._client: Any = None
         self._closed = False
+        # One credentials outage per transport life: later calls fail at once (CFT-CRED).
+        self._outage: ServiceDown | None = None
         _install_redaction()
 
     def __repr__(self) -> str:
@@ -426,8 +431,14 @@ class MediaMathCft:
         with self._lock:
             if self._closed:
                 raise DeliveryError("CFT transport is closed")
+            if self._outage is not None:
+                raise ServiceDown(str(self._outage))
             if self._client is None:
-                self._client = self._build_client()
+                try:
+                    self._client = self._build_client()
+                except ServiceDown as exc:
+                    self._outage = exc
+                    raise
             return self._client
 
     def _build_client(self) -> Any:
@@ -483,6 +494,9 @@ class MediaMathCft:
                 logger.warning("%s: %s; fetching new credentials", what, exc)
                 refreshed = True
                 self._force_refresh()
+            except ServiceDown as exc:
+                self._outage = exc
+                raise
             except TransientDeliveryError as exc:
                 if attempt >= self.max_attempts:
                     raise TransientDeliveryError(
@@ -589,21 +603,27 @@ class MediaMathCft:
 
     def remote_size(self, name: str) -> int | None:
         """Size of `name` under the integration prefix, or None when it is not there."""
+        return self.lookup(name).size
+
+    def lookup(self, name: str) -> Sighting:
+        """HEAD of the object: size and LastModified; objects stay, so absence is proof."""
         key = self.key_for(name)
 
-        def head(s3: Any) -> int | None:
+        def head(s3: Any) -> Sighting:
             try:
                 answer = s3.head_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
                 if str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND_CODES:
-                    return None
+                    return Sighting(name, None, None, absent_is_proof=True)
                 raise self._translate(exc, "HeadObject", key) from None
             except BotoCoreError as exc:
                 raise self._translate(exc, "HeadObject", key) from None
-            return int(answer["ContentLength"])
+            landed = answer.get("LastModified")
+            landed = landed.astimezone(UTC) if isinstance(landed, datetime) else None
+            return Sighting(name, int(answer["ContentLength"]), landed, absent_is_proof=True)
 
-        size, _ = self._run(f"remote_size {name}", head)
-        return size
+        sighting, _ = self._run(f"look up {name}", head)
+        return sighting
 
     def list_names(self) -> list[str]:
         """Names (without the prefix) of all objects under `<integration>/`, sorted."""

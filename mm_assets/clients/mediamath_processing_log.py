@@ -15,6 +15,7 @@ message, an exception or a repr.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import logging
@@ -34,8 +35,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://s2s-api.datasvc.mediamath.com"
 LOGS_PATH = "/logs"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"  # S2S-LOG: start_date / end_date
-# A server that ignores `offset` would page forever; no real answer needs this many pages.
-MAX_PAGES = 10_000
+# Bounds per question asked (invariant 5). A server that ignores `offset` would page forever;
+# one file's records never need this many pages. Breaching a bound is transient: the files stay
+# pending and a later poll asks again.
+MAX_PAGES = 100
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_CALL_SECONDS = 120.0
+_READ_CHUNK = 64 * 1024
+# How much of an error body a message may quote (after redaction).
+_EXCERPT_CHARS = 200
 
 # S2S-LOG: the documented messages.
 MESSAGE_OK = "OK"
@@ -132,6 +140,10 @@ _TIME_KEYS = (
     "startdate",
 )
 _TOTAL_KEYS = ("total", "totalcount", "count", "totalrecords")
+# An Authorization value (`Basic xxx`, `Bearer xxx`) quoted anywhere in a server's text.
+_AUTH_VALUE_RE = re.compile(r"(?i)\b(basic|bearer|digest)\s+[A-Za-z0-9+/=._~-]+")
+    r"(?i)((?:authorization|basic|bearer)['\"]?\s*[:=]?\s*['\"]?)[^\s'\",}]+"
+)
 
 
 class Outcome(StrEnum):
@@ -149,8 +161,13 @@ class ProcessingLogCredentialsError(ProcessingLogError):
 
 
 class ProcessingLogUnavailable(ProcessingLogError):
-    """Connection errors, timeouts, 429 or 5xx beyond the retry budget, or an answer that is
-    not JSON. The files stay pending; a later poll tries again."""
+    """Connection errors, timeouts, 429 or 5xx beyond the retry budget, an answer that is
+    not JSON, or a breached bound (time per call, answer size, pages). The files stay pending;
+    a later poll tries again."""
+
+
+class _BoundBreached(Exception):
+    """An answer passed the call's time or size bound (internal)."""
 
 
 @dataclass(frozen=True)
@@ -376,6 +393,9 @@ class ProcessingLogClient:
         backoff: float = 1.0,
         max_total_wait: float = 60.0,
         page_size: int | None = None,
+        max_pages: int = MAX_PAGES,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        max_call_seconds: float = MAX_CALL_SECONDS,
         ca_bundle: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -387,8 +407,14 @@ class ProcessingLogClient:
         self.backoff = backoff
         self.max_total_wait = max_total_wait
         self.page_size = page_size
+        self.max_pages = max_pages
+        self.max_response_bytes = max_response_bytes
+        self.max_call_seconds = max_call_seconds
         self._session = requests.Session()
         self._session.auth = (username, password)
+        # What a hostile or buggy server could echo back: never quoted in a message.
+        basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._secrets = tuple(v for v in (basic, password) if v)
         # S2S-LOG is HTTPS: verification stays on; a CA bundle only changes whom we trust.
         self._session.verify = ca_bundle or True
         self._session.headers["Accept"] = "application/json"
@@ -438,7 +464,7 @@ class ProcessingLogClient:
         self._call_started = time.monotonic()
         offset = 0
         previous_first: Any = object()
-        for _ in range(MAX_PAGES):
+        for _ in range(self.max_pages):
             query = dict(params)
             if offset:
                 query["offset"] = str(offset)
@@ -456,12 +482,58 @@ class ProcessingLogClient:
                 return
             if total is not None and offset >= total:
                 return
-        raise ProcessingLogError(f"processing log answered more than {MAX_PAGES} pages")
+        raise ProcessingLogUnavailable(
+            f"processing log answered more than {self.max_pages} pages for one question; "
+            f"stopped (asked again later)"
+        )
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         base = self.backoff * (2 ** (attempt - 1))
         delay = base / 2 + self._rng.uniform(0, base / 2)
         return max(delay, retry_after or 0.0)
+
+    def redact(self, text: str) -> str:
+        """`text` without the credentials or any Authorization value (invariant 4)."""
+        text = _AUTH_VALUE_RE.sub(r"\1 <redacted>", text)
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
+    def _excerpt(self, body: bytes) -> str:
+        return repr(
+            self.redact(body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace"))[:_EXCERPT_CHARS]
+        )
+
+    def _remaining(self) -> float:
+        return self.max_call_seconds - (time.monotonic() - self._call_started)
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        """The whole body, within the call's time and size bounds.
+
+        A per-read timeout does not bound a server that trickles a byte at a time, so the
+        deadline is checked between reads (read1 returns whatever has arrived).
+        """
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise _BoundBreached(
+                f"answer of {int(declared):,} bytes is over the {self.max_response_bytes:,} "
+                f"byte bound"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        raw = response.raw
+        while True:
+            if self._remaining() <= 0:
+                raise _BoundBreached(f"answer not complete within {self.max_call_seconds:g} s")
+            chunk = raw.read1(_READ_CHUNK) if hasattr(raw, "read1") else raw.read(_READ_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise _BoundBreached(
+                    f"answer over the {self.max_response_bytes:,} byte bound; stopped reading"
+                )
+            chunks.append(chunk)
 
     def _get_json(self, params: Mapping[str, str]) -> Any:
         url = self.base_url + LOGS_PATH
@@ -469,12 +541,28 @@ class ProcessingLogClient:
         for attempt in range(1, self.max_attempts + 1):
             retry_after: float | None = None
             self.requests_made += 1
+            if self._remaining() <= 0:
+                last_problem = f"no answer within the {self.max_call_seconds:g} s bound"
+                break
             try:
-                response = self._session.get(url, params=params, timeout=self.timeout)
+                response = self._session.get(
+                    url,
+                    params=params,
+                    timeout=min(self.timeout, max(self._remaining(), 0.1)),
+                    stream=True,
+                )
+                try:
+                    body = self._read_body(response)
+                finally:
+                    response.close()
             except requests.Timeout:
                 last_problem = f"no answer within {self.timeout:g} s"
             except requests.ConnectionError as exc:
                 last_problem = f"connection failed ({type(exc).__name__})"
+            except _BoundBreached as exc:
+                raise ProcessingLogUnavailable(
+                    f"MediaMath processing log {url}: {exc} (asked again later)"
+                ) from None
             else:
                 status = response.status_code
                 if status in (401, 403):
@@ -491,15 +579,15 @@ class ProcessingLogClient:
                 elif status >= 400:
                     raise ProcessingLogError(
                         f"MediaMath processing log {url} answered HTTP {status}: "
-                        f"{response.text[:200]!r}"
+                        f"{self._excerpt(body)}"
                     )
                 else:
                     try:
-                        return response.json()
+                        return json.loads(body)
                     except ValueError:
                         raise ProcessingLogUnavailable(
                             f"MediaMath processing log {url} answered HTTP {status} with a "
-                            f"body that is not JSON: {response.text[:200]!r}"
+                            f"body that is not JSON: {self._excerpt(body)}"
                         ) from None
             if attempt == self.max_attempts:
                 break

@@ -13,12 +13,16 @@ import contextlib
 import errno
 import hashlib
 import logging
+import re
 import secrets
 import socket
+import stat
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 import paramiko
 
@@ -28,11 +32,13 @@ from mm_assets.clients.transport import (
     FileRefused,
     HostKeyRejected,
     OutgoingFile,
+    Sighting,
     TransientDeliveryError,
     UploadResult,
 )
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_HOST = "sftp.datasvc.mediamath.com"
 DEFAULT_PORT = 2222
@@ -57,6 +63,22 @@ _PREFERRED_CIPHERS = (
     "aes192-ctr",
 )
 _RSA_ALGS = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+# Our temporaries, by name: `.FINAL.<8 hex>.part` (see `_temp_name`). Nothing else in the drop
+# is ever removed.
+_TEMP_RE = re.compile(r"^\.(?P<final>[^/]+\.log\.gz)\.[0-9a-f]{8}\.part$")
+# An upload in progress writes its temporary continuously; one untouched for this long belongs
+# to a killed upload (ours, by name) and is removed.
+DEFAULT_STALE_TEMP_SECONDS = 15 * 60.0
+
+
+def _temp_name(final_name: str) -> str:
+    return f".{final_name}.{secrets.token_hex(4)}.part"
+
+
+def is_our_temporary(name: str, final_name: str | None = None) -> bool:
+    """True for our upload temporaries (of `final_name` when given)."""
+    match = _TEMP_RE.match(name)
+    return match is not None and final_name in (None, match["final"])
 
 
 def known_hosts_line(host: str, port: int, pub_key_line: str) -> str:
@@ -99,6 +121,8 @@ class _Session:
         self.transport = transport
         self.sftp = sftp
         self.write_request = _SAFE_WRITE_REQUEST
+        # Cleared when the server refuses posix-rename@openssh.com (plain rename then).
+        self.posix_rename = True
 
     def close(self) -> None:
         # Closing a broken session must not mask the error that broke it.
@@ -134,6 +158,7 @@ class MediaMathSftp:
         backoff_max_seconds: float = 60.0,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         write_request_bytes: int | None = None,
+        stale_temp_seconds: float = DEFAULT_STALE_TEMP_SECONDS,
     ) -> None:
         """Configure (no network I/O until the first upload).
 
@@ -156,6 +181,7 @@ class MediaMathSftp:
         self.backoff_max_seconds = backoff_max_seconds
         self.max_file_bytes = max_file_bytes
         self.write_request_bytes = write_request_bytes
+        self.stale_temp_seconds = stale_temp_seconds
         self._entry_name = _host_entry_name(host, port)
         self._trusted = self._load_trusted_keys(known_hosts, host_key)
         self._session: _Session | None = None
@@ -348,7 +374,7 @@ class MediaMathSftp:
             stale_renamed_maybe = False
             last_error: BaseException | None = None
             for attempt in range(1, self.max_attempts + 1):
-                temp = self._remote_path(f".{file.name}.{secrets.token_hex(4)}.part")
+                temp = self._remote_path(_temp_name(file.name))
                 renamed_maybe = False
                 try:
                     session = self._session_or_connect()
@@ -359,10 +385,12 @@ class MediaMathSftp:
                             logger.info("%s was renamed before the connection dropped", final)
                             return UploadResult(final, file.size, attempt - 1)
                         stale_temp = None
+                    if attempt == 1:
+                        self._remove_stale_temporaries(session, file.name)
                     stale_temp, stale_renamed_maybe = temp, False
                     self._send(session, file, temp)
                     stale_renamed_maybe = renamed_maybe = True
-                    session.sftp.posix_rename(temp, final)
+                    self._rename(session, temp, final)
                     logger.info(
                         "uploaded %s (%d bytes) to %s:%d in %d attempt(s)",
                         final,
@@ -417,6 +445,52 @@ class MediaMathSftp:
         if isinstance(exc, DeliveryError) or not isinstance(exc, OSError):
             return exc
         return DeliveryError(f"SFTP server refused {what!r}: {exc.strerror or exc}")
+
+    def _rename(self, session: _Session, temp: str, final: str) -> None:
+        """posix-rename, or a plain rename where the server lacks the extension (S2S-SFTP).
+
+        The plain SFTP rename refuses an existing target, so it never replaces a file under
+        the final name; it is used only after checking that the name is free.
+        """
+        if session.posix_rename:
+            try:
+                session.sftp.posix_rename(temp, final)
+                return
+            except OSError as exc:
+                if exc.errno is not None or not _unsupported(exc):
+                    raise
+                logger.info("server refuses posix-rename@openssh.com; using plain rename")
+                session.posix_rename = False
+        try:
+            size = session.sftp.stat(final).st_size
+        except FileNotFoundError:
+            session.sftp.rename(temp, final)
+            return
+        raise _RemotePermanentError(
+            f"{final} already exists in the drop ({size} bytes) and the server cannot "
+            f"replace it atomically (no posix-rename): not overwritten"
+        )
+
+    def _listing(self, session: _Session) -> list[paramiko.SFTPAttributes]:
+        folder = self.remote_dir if self.remote_dir not in ("", ".") else "."
+        return session.sftp.listdir_attr(folder)
+
+    def _remove_stale_temporaries(self, session: _Session, final_name: str) -> None:
+        """Remove our temporaries left by killed uploads: those of `final_name` (its delivery
+        holds the in-flight record, so no live upload writes them) and any other of ours
+        untouched for `stale_temp_seconds`. Never a file that is not ours by name."""
+        now = time.time()
+        for entry in self._listing(session):
+            if not is_our_temporary(entry.filename) or stat.S_ISDIR(entry.st_mode or 0):
+                continue
+            idle = now - (entry.st_mtime or 0)
+            if not is_our_temporary(entry.filename, final_name) and idle < self.stale_temp_seconds:
+                continue
+            try:
+                session.sftp.remove(self._remote_path(entry.filename))
+                logger.info("removed stale temporary %s (idle %.0f s)", entry.filename, idle)
+            except FileNotFoundError:
+                pass
 
     def _clean_stale_temp(self, session: _Session, stale_temp: str, renamed_maybe: bool) -> bool:
         """Remove a dropped attempt's temp; True when it is gone because its rename happened."""
@@ -475,30 +549,56 @@ class MediaMathSftp:
 
     def remote_size(self, name: str) -> int | None:
         """Size of `name` in the drop, or None when it is not (or no longer) there."""
+        return self.lookup(name).size
+
+    def lookup(self, name: str) -> Sighting:
+        """The final name's size and time in the drop, and our temporaries for it."""
         path = self._remote_path(name)
+
+        def look(session: _Session) -> Sighting:
+            try:
+                attrs = session.sftp.stat(path)
+                size: int | None = attrs.st_size
+                landed = datetime.fromtimestamp(attrs.st_mtime, UTC) if attrs.st_mtime else None
+            except FileNotFoundError:
+                size, landed = None, None
+            temps = tuple(
+                sorted(
+                    e.filename for e in self._listing(session) if is_our_temporary(e.filename, name)
+                )
+            )
+            # MediaMath empties the drop after reading: absence proves nothing.
+            return Sighting(name, size, landed, absent_is_proof=False, temporaries=temps)
+
+        return self._with_retries(f"look up {path}", look)
+
+    def _with_retries(self, what: str, operation: Callable[[_Session], _T]) -> _T:
         with self._lock:
             last_error: BaseException | None = None
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    session = self._session_or_connect()
-                    return session.sftp.stat(path).st_size
-                except FileNotFoundError:
-                    return None
+                    return operation(self._session_or_connect())
                 except Exception as exc:
                     self._drop_session()
                     if not self._is_transient(exc):
-                        raise self._permanent(exc, path) from None
+                        raise self._permanent(exc, what) from None
                     last_error = exc
                     if attempt < self.max_attempts:
                         time.sleep(self._backoff(attempt))
             raise TransientDeliveryError(
-                f"stat of {path} on {self.host}:{self.port} failed after "
+                f"{what} on {self.host}:{self.port} failed after "
                 f"{self.max_attempts} attempts: {_describe(last_error)}"
             )
 
 
 class _SizeMismatch(TransientDeliveryError):
     """The temp file's size differs from the local file: never renamed, retried."""
+
+
+def _unsupported(exc: OSError) -> bool:
+    # paramiko raises a bare IOError(text) for SSH_FX_OP_UNSUPPORTED / unknown extensions.
+    text = str(exc).lower()
+    return "unsupported" in text or "not supported" in text
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -7,6 +7,7 @@ No Dagster import here (DESIGN.md, layer 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +27,24 @@ class UploadResult:
     remote_path: str
     size: int
     attempts: int
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What a transport can see of one file name in MediaMath's drop or bucket right now.
+
+    `size` is None when the final name is not there. `absent_is_proof`: the transport keeps
+    every file it received (CFT objects stay in the bucket), so "not there" proves it never
+    landed; an SFTP drop is emptied by MediaMath after reading, so there it proves nothing.
+    `temporaries`: our own dot-prefixed temporary names for this file still in the drop (an
+    upload died before its rename).
+    """
+
+    name: str
+    size: int | None
+    landed_at: datetime | None
+    absent_is_proof: bool
+    temporaries: tuple[str, ...] = ()
 
 
 class DeliveryError(Exception):
@@ -52,6 +71,14 @@ class FileRefused(DeliveryError):
     """The file breaks a transport rule (size limit, multipart) and was not sent."""
 
 
+class ServiceDown(TransientDeliveryError):
+    """A service every file needs (the CFT credentials endpoint) is down after its retries.
+
+    The batch stops at the first one: its other files would each wait out the same outage.
+    They are sent by a later run.
+    """
+
+
 class Transport(Protocol):
     """One way into MediaMath's drop (S2S-SFTP or CFT-PUT)."""
 
@@ -64,6 +91,10 @@ class Transport(Protocol):
 
     def remote_size(self, name: str) -> int | None:
         """Size of `name` in the drop, or None when it is not (or no longer) there."""
+        ...
+
+    def lookup(self, name: str) -> Sighting:
+        """What the drop or bucket shows of `name` (see `Sighting`); raises DeliveryError."""
         ...
 
     def close(self) -> None: ...
