@@ -142,8 +142,6 @@ _TIME_KEYS = (
 _TOTAL_KEYS = ("total", "totalcount", "count", "totalrecords")
 # An Authorization value (`Basic xxx`, `Bearer xxx`) quoted anywhere in a server's text.
 _AUTH_VALUE_RE = re.compile(r"(?i)\b(basic|bearer|digest)\s+[A-Za-z0-9+/=._~-]+")
-    r"(?i)((?:authorization|basic|bearer)['\"]?\s*[:=]?\s*['\"]?)[^\s'\",}]+"
-)
 
 
 class Outcome(StrEnum):

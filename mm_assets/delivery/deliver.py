@@ -39,16 +39,19 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from mm_assets.clients.mediamath_processing_log import ProcessingLogError
 from mm_assets.clients.transport import (
     AuthenticationFailed,
     DeliveryError,
     HostKeyRejected,
     OutgoingFile,
+    ServiceDown,
     Transport,
     UploadResult,
 )
 from mm_assets.core.quota import Action, QuotaLimits, QuotaUsage, as_utc, decide
-from mm_assets.delivery.ledger import AlreadyTracked, InFlight, Ledger, Receipt
+from mm_assets.delivery.ledger import AlreadyTracked, InFlight, Ledger, Receipt, owner_is_dead
+from mm_assets.delivery.reconcile import Finding, ProcessingLog, Verdict, find, rebuild_usage
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +198,61 @@ def _stopping_error(file: OutgoingFile, transport: Transport, exc: DeliveryError
     return _StopBatch(_entry(file, Status.FAILED, transport.name, f"{type(exc).__name__}: {exc}"))
 
 
+def _look(
+    file: OutgoingFile, transport: Transport, log: ProcessingLog | None, since: str
+) -> Finding | DeliveryEntry:
+    """`reconcile.find`, with transport errors turned into this file's entry."""
+    try:
+        return find(file, transport, log)
+    except (AuthenticationFailed, HostKeyRejected, ServiceDown) as exc:
+        raise _stopping_error(file, transport, exc) from None
+    except DeliveryError as exc:
+        return _entry(
+            file,
+            Status.FAILED,
+            transport.name,
+            f"{since}could not check the drop ({exc}); not sent, the next run checks again",
+        )
+
+
+def _settle_message(name: str) -> str:
+    return (
+        f"settle it with `mm-assets attention --settle {name} --as delivered` (MediaMath has "
+        f"it) or `--as not-delivered` (the next run sends it)"
+    )
+
+
+def _unrecorded(
+    file: OutgoingFile,
+    batch: str,
+    transport: Transport,
+    ledger: Ledger,
+    log: ProcessingLog | None,
+    now: datetime,
+) -> DeliveryEntry | None:
+    """A file the ledger has no receipt for, just reserved: None means "send it now".
+
+    The ledger may have been lost: a name MediaMath already has is not sent again. Asked
+    only once the quota lets the file go, so deferred files cost no connection.
+    """
+    finding = _look(file, transport, log, "")
+    if isinstance(finding, DeliveryEntry):
+        return finding
+    if finding.verdict is Verdict.HAS_IT:
+        receipt = ledger.record_found(
+            file, batch, transport.name, file.name, finding.landed_at or now
+        )
+        return _from_receipt(
+            file,
+            receipt,
+            Status.ALREADY_DELIVERED,
+            f"no receipt in the ledger, but {finding.detail}: receipt written, not sent again",
+        )
+    if finding.verdict is Verdict.HAS_OTHER_BYTES:
+        return _entry(file, Status.NEEDS_ATTENTION, transport.name, f"{finding.detail}; not sent")
+    return None
+
+
 def _reconcile(
     file: OutgoingFile,
     flight: InFlight,
@@ -203,6 +261,7 @@ def _reconcile(
     now: datetime,
     run_id: str,
     stale_after: timedelta,
+    log: ProcessingLog | None = None,
 ) -> DeliveryEntry | None:
     """Resolve a leftover in-flight row; None means "send the file now"."""
     since = f"in flight since {flight.started_at.isoformat()} (run {flight.run_id or '?'})"
@@ -212,55 +271,47 @@ def _reconcile(
             Status.NEEDS_ATTENTION,
             flight.transport,
             f"{since} over {flight.transport}, this run delivers over {transport.name}: "
-            f"check {flight.transport} by hand",
+            f"check {flight.transport} by hand; {_settle_message(file.name)}",
         )
-    try:
-        remote = transport.remote_size(file.name)
-    except (AuthenticationFailed, HostKeyRejected) as exc:
-        raise _stopping_error(file, transport, exc) from None
-    except DeliveryError as exc:
-        return _entry(
-            file,
-            Status.FAILED,
-            transport.name,
-            f"{since}; could not check the drop ({exc}); the next run checks again",
+    finding = _look(file, transport, log, f"{since}; ")
+    if isinstance(finding, DeliveryEntry):
+        return finding
+    if finding.verdict is Verdict.HAS_IT:
+        receipt = ledger.record_found(
+            file, flight.batch, transport.name, file.name, finding.landed_at or now
         )
-    if remote == file.size:
-        receipt = ledger.complete(file.name, UploadResult(file.name, file.size, 1), now)
         return _from_receipt(
             file,
             receipt,
             Status.RECONCILED,
-            f"{since}; found in the drop at full size, receipt written, not sent again",
+            f"{since}; {finding.detail}: receipt written, not sent again",
         )
-    if remote is not None:
+    if finding.verdict is Verdict.HAS_OTHER_BYTES:
         return _entry(
             file,
             Status.NEEDS_ATTENTION,
             transport.name,
-            f"{since}; the drop holds {remote} bytes under this name, expected {file.size}",
+            f"{since}; {finding.detail}; {_settle_message(file.name)}",
         )
-    other_run = flight.run_id != run_id
-    if other_run and now - flight.started_at < stale_after:
+    owner = ledger.owner(file.name)
+    dead = owner is not None and owner_is_dead(owner)
+    if flight.run_id != run_id and not dead and now - flight.started_at < stale_after:
         return _entry(
             file,
             Status.IN_PROGRESS,
             transport.name,
             f"{since}; that run may still be uploading it; the next run checks again",
         )
-    if transport.name == "cft":
-        # CFT objects stay in the bucket, so absent means the upload never completed.
+    if finding.verdict is Verdict.NEVER_LANDED:
         ledger.abandon(file.name)
-        logger.info("%s: %s, not in the bucket; sending again", file.name, since)
+        logger.info("%s: %s, %s; sending again", file.name, since, finding.detail)
         return None
     return _entry(
         file,
         Status.NEEDS_ATTENTION,
         transport.name,
-        f"{since}; not in the SFTP drop, which MediaMath empties after reading, so it may "
-        f"have landed. Check the processing log (S2S-LOG) for {file.name}: if MediaMath has "
-        f"it, record the receipt with Ledger.complete; if not, Ledger.abandon it so the "
-        f"next run sends it",
+        f"{since}{' by a process that is gone' if dead else ''}; {finding.detail}. "
+        f"{_settle_message(file.name)}",
     )
 
 
@@ -270,7 +321,7 @@ def _upload(
     """Upload a reserved file and settle its in-flight row."""
     try:
         result = transport.upload(file)
-    except (AuthenticationFailed, HostKeyRejected) as exc:
+    except (AuthenticationFailed, HostKeyRejected, ServiceDown) as exc:
         ledger.abandon(file.name)
         raise _stopping_error(file, transport, exc) from None
     except DeliveryError as exc:
@@ -329,12 +380,15 @@ def deliver_batch(
     run_id: str = "",
     dry_run: bool = False,
     stale_in_flight_after: timedelta = DEFAULT_STALE_IN_FLIGHT_AFTER,
+    processing_log: ProcessingLog | None = None,
 ) -> DeliveryReport:
     """Deliver `files` of `batch` over `transport`, each at most once (see module docstring).
 
     `run_id` tells this run's in-flight rows from other runs' (pass the Dagster run id).
     `dry_run` touches neither the ledger nor the transport: files that would be sent are
     reported `dry_run`, the quota decisions are simulated on the current usage.
+    `processing_log` (S2S-LOG) is asked, with the transport, about every file the ledger
+    cannot vouch for (see `reconcile`), and rebuilds today's quota use.
     """
     names = [f.name for f in files]
     if len(set(names)) != len(names):
@@ -347,6 +401,11 @@ def deliver_batch(
     entries: dict[str, DeliveryEntry] = {}
     to_send: list[OutgoingFile] = []
     stopped: DeliveryEntry | None = None
+    if processing_log is not None:
+        try:
+            rebuild_usage(ledger, processing_log, as_utc(now()))
+        except ProcessingLogError as exc:
+            logger.warning("could not rebuild today's quota use from the processing log: %s", exc)
 
     # Pass 1: receipts and leftovers first; leftover rows hold quota the sends need.
     for file in files:
@@ -360,7 +419,14 @@ def deliver_batch(
             continue
         try:
             entry = _reconcile(
-                file, flight, transport, ledger, as_utc(now()), run_id, stale_in_flight_after
+                file,
+                flight,
+                transport,
+                ledger,
+                as_utc(now()),
+                run_id,
+                stale_in_flight_after,
+                processing_log,
             )
         except _StopBatch as stop:
             entries[file.name] = stopped = stop.entry
@@ -375,7 +441,7 @@ def deliver_batch(
         for file in to_send:
             try:
                 entries[file.name] = _reserve_and_send(
-                    file, batch, transport, ledger, limits, now, run_id
+                    file, batch, transport, ledger, limits, now, run_id, processing_log
                 )
             except _StopBatch as stop:
                 entries[file.name] = stopped = stop.entry
@@ -406,6 +472,7 @@ def _reserve_and_send(
     limits: QuotaLimits,
     now: Callable[[], datetime],
     run_id: str,
+    log: ProcessingLog | None,
 ) -> DeliveryEntry:
     try:
         decision = ledger.reserve(file, batch, transport.name, now(), limits, run_id)
@@ -430,6 +497,15 @@ def _reserve_and_send(
         )
     if decision.action is Action.REFUSE:
         return _entry(file, Status.REFUSED, transport.name, decision.reason)
+    try:
+        unrecorded = _unrecorded(file, batch, transport, ledger, log, as_utc(now()))
+    except _StopBatch:
+        ledger.abandon(file.name)
+        raise
+    if unrecorded is not None:
+        if unrecorded.status not in DONE_STATUSES:
+            ledger.abandon(file.name)
+        return unrecorded
     return _upload(file, transport, ledger, now)
 
 

@@ -20,6 +20,8 @@ therefore never both take the last slot.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,6 +103,28 @@ in_flight_table = sa.Table(
     sa.Column("run_id", sa.String(255), nullable=False),
 )
 
+# Which process holds an in-flight row (`host:pid`), so a later run can tell a killed upload
+# from a live one at once instead of waiting out `stale_in_flight_after`. Its own table, so a
+# ledger created before it only gains a table.
+in_flight_owner_table = sa.Table(
+    "in_flight_owners",
+    metadata,
+    sa.Column("file_name", sa.String(255), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=False),
+)
+
+# Uploads the ledger had no record of but MediaMath has (its processing log, the bucket, the
+# drop): they count against the quota like receipts (S2S-QUOTA), e.g. after the ledger file
+# was lost. `bytes` is 0 when the witness does not say.
+observed_uploads_table = sa.Table(
+    "observed_uploads",
+    metadata,
+    sa.Column("file_name", sa.String(255), primary_key=True),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("landed_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("source", sa.String(64), nullable=False),
+)
+
 # One row; writers lock it with SELECT ... FOR UPDATE on backends that support row locks.
 lock_table = sa.Table(
     "ledger_lock",
@@ -130,6 +154,28 @@ class InFlight:
     md5: str
     started_at: datetime
     run_id: str
+
+
+def this_process() -> str:
+    """The owner label of in-flight rows made by this process: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True when `owner` (`host:pid`) is a process of this machine that no longer runs.
+
+    Only this machine's processes can be checked; another host's owner is never called dead.
+    """
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 class AlreadyTracked(Exception):
@@ -244,7 +290,18 @@ class Ledger:
         flying, flying_bytes = conn.execute(
             sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.bytes), 0))
         ).one()
-        return int(files_hour) + int(flying), int(bytes_day) + int(flying_bytes), int(flying)
+        o = observed_uploads_table.c
+        unreceipted = ~sa.exists().where(r.file_name == o.file_name)
+        seen_hour = conn.execute(
+            sa.select(sa.func.count()).where(o.landed_at >= hour_start, unreceipted)
+        ).scalar_one()
+        seen_bytes = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(o.bytes), 0)).where(
+                o.landed_at >= day_start, unreceipted
+            )
+        ).scalar_one()
+        files = int(files_hour) + int(flying) + int(seen_hour)
+        return files, int(bytes_day) + int(flying_bytes) + int(seen_bytes), int(flying)
 
     def usage(self, now: datetime, limits: QuotaLimits) -> QuotaUsage:
         """Used and left quota in the windows holding `now` (in-flight files included)."""
@@ -260,6 +317,7 @@ class Ledger:
         now: datetime,
         limits: QuotaLimits,
         run_id: str = "",
+        owner: str | None = None,
     ) -> Decision:
         """Decide on `file` and, when it may be sent, record it as in flight, atomically.
 
@@ -285,6 +343,11 @@ class Ledger:
                         run_id=run_id,
                     )
                 )
+                conn.execute(
+                    in_flight_owner_table.insert().values(
+                        file_name=file.name, owner=owner or this_process()
+                    )
+                )
         return decision
 
     # -- state changes ---------------------------------------------------------------------
@@ -299,9 +362,7 @@ class Ledger:
         with self._write() as conn:
             existing = self._receipt(conn, file_name)
             if existing is not None:
-                conn.execute(
-                    in_flight_table.delete().where(in_flight_table.c.file_name == file_name)
-                )
+                self._forget_flight(conn, file_name)
                 return existing
             flight = self._in_flight(conn, file_name)
             if flight is None:
@@ -317,16 +378,73 @@ class Ledger:
                 attempts=result.attempts,
             )
             conn.execute(receipts_table.insert().values(**receipt.__dict__))
-            conn.execute(in_flight_table.delete().where(in_flight_table.c.file_name == file_name))
+            self._forget_flight(conn, file_name)
         return receipt
+
+    @staticmethod
+    def _forget_flight(conn: Connection, file_name: str) -> int:
+        conn.execute(
+            in_flight_owner_table.delete().where(in_flight_owner_table.c.file_name == file_name)
+        )
+        deleted = conn.execute(
+            in_flight_table.delete().where(in_flight_table.c.file_name == file_name)
+        )
+        return int(deleted.rowcount or 0)
+
+    def record_found(
+        self,
+        file: OutgoingFile,
+        batch: str,
+        transport: str,
+        remote_path: str,
+        landed_at: datetime,
+    ) -> Receipt:
+        """A receipt for a file MediaMath is known to have (found by reconciliation), with or
+        without an in-flight row; counted in the quota windows of `landed_at`. Idempotent."""
+        with self._write() as conn:
+            existing = self._receipt(conn, file.name)
+            if existing is not None:
+                self._forget_flight(conn, file.name)
+                return existing
+            receipt = Receipt(
+                file_name=file.name,
+                batch=batch,
+                transport=transport,
+                remote_path=remote_path,
+                bytes=file.size,
+                md5=file.md5_hex,
+                uploaded_at=as_utc(landed_at),
+                attempts=0,  # not sent by us this time: found
+            )
+            conn.execute(receipts_table.insert().values(**receipt.__dict__))
+            self._forget_flight(conn, file.name)
+        return receipt
+
+    def observe(self, file_name: str, nbytes: int, landed_at: datetime, source: str) -> bool:
+        """Count an upload MediaMath reports but the ledger never recorded (S2S-QUOTA).
+        True when it was new."""
+        with self._write() as conn:
+            o = observed_uploads_table.c
+            if conn.execute(sa.select(o.file_name).where(o.file_name == file_name)).first():
+                return False
+            conn.execute(
+                observed_uploads_table.insert().values(
+                    file_name=file_name, bytes=nbytes, landed_at=landed_at, source=source
+                )
+            )
+        return True
+
+    def owner(self, file_name: str) -> str | None:
+        """`host:pid` of the process that reserved `file_name`, when recorded."""
+        with self._read() as conn:
+            c = in_flight_owner_table.c
+            return conn.execute(sa.select(c.owner).where(c.file_name == file_name)).scalar()
 
     def abandon(self, file_name: str) -> bool:
         """Drop the in-flight row of a file that certainly did not land. True if one existed."""
         with self._write() as conn:
-            deleted = conn.execute(
-                in_flight_table.delete().where(in_flight_table.c.file_name == file_name)
-            )
-        return bool(deleted.rowcount)
+            deleted = self._forget_flight(conn, file_name)
+        return bool(deleted)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -365,11 +483,13 @@ class Ledger:
             ).mappings()
             return [Receipt(**row) for row in rows]
 
-    def in_flight(self, batch: str) -> list[InFlight]:
+    def in_flight(self, batch: str | None = None) -> list[InFlight]:
+        """In-flight rows of `batch` (of every batch when None), oldest first."""
+        query = sa.select(in_flight_table)
+        if batch is not None:
+            query = query.where(in_flight_table.c.batch == batch)
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(in_flight_table)
-                .where(in_flight_table.c.batch == batch)
-                .order_by(in_flight_table.c.started_at, in_flight_table.c.file_name)
+                query.order_by(in_flight_table.c.started_at, in_flight_table.c.file_name)
             ).mappings()
             return [InFlight(**row) for row in rows]

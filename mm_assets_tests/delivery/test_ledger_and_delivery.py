@@ -22,6 +22,7 @@ from mm_assets.clients.transport import (
     DeliveryError,
     HostKeyRejected,
     OutgoingFile,
+    Sighting,
     TransientDeliveryError,
     UploadResult,
 )
@@ -59,6 +60,11 @@ class FolderTransport:
     def remote_size(self, name: str) -> int | None:
         path = self.root / name
         return path.stat().st_size if path.exists() else None
+
+    def lookup(self, name: str) -> Sighting:
+        # Like an SFTP drop: MediaMath empties it, so absence proves nothing, unless it is a
+        # bucket ("cft") that keeps every file.
+        return Sighting(name, self.remote_size(name), None, absent_is_proof=self.name == "cft")
 
     def take_away(self, name: str) -> None:
         """What MediaMath does to an SFTP file once it has read it."""
@@ -288,7 +294,7 @@ def test_sftp_in_flight_file_gone_needs_attention_and_is_not_resent(
     report = deliver_batch([file], BATCH, sftp, ledger, QuotaLimits(), now=later, run_id="new")
     entry = report.entries[0]
     assert entry.status is Status.NEEDS_ATTENTION
-    assert "S2S-LOG" in entry.message and "Ledger.abandon" in entry.message
+    assert "mm-assets attention --settle" in entry.message
     assert sftp.uploads[file.name] == 1
     assert ledger.receipt(file.name) is None
     assert [f.file_name for f in ledger.in_flight(BATCH)] == [file.name]  # kept, still counted
