@@ -5,6 +5,9 @@ mm-assets build BATCH_DIR     materialise raw_audiences -> merged_segment_loads 
 mm-assets validate FILE...    check built S2S files against every S2S-* rule
 mm-assets deliver BATCH       materialise upload_receipts: send the built files (quotas,
                               receipts, exactly once) and print what happened
+mm-assets attention [BATCH]   list files whose delivery needs a person (in flight, unknown)
+mm-assets attention --settle FILE --as delivered|not-delivered
+                              record what MediaMath has: a receipt, or "send it again"
 mm-assets sandbox             run the local MediaMath sandbox (SFTP drop, CFT) until stopped
 """
 
@@ -12,11 +15,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mm_assets.core import s2s_validator
 from mm_assets.defs.settings import PROJECT_ROOT
+
+# A batch is one folder name of the export: no path separators, no `.`/`..`.
+_BATCH_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+def _resource(name: str):
+    """A resource of the code location, resolved as a run would resolve it."""
+    from mm_assets.definitions import build_definitions
+
+    return build_definitions().resources[name].process_config_and_initialize()
+
+
+def _batch_error(batch: str) -> str | None:
+    if not _BATCH_RE.match(batch) or batch in (".", ".."):
+        return f"{batch!r} is not a batch name (one folder name of the export, no '/' or '..')"
+    return None
 
 
 def _instance():
@@ -70,8 +91,20 @@ def build(batch_dir: Path) -> int:
     if not batch_dir.is_dir():
         print(f"mm-assets build: {batch_dir} is not a folder", file=sys.stderr)
         return 2
+    from mm_assets.core.s2s_writer import BuildInProgress, batch_build_lock
+
     batch = batch_dir.name
-    defs, result = _run(build_s2s_files_job.name, batch, str(batch_dir.parent))
+    if error := _batch_error(batch):
+        print(f"mm-assets build: {error}", file=sys.stderr)
+        return 2
+    outbox_root = Path(_resource("storage").outbox_dir)
+    try:
+        # Held for the whole run: a second build of the batch refuses instead of racing.
+        with batch_build_lock(outbox_root, batch):
+            defs, result = _run(build_s2s_files_job.name, batch, str(batch_dir.parent))
+    except BuildInProgress as exc:
+        print(f"mm-assets build: {exc}", file=sys.stderr)
+        return 2
     # Resolved as in the run (its settings may be dg.EnvVar).
     storage = defs.resources["storage"].process_config_and_initialize()
     raw_report = storage.work(batch, "raw_audiences") / REPORT
@@ -93,13 +126,29 @@ def build(batch_dir: Path) -> int:
 
 
 def deliver(batch: str) -> int:
+    from mm_assets.core.s2s_writer import MANIFEST
     from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
 
+    if error := _batch_error(batch):
+        print(f"mm-assets deliver: {error}", file=sys.stderr)
+        return 2
+    outbox = _resource("storage").outbox(batch)
+    if not (outbox / MANIFEST).is_file():
+        # Checked before the run, so a mistyped batch registers no partition.
+        print(
+            f"mm-assets deliver: batch {batch} has not been built (no {outbox / MANIFEST}); "
+            f"run `mm-assets build` first",
+            file=sys.stderr,
+        )
+        return 2
     _, result = _run(deliver_s2s_files_job.name, batch)
     for mat in result.asset_materializations_for_node("upload_receipts"):
         meta = {k: v.value for k, v in mat.metadata.items()}
         counts = ", ".join(f"{k[6:]}={v}" for k, v in meta.items() if k.startswith("files_"))
         print(f"  transport {meta['transport']}: {counts}")
+        for status, names in (meta.get("names_by_status") or {}).items():
+            for name in names:
+                print(f"    {status:<17} {name}")
         print(
             f"  quota left: {meta['quota_files_left_this_hour']} files this hour, "
             f"{meta['quota_bytes_left_today']:,} bytes today"
@@ -107,6 +156,39 @@ def deliver(batch: str) -> int:
         if meta["next_send_after"]:
             print(f"  deferred files go after {meta['next_send_after']}")
     return _report_failures_and_checks(result)
+
+
+def attention(batch: str | None, settle: str | None, settle_as: str | None) -> int:
+    """List in-flight files (a run died, or MediaMath's answer is unknown), or settle one."""
+    from mm_assets.clients.transport import UploadResult
+    from mm_assets.delivery.ledger import owner_is_dead
+
+    if batch is not None and (error := _batch_error(batch)):
+        print(f"mm-assets attention: {error}", file=sys.stderr)
+        return 2
+    with _resource("delivery").get_ledger() as ledger:
+        if settle is not None:
+            flight = ledger.in_flight_record(settle)
+            if flight is None:
+                print(f"mm-assets attention: {settle} is not in flight", file=sys.stderr)
+                return 2
+            if settle_as == "delivered":
+                ledger.complete(settle, UploadResult(settle, flight.bytes, 0), datetime.now(UTC))
+                print(f"{settle}: receipt written (MediaMath has it); it is not sent again")
+            else:
+                ledger.abandon(settle)
+                print(f"{settle}: released; the next delivery of {flight.batch} sends it")
+            return 0
+        rows = ledger.in_flight(batch)
+        for flight in rows:
+            owner = ledger.owner(flight.file_name) or "?"
+            gone = " (process gone)" if owner != "?" and owner_is_dead(owner) else ""
+            print(
+                f"{flight.file_name}  batch {flight.batch}  {flight.transport}  "
+                f"in flight since {flight.started_at.isoformat()}  by {owner}{gone}"
+            )
+        print(f"{len(rows)} file(s) need attention" if rows else "nothing needs attention")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,9 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("batch_dir", type=Path)
     deliver_cmd = commands.add_parser("deliver", help="deliver a built batch to MediaMath")
     deliver_cmd.add_argument("batch")
+    attention_cmd = commands.add_parser(
+        "attention", help="list or settle files whose delivery needs a person"
+    )
+    attention_cmd.add_argument("batch", nargs="?")
+    attention_cmd.add_argument("--settle", metavar="FILE")
+    attention_cmd.add_argument("--as", dest="settle_as", choices=("delivered", "not-delivered"))
     args = parser.parse_args(argv)
     if args.command == "build":
         return build(args.batch_dir)
+    if args.command == "attention":
+        if (args.settle is None) != (args.settle_as is None):
+            parser.error("--settle FILE and --as delivered|not-delivered go together")
+        return attention(args.batch, args.settle, args.settle_as)
     return deliver(args.batch)
 
 

@@ -7,14 +7,32 @@ header and unique name; a user's lines never straddle two files.
 Files are written under a hidden `.partial` name and renamed into place when complete, so no
 half-written file is ever visible under an S2S name. Families are compressed in parallel
 threads: zlib-ng releases the GIL.
+
+A build replaces a batch's outbox atomically. The outbox layout:
+
+    OUTBOX/<batch>                  symlink -> .builds/<batch>/<build id>  (what readers open:
+                                    OUTBOX/<batch>/manifest.json and the files beside it)
+    OUTBOX/.builds/<batch>/<id>/    one folder per build: files + manifest.json
+    OUTBOX/.locks/<batch>.lock      held by the build of that batch (flock)
+    OUTBOX/.issued_names            every name ever issued (FileIdentifier is unique)
+
+A build writes a new folder and, once files and manifest are complete and synced, swaps the
+symlink with one rename: readers see the old build or the new one, never a mix, and a build
+killed mid-write leaves the old outbox intact. The previous build is kept (a delivery that
+resolved the link just before the swap still reads it); older ones and dead builds' folders
+are removed. A batch folder of the old layout (a real folder) is moved under `.builds` first.
+Two builds of one batch never run at once: the second gets `BuildInProgress`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +52,8 @@ from mm_assets.core.segment_merge import GLOBAL_KEY, FileKey
 CHUNK_ROWS = 32_768
 MANIFEST = "manifest.json"
 NAME_REGISTER = ".issued_names"
+BUILDS = ".builds"
+LOCKS = ".locks"
 # Bytes a gzip member may still add after our last sync flush: final block and trailer.
 GZIP_CLOSE_BYTES = 32
 
@@ -220,6 +240,80 @@ def family_folders(merged_dir: Path) -> dict[FileKey, Path]:
     return families
 
 
+class BuildInProgress(RuntimeError):
+    """Another build of the same batch holds its lock."""
+
+
+# Locks this process holds, by lock path: the CLI holds a batch's lock for the whole run and
+# the writer takes it again inside (flock would refuse a second descriptor of one process).
+_HELD: dict[str, int] = {}
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def batch_build_lock(outbox_root: Path, batch: str) -> Iterator[None]:
+    """Exclusive right to build `batch` (fcntl lock, shared by every process on the machine).
+
+    Raises BuildInProgress at once when another process builds the batch: a second build
+    started alongside would read and replace the first one's half-written work.
+    """
+    locks = outbox_root / LOCKS
+    locks.mkdir(parents=True, exist_ok=True)
+    path = str((locks / f"{batch}.lock").resolve())
+    with _HELD_GUARD:
+        if path in _HELD:
+            _HELD[path] += 1
+            fd = None
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise BuildInProgress(
+                    f"another build of batch {batch} is running (lock {path}); "
+                    f"wait for it to finish, then build again if needed"
+                ) from None
+            _HELD[path] = 1
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            _HELD[path] -= 1
+            if not _HELD[path]:
+                del _HELD[path]
+                if fd is not None:
+                    os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(batch_outbox: Path, build_dir: Path) -> None:
+    """Point `batch_outbox` at `build_dir` with one atomic rename, then prune old builds."""
+    root = batch_outbox.parent
+    builds = build_dir.parent
+    previous = batch_outbox.resolve() if batch_outbox.is_symlink() else None
+    if batch_outbox.exists() and not batch_outbox.is_symlink():
+        # The old layout's real folder: keep it as a build so the swap below is one rename.
+        legacy = builds / f"legacy-{secrets.token_hex(4)}"
+        os.replace(batch_outbox, legacy)
+        previous = legacy
+    link = root / f".{batch_outbox.name}.link.{secrets.token_hex(4)}"
+    os.symlink(os.path.relpath(build_dir, root), link)
+    os.replace(link, batch_outbox)
+    _fsync_dir(root)
+    keep = {build_dir.resolve(), previous}
+    for old in builds.iterdir():
+        if old.resolve() not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def write_s2s_files(
     merged_dir: Path,
     batch_outbox: Path,
@@ -228,24 +322,32 @@ def write_s2s_files(
     now: datetime | None = None,
     batch: str = "",
 ) -> list[BuiltFile]:
-    """Write every file family of a merged batch into `batch_outbox`, with its manifest."""
+    """Write every file family of a merged batch, with its manifest, and publish them as
+    `batch_outbox` atomically (see the module docstring for the layout)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    batch_outbox.mkdir(parents=True, exist_ok=True)
-    for stale in [*batch_outbox.glob("*" + SUFFIX), *batch_outbox.glob(".*.partial")]:
-        stale.unlink()  # a rebuild supersedes the batch's earlier files (names stay issued)
-    register = NameRegister(batch_outbox.parent)
+    root = batch_outbox.parent
+    root.mkdir(parents=True, exist_ok=True)
+    with batch_build_lock(root, batch_outbox.name):
+        build_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+        build_dir = root / BUILDS / batch_outbox.name / build_id
+        build_dir.mkdir(parents=True)
+        register = NameRegister(root)
 
-    def write_family(item: tuple[FileKey, Path]) -> list[BuiltFile]:
-        writer = _FamilyWriter(item[0], batch_outbox, settings, register, now)
-        for chunk in _family_batches(item[1]):
-            writer.add(chunk)
-        return writer.finish()
+        def write_family(item: tuple[FileKey, Path]) -> list[BuiltFile]:
+            writer = _FamilyWriter(item[0], build_dir, settings, register, now)
+            for chunk in _family_batches(item[1]):
+                writer.add(chunk)
+            return writer.finish()
 
-    with ThreadPoolExecutor(max_workers=max(1, settings.threads)) as pool:
-        built = [
-            f for files in pool.map(write_family, family_folders(merged_dir).items()) for f in files
-        ]
-    write_manifest(batch_outbox, batch, now, built)
+        with ThreadPoolExecutor(max_workers=max(1, settings.threads)) as pool:
+            built = [
+                f
+                for files in pool.map(write_family, family_folders(merged_dir).items())
+                for f in files
+            ]
+        write_manifest(build_dir, batch, now, built)
+        _fsync_dir(build_dir)
+        _publish(batch_outbox, build_dir)
     return built
 
 
@@ -254,16 +356,18 @@ def write_manifest(
 ) -> Path:
     path = batch_outbox / MANIFEST
     tmp = batch_outbox / f".{MANIFEST}.partial"
-    tmp.write_text(
-        json.dumps(
+    with open(tmp, "w", encoding="utf-8") as out:
+        json.dump(
             {
                 "batch": batch,
                 "built_at": built_at.isoformat(),
                 "files": [asdict(f) for f in files],
             },
+            out,
             indent=2,
         )
-    )
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
     return path
 

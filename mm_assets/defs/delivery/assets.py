@@ -26,7 +26,9 @@ RECEIPT_COLUMNS = [
 
 
 def outgoing_files(storage: BatchStorage, batch: str) -> list[OutgoingFile]:
-    outbox = storage.outbox(batch)
+    # Resolved once: a rebuild swaps the outbox link (s2s_writer), and this run keeps reading
+    # the build it started with.
+    outbox = storage.outbox(batch).resolve()
     return [
         OutgoingFile(name=f.name, path=outbox / f.name, size=f.bytes, md5_hex=f.md5)
         for f in read_manifest(outbox)
@@ -68,6 +70,13 @@ def upload_receipts(
             "dry_run": report.dry_run,
             "all_delivered": report.done,
             **{f"files_{status}": count for status, count in report.counts.items() if count},
+            "names_by_status": dg.MetadataValue.json(
+                {
+                    str(s): [e.name for e in report.entries if e.status is s]
+                    for s in Status
+                    if report.counts[str(s)]
+                }
+            ),
             "next_send_after": next_time.isoformat() if next_time else "",
             "receipts": dg.MetadataValue.md(
                 md_table(
