@@ -150,6 +150,10 @@ def _install_redaction() -> None:
             target.addFilter(_REDACTOR)
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _backoff_seconds(attempt: int, base: float, cap: float) -> float:
     # Full jitter: many partitions retrying together must not hit the endpoint in lockstep.
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
@@ -204,6 +208,7 @@ class CftCredentialsClient:
         backoff_base_seconds: float = 0.5,
         backoff_max_seconds: float = 10.0,
         credentials_lifetime: float = DEFAULT_CREDENTIALS_LIFETIME,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         """Configure (no network I/O until `fetch`).
 
@@ -224,6 +229,8 @@ class CftCredentialsClient:
         self.backoff_max_seconds = backoff_max_seconds
         self.credentials_lifetime = credentials_lifetime
         self.fetch_count = 0
+        # What "now" is for expiry decisions, here and in botocore's refresh.
+        self.clock: Callable[[], datetime] = clock or _utc_now
         self._session = requests.Session()
         _REDACTOR.add(password)
 
@@ -301,7 +308,7 @@ class CftCredentialsClient:
             raise DeliveryError("CFT credentials endpoint answered empty credentials")
         _REDACTOR.add(secret_key, token)
 
-        now = datetime.now(UTC)
+        now = self.clock()
         raw_expiry = body.get("expiration", body.get("Expiration"))
         expiry = _parse_expiry(raw_expiry) if raw_expiry is not None else None
         if raw_expiry is not None and expiry is None:
@@ -361,6 +368,7 @@ class MediaMathCft:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         ca_bundle: str | Path | None = None,
         credentials_client: CftCredentialsClient | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         """Configure (no network I/O until the first call).
 
@@ -390,6 +398,7 @@ class MediaMathCft:
             password,
             ca_bundle=ca_bundle,
             credentials_lifetime=credentials_lifetime,
+            clock=clock,
             # Its retries run inside one of our attempts (and inside botocore's refresh),
             # so they stay short; our own loop does the long waits.
             backoff_base_seconds=min(backoff_base_seconds, 1.0),
@@ -443,10 +452,16 @@ class MediaMathCft:
 
     def _build_client(self) -> Any:
         margin = self.refresh_margin_seconds
-        credentials = RefreshableCredentials.create_from_metadata(
-            metadata=self.credentials.fetch().botocore_metadata(),
+        fresh = self.credentials.fetch()
+        credentials = RefreshableCredentials(
+            access_key=fresh.access_key_id,
+            secret_key=fresh.secret_access_key,
+            token=fresh.session_token,
+            expiry_time=fresh.expiry,
             refresh_using=self._refresh_metadata,
             method=_CftCredentialProvider.METHOD,
+            # The expiry is judged on the injected clock (tests move it, never sleep).
+            time_fetcher=self.credentials.clock,
             advisory_timeout=margin * 1.5,
             mandatory_timeout=margin,
         )

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,17 @@ def make_transport(sb: SandboxCft, **overrides: Any) -> MediaMathCft:
     }
     settings.update(overrides)
     return MediaMathCft(**settings)
+
+
+class MovableClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, by: timedelta) -> None:
+        self.now += by
 
 
 def make_file(tmp_path: Path, name: str, size: int) -> OutgoingFile:
@@ -172,13 +183,15 @@ def test_credentials_expiring_between_files_are_refreshed(
 def test_refresh_refused_mid_run_is_authentication_failed(
     sandbox: SandboxCft, tmp_path: Path
 ) -> None:
-    sandbox.lifetime_seconds = 1.0
+    # Time comes from an injected clock: the credentials "expire" when the test says so, never
+    # by sleeping against the wall clock on a busy machine.
+    clock = MovableClock(datetime.now(UTC))
     first = make_file(tmp_path, "Acme_Partner_20260101000000.log.gz", 100)
     second = make_file(tmp_path, "Acme_Partner_20260101000001.log.gz", 100)
-    with make_transport(sandbox, refresh_margin_seconds=0.3) as cft:
+    with make_transport(sandbox, refresh_margin_seconds=600, clock=clock) as cft:
         cft.upload(first)
         sandbox.password = "rotated-by-mediamath"
-        time.sleep(1.1)
+        clock.advance(timedelta(seconds=sandbox.lifetime_seconds + 1))
         # botocore's own refresh asks the endpoint, which now refuses: final, not retried.
         with pytest.raises(AuthenticationFailed):
             cft.upload(second)
