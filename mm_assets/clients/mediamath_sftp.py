@@ -466,6 +466,8 @@ class MediaMathSftp:
         except FileNotFoundError:
             session.sftp.rename(temp, final)
             return
+        with contextlib.suppress(OSError):
+            session.sftp.remove(temp)
         raise _RemotePermanentError(
             f"{final} already exists in the drop ({size} bytes) and the server cannot "
             f"replace it atomically (no posix-rename): not overwritten"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import secrets
 import signal
@@ -42,6 +43,21 @@ class _Faults:
         self.login_attempts = 0
         self.successful_logins = 0
         self.dropped_connections = 0
+        # A server without posix-rename@openssh.com (it answers "unsupported").
+        self.refuse_posix_rename = False
+        # Hold the client mid-upload (after this many bytes) or after a rename, without
+        # answering, so a test can SIGKILL the client at that exact point; `paused` tells it.
+        self.pause_after_bytes: int | None = None
+        self.pause_after_rename = False
+        self.paused = threading.Event()
+        self.release = threading.Event()
+        self.renames: collections.Counter[str] = collections.Counter()
+
+
+async def _hold(faults: _Faults) -> None:
+    faults.paused.set()
+    while not faults.release.is_set():
+        await asyncio.sleep(0.02)
 
 
 class _PasswordServer(asyncssh.SSHServer):
@@ -94,9 +110,15 @@ class _FaultySftpServer(asyncssh.SFTPServer):
         super().__init__(chan, chroot=str(root).encode())
         self._faults = faults
         self._written = 0
+        self._received = 0  # every byte written on this connection (for pause_after_bytes)
 
-    def write(self, file_obj: object, offset: int, data: bytes) -> int:
+    def write(self, file_obj: object, offset: int, data: bytes) -> Any:
         with self._faults.lock:
+            pause_at = self._faults.pause_after_bytes
+            self._received += len(data)
+            if pause_at is not None and self._received >= pause_at:
+                self._faults.pause_after_bytes = None
+                return self._write_after_hold(file_obj, offset, data)
             limit = self._faults.drop_connection_after_bytes
             if limit is None:
                 return super().write(file_obj, offset, data)
@@ -113,11 +135,30 @@ class _FaultySftpServer(asyncssh.SFTPServer):
         self.connection.abort()
         raise asyncssh.SFTPConnectionLost("connection dropped by fault injection")
 
-    def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
-        super().posix_rename(oldpath, newpath)
+    async def _write_after_hold(self, file_obj: object, offset: int, data: bytes) -> int:
+        await _hold(self._faults)
+        return super().write(file_obj, offset, data)
+
+    def _count_rename(self, newpath: bytes) -> None:
         with self._faults.lock:
+            self._faults.renames[Path(newpath.decode()).name] += 1
+
+    def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        super().rename(oldpath, newpath)
+        self._count_rename(newpath)
+
+    def posix_rename(self, oldpath: bytes, newpath: bytes) -> Any:
+        if self._faults.refuse_posix_rename:
+            raise asyncssh.SFTPOpUnsupported("posix-rename@openssh.com not supported")
+        super().posix_rename(oldpath, newpath)
+        self._count_rename(newpath)
+        with self._faults.lock:
+            if self._faults.pause_after_rename:
+                self._faults.pause_after_rename = False
+                # Renamed, but the reply waits: the client dies before it writes a receipt.
+                return _hold(self._faults)
             if not self._faults.drop_connection_after_rename:
-                return
+                return None
             self._faults.drop_connection_after_rename = False
             self._faults.dropped_connections += 1
         # The rename is done but its reply never reaches the client: the case where a
@@ -192,6 +233,12 @@ class SandboxSftpServer:
     def drop_connection_after_rename(self, value: bool) -> None:
         with self._faults.lock:
             self._faults.drop_connection_after_rename = value
+
+    @property
+    def faults(self) -> _Faults:
+        """The fault switches (refuse_posix_rename, pause_after_bytes, pause_after_rename,
+        paused / release events) and what the server saw (renames by final name)."""
+        return self._faults
 
     @property
     def fail_logins(self) -> int:
