@@ -4,29 +4,32 @@ Per file, in order:
 
 1. A receipt exists: `already_delivered`. A file with a receipt is never sent again.
 2. An in-flight row exists (a run stopped between upload and receipt, or is uploading now):
-   reconcile it first, before anything is reserved, because the row holds quota.
-   - the drop holds the file at its full size: write the receipt, `reconciled`;
+   reconcile it first, before anything is reserved, because the row holds quota. The places
+   that know are asked (`reconcile.find`: the drop or bucket, then the processing log):
+   - MediaMath has it (in the drop at full size, or a processing-log record): write the
+     receipt (at the time it landed, so the quota counts it there), `reconciled`;
    - the drop holds a different size, or the row was made over another transport:
      `needs_attention`;
-   - the drop does not hold it, and the row belongs to another run that started less than
-     `stale_in_flight_after` ago: `in_progress` (that run may still be uploading);
-   - the drop does not hold it over "cft": objects stay in the bucket, so it never landed:
-     abandon the row and send the file again;
-   - the drop does not hold it over "sftp": MediaMath moves files away once it has read
-     them, so "absent" cannot tell "never landed" from "landed and taken". The file is
-     `needs_attention`, never re-sent blindly. The ledger does not record the instant the
-     upload began, so there is no "nothing was written yet" exception: resolve by hand (see
-     the message) or from the processing log (S2S-LOG).
-   A reconciled receipt records the file name as its remote path: `remote_size` gives none.
+   - the row belongs to another run that may still be uploading (its process is alive, or
+     on another machine and younger than `stale_in_flight_after`): `in_progress`. A row whose
+     process on this machine is gone (kill -9) is resolved at once;
+   - proven never landed (CFT keeps every object, so absent is proof; over SFTP, only our
+     temporary of that name is there): abandon the row and send the file again;
+   - otherwise (SFTP: absent, no log record yet) MediaMath may have taken it: the file is
+     `needs_attention`, never re-sent blindly; `mm-assets attention --settle` records what a
+     person found out, or a later run finds the processing-log record.
 3. Otherwise reserve it in the ledger: `deferred` (with `not_before`) or `refused` when the
-   quota says so, else upload it.
+   quota says so. Before uploading, ask the same places (the ledger may have been lost):
+   a name MediaMath already has gets its receipt (`already_delivered`) and is not sent.
+   Today's quota use is rebuilt from the processing log first (`reconcile.rebuild_usage`).
 
 Upload error contract: the transports write a temporary name and rename it, so an upload
 that raises has not written the final name. The in-flight row is then abandoned and the file
 is `failed` (no receipt, sent again next run). As a guard against a rename that succeeded
 just before the connection died, the drop is probed first: a file there at full size gets
-its receipt instead. `AuthenticationFailed` and `HostKeyRejected` stop the batch (the rest are
-`not_attempted`): every other file would fail the same way. An exception that is not a
+its receipt instead. `AuthenticationFailed`, `HostKeyRejected` and `ServiceDown` (the CFT
+credentials endpoint down) stop the batch (the rest are `not_attempted`, sent by a later run):
+every other file would fail the same way. An exception that is not a
 `DeliveryError` leaves the in-flight row in place, so the next run reconciles it.
 """
 
