@@ -21,10 +21,8 @@ import binascii
 import collections
 import json
 import logging
-import random
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.loaders import create_loader
 
+from mm_assets.clients.retry import Backoff, RetriesExhausted, retry
 from mm_assets.clients.transport import (
     AuthenticationFailed,
     DeliveryError,
@@ -154,11 +153,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _backoff_seconds(attempt: int, base: float, cap: float) -> float:
-    # Full jitter: many partitions retrying together must not hit the endpoint in lockstep.
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
-
-
 @dataclass(frozen=True)
 class CftCredentials:
     """Temporary S3 credentials from the CFT credentials endpoint (CFT-CRED)."""
@@ -239,27 +233,30 @@ class CftCredentialsClient:
 
     def fetch(self) -> CftCredentials:
         """New credentials; retries connection errors and 5xx, never 401/403."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return self._fetch_once()
-            except TransientDeliveryError as exc:
-                if attempt >= self.max_attempts:
-                    raise ServiceDown(
-                        f"CFT credentials endpoint down ({attempt} attempts; last: {exc}); "
-                        f"no file can be sent until it answers"
-                    ) from None
-                delay = _backoff_seconds(
-                    attempt, self.backoff_base_seconds, self.backoff_max_seconds
-                )
-                logger.warning(
-                    "CFT credentials attempt %d/%d failed (%s); retrying in %.1f s",
-                    attempt,
-                    self.max_attempts,
-                    exc,
-                    delay,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # the loop either returns or raises
+
+        def log_retry(attempt: int, exc: Exception, delay: float) -> float:
+            logger.warning(
+                "CFT credentials attempt %d/%d failed (%s); retrying in %.1f s",
+                attempt,
+                self.max_attempts,
+                exc,
+                delay,
+            )
+            return delay
+
+        try:
+            return retry(
+                lambda _: self._fetch_once(),
+                attempts=self.max_attempts,
+                backoff=Backoff(self.backoff_base_seconds, self.backoff_max_seconds),
+                retryable=lambda exc: isinstance(exc, TransientDeliveryError),
+                before_retry=log_retry,
+            )
+        except RetriesExhausted as exhausted:
+            raise ServiceDown(
+                f"CFT credentials endpoint down ({exhausted.attempts} attempts; last: "
+                f"{exhausted.last}); no file can be sent until it answers"
+            ) from None
 
     def _fetch_once(self) -> CftCredentials:
         self.fetch_count += 1
@@ -494,41 +491,60 @@ class MediaMathCft:
     # -- retry loop ------------------------------------------------------------------------
 
     def _run(self, what: str, operation: Callable[[Any], _T]) -> tuple[_T, int]:
-        """Run `operation(s3_client)` with retries; returns its result and the attempts used."""
+        """Run `operation(s3_client)` with retries (`clients.retry`); returns its result and
+        the attempts used. Refused credentials get one forced refresh, without a wait."""
         refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
+        used = 0
+
+        def attempt(number: int) -> _T:
+            nonlocal used
+            used = number
             try:
-                return operation(self._s3()), attempt
-            except _CredentialsRefused as exc:
-                if refreshed or attempt >= self.max_attempts:
-                    raise AuthenticationFailed(
-                        f"{what}: CFT refused the credentials after a refresh ({exc})"
-                    ) from None
-                logger.warning("%s: %s; fetching new credentials", what, exc)
-                refreshed = True
-                self._force_refresh()
+                return operation(self._s3())
             except ServiceDown as exc:
                 self._outage = exc
                 raise
-            except TransientDeliveryError as exc:
-                if attempt >= self.max_attempts:
-                    raise TransientDeliveryError(
-                        f"{what}: gave up after {attempt} attempts; last: {exc}"
-                    ) from None
-                delay = _backoff_seconds(
-                    attempt, self.backoff_base_seconds, self.backoff_max_seconds
-                )
-                logger.warning(
-                    "%s: attempt %d/%d failed (%s); retrying in %.1f s",
-                    what,
-                    attempt,
-                    self.max_attempts,
-                    exc,
-                    delay,
-                )
-                time.sleep(delay)
+
+        def retryable(exc: Exception) -> bool:
+            if isinstance(exc, _CredentialsRefused):
+                return not refreshed
+            return isinstance(exc, TransientDeliveryError) and not isinstance(exc, ServiceDown)
+
+        def before_retry(number: int, exc: Exception, delay: float) -> float:
+            nonlocal refreshed
+            if isinstance(exc, _CredentialsRefused):
+                logger.warning("%s: %s; fetching new credentials", what, exc)
+                refreshed = True
+                self._force_refresh()
+                return 0.0
+            logger.warning(
+                "%s: attempt %d/%d failed (%s); retrying in %.1f s",
+                what,
+                number,
+                self.max_attempts,
+                exc,
+                delay,
+            )
+            return delay
+
+        try:
+            result = retry(
+                attempt,
+                attempts=self.max_attempts,
+                backoff=Backoff(self.backoff_base_seconds, self.backoff_max_seconds),
+                retryable=retryable,
+                before_retry=before_retry,
+            )
+        except (_CredentialsRefused, RetriesExhausted) as failed:
+            last = failed.last if isinstance(failed, RetriesExhausted) else failed
+            if isinstance(last, _CredentialsRefused):
+                raise AuthenticationFailed(
+                    f"{what}: CFT refused the credentials after a refresh ({last})"
+                ) from None
+            raise TransientDeliveryError(
+                f"{what}: gave up after {used} attempts; last: {last}"
+            ) from None
+        return result, used
 
     def _translate(self, exc: Exception, operation: str, key: str) -> Exception:
         """Our error for a botocore one; the message names codes, never request details."""

@@ -30,6 +30,8 @@ from typing import Any
 
 import requests
 
+from mm_assets.clients.retry import Backoff, RetriesExhausted, retry
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://s2s-api.datasvc.mediamath.com"
@@ -162,6 +164,14 @@ class ProcessingLogUnavailable(ProcessingLogError):
     """Connection errors, timeouts, 429 or 5xx beyond the retry budget, an answer that is
     not JSON, or a breached bound (time per call, answer size, pages). The files stay pending;
     a later poll tries again."""
+
+
+class _Transient(Exception):
+    """One request failed in a way a retry may cure (internal); `retry_after` from the server."""
+
+    def __init__(self, problem: str, retry_after: float | None = None) -> None:
+        super().__init__(problem)
+        self.retry_after = retry_after
 
 
 class _BoundBreached(Exception):
@@ -485,11 +495,6 @@ class ProcessingLogClient:
             f"stopped (asked again later)"
         )
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        base = self.backoff * (2 ** (attempt - 1))
-        delay = base / 2 + self._rng.uniform(0, base / 2)
-        return max(delay, retry_after or 0.0)
-
     def redact(self, text: str) -> str:
         """`text` without the credentials or any Authorization value (invariant 4)."""
         text = _AUTH_VALUE_RE.sub(r"\1 <redacted>", text)
@@ -535,13 +540,11 @@ class ProcessingLogClient:
 
     def _get_json(self, params: Mapping[str, str]) -> Any:
         url = self.base_url + LOGS_PATH
-        last_problem = ""
-        for attempt in range(1, self.max_attempts + 1):
-            retry_after: float | None = None
+
+        def attempt(_: int) -> Any:
             self.requests_made += 1
             if self._remaining() <= 0:
-                last_problem = f"no answer within the {self.max_call_seconds:g} s bound"
-                break
+                raise _Transient(f"no answer within the {self.max_call_seconds:g} s bound")
             try:
                 response = self._session.get(
                     url,
@@ -554,54 +557,65 @@ class ProcessingLogClient:
                 finally:
                     response.close()
             except requests.Timeout:
-                last_problem = f"no answer within {self.timeout:g} s"
+                raise _Transient(f"no answer within {self.timeout:g} s") from None
             except requests.ConnectionError as exc:
-                last_problem = f"connection failed ({type(exc).__name__})"
+                raise _Transient(f"connection failed ({type(exc).__name__})") from None
             except _BoundBreached as exc:
                 raise ProcessingLogUnavailable(
                     f"MediaMath processing log {url}: {exc} (asked again later)"
                 ) from None
-            else:
-                status = response.status_code
-                if status in (401, 403):
-                    raise ProcessingLogCredentialsError(
-                        f"MediaMath processing log {url} refused the credentials of user "
-                        f"{self.username!r} (HTTP {status}); check the SFTP username and "
-                        f"password (S2S-LOG uses the SFTP credentials)"
-                    )
-                if status == 429 or status >= 500:
-                    retry_after = _retry_after_seconds(
-                        response.headers.get("Retry-After"), time.time()
-                    )
-                    last_problem = f"HTTP {status}"
-                elif status >= 400:
-                    raise ProcessingLogError(
-                        f"MediaMath processing log {url} answered HTTP {status}: "
-                        f"{self._excerpt(body)}"
-                    )
-                else:
-                    try:
-                        return json.loads(body)
-                    except ValueError:
-                        raise ProcessingLogUnavailable(
-                            f"MediaMath processing log {url} answered HTTP {status} with a "
-                            f"body that is not JSON: {self._excerpt(body)}"
-                        ) from None
-            if attempt == self.max_attempts:
-                break
-            delay = self._delay(attempt, retry_after)
+            status = response.status_code
+            if status in (401, 403):
+                raise ProcessingLogCredentialsError(
+                    f"MediaMath processing log {url} refused the credentials of user "
+                    f"{self.username!r} (HTTP {status}); check the SFTP username and "
+                    f"password (S2S-LOG uses the SFTP credentials)"
+                )
+            if status == 429 or status >= 500:
+                raise _Transient(
+                    f"HTTP {status}",
+                    _retry_after_seconds(response.headers.get("Retry-After"), time.time()),
+                )
+            if status >= 400:
+                raise ProcessingLogError(
+                    f"MediaMath processing log {url} answered HTTP {status}: {self._excerpt(body)}"
+                )
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise ProcessingLogUnavailable(
+                    f"MediaMath processing log {url} answered HTTP {status} with a "
+                    f"body that is not JSON: {self._excerpt(body)}"
+                ) from None
+
+        def before_retry(number: int, exc: Exception, delay: float) -> float:
+            assert isinstance(exc, _Transient)
+            delay = max(delay, exc.retry_after or 0.0)
             # Slow answers count too: the bound is on the time spent, not only on sleeping.
             spent = max(time.monotonic() - self._call_started, self._waited_this_call)
             if spent + delay > self.max_total_wait:
-                last_problem += (
-                    f"; the next retry (in {delay:.1f} s) would pass the "
+                raise ProcessingLogUnavailable(
+                    f"MediaMath processing log {url} unavailable after {number} request(s): "
+                    f"{exc}; the next retry (in {delay:.1f} s) would pass the "
                     f"{self.max_total_wait:g} s wait budget"
                 )
-                break
-            logger.info("processing log: %s; retry %d in %.2f s", last_problem, attempt, delay)
-            self._sleep(delay)
+            logger.info("processing log: %s; retry %d in %.2f s", exc, number, delay)
             self._waited_this_call += delay
             self.waited_seconds += delay
-        raise ProcessingLogUnavailable(
-            f"MediaMath processing log {url} unavailable after {attempt} request(s): {last_problem}"
-        )
+            return delay
+
+        try:
+            return retry(
+                attempt,
+                attempts=self.max_attempts,
+                backoff=Backoff(self.backoff),
+                retryable=lambda exc: isinstance(exc, _Transient),
+                before_retry=before_retry,
+                sleep=self._sleep,
+                rng=self._rng,
+            )
+        except RetriesExhausted as exhausted:
+            raise ProcessingLogUnavailable(
+                f"MediaMath processing log {url} unavailable after {exhausted.attempts} "
+                f"request(s): {exhausted.last}"
+            ) from None

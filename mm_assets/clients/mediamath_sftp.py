@@ -26,6 +26,7 @@ from typing import Self, TypeVar
 
 import paramiko
 
+from mm_assets.clients.retry import Backoff, RetriesExhausted, retry
 from mm_assets.clients.transport import (
     AuthenticationFailed,
     DeliveryError,
@@ -357,72 +358,46 @@ class MediaMathSftp:
             return exc.errno not in (errno.ENOENT, errno.EACCES, errno.EPERM)
         return False
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
-        # Jitter keeps parallel runs from reconnecting in lockstep.
-        return delay * (0.5 + secrets.randbelow(1000) / 2000)
-
     # -- Transport API ---------------------------------------------------------------------
 
     def upload(self, file: OutgoingFile) -> UploadResult:
         """Send `file` so it only ever appears complete under `file.name`."""
         self._check_file(file)
         final = self._remote_path(file.name)
-        with self._lock:
-            # Temp of the previous failed attempt, and whether its rename may have been sent.
-            stale_temp: str | None = None
-            stale_renamed_maybe = False
-            last_error: BaseException | None = None
-            for attempt in range(1, self.max_attempts + 1):
-                temp = self._remote_path(_temp_name(file.name))
-                renamed_maybe = False
-                try:
-                    session = self._session_or_connect()
-                    if stale_temp is not None:
-                        if self._clean_stale_temp(session, stale_temp, stale_renamed_maybe):
-                            # The rename reached the server before the connection died:
-                            # uploading again would deliver the file twice.
-                            logger.info("%s was renamed before the connection dropped", final)
-                            return UploadResult(final, file.size, attempt - 1)
-                        stale_temp = None
-                    if attempt == 1:
-                        self._remove_stale_temporaries(session, file.name)
-                    stale_temp, stale_renamed_maybe = temp, False
-                    self._send(session, file, temp)
-                    stale_renamed_maybe = renamed_maybe = True
-                    self._rename(session, temp, final)
-                    logger.info(
-                        "uploaded %s (%d bytes) to %s:%d in %d attempt(s)",
-                        final,
-                        file.size,
-                        self.host,
-                        self.port,
-                        attempt,
-                    )
-                    return UploadResult(final, file.size, attempt)
-                except Exception as exc:
-                    self._drop_session()
-                    if isinstance(exc, _SizeMismatch):
-                        stale_temp = None  # _send already removed it
-                    if not self._is_transient(exc):
-                        raise self._permanent(exc, final) from None
-                    last_error = exc
-                    if attempt < self.max_attempts:
-                        delay = self._backoff(attempt)
-                        logger.warning(
-                            "upload of %s failed (attempt %d/%d%s: %s); retrying in %.2fs",
-                            file.name,
-                            attempt,
-                            self.max_attempts,
-                            ", during rename" if renamed_maybe else "",
-                            _describe(exc),
-                            delay,
-                        )
-                        time.sleep(delay)
-            raise TransientDeliveryError(
-                f"upload of {file.name} to {self.host}:{self.port} failed after "
-                f"{self.max_attempts} attempts: {_describe(last_error)}"
+        # Temp of the previous failed attempt, and whether its rename may have been sent.
+        stale: dict[str, object] = {"temp": None, "renamed_maybe": False}
+
+        def attempt_upload(session: _Session, attempt: int) -> UploadResult:
+            stale_temp = stale["temp"]
+            if isinstance(stale_temp, str):
+                if self._clean_stale_temp(session, stale_temp, bool(stale["renamed_maybe"])):
+                    # The rename reached the server before the connection died: uploading
+                    # again would deliver the file twice.
+                    logger.info("%s was renamed before the connection dropped", final)
+                    return UploadResult(final, file.size, attempt - 1)
+                stale["temp"] = None
+            if attempt == 1:
+                self._remove_stale_temporaries(session, file.name)
+            temp = self._remote_path(_temp_name(file.name))
+            stale.update(temp=temp, renamed_maybe=False)
+            try:
+                self._send(session, file, temp)
+            except _SizeMismatch:
+                stale["temp"] = None  # _send already removed it
+                raise
+            stale["renamed_maybe"] = True
+            self._rename(session, temp, final)
+            logger.info(
+                "uploaded %s (%d bytes) to %s:%d in %d attempt(s)",
+                final,
+                file.size,
+                self.host,
+                self.port,
+                attempt,
             )
+            return UploadResult(final, file.size, attempt)
+
+        return self._with_retries(f"upload of {file.name}", attempt_upload, final)
 
     def _check_file(self, file: OutgoingFile) -> None:
         if "/" in file.name or file.name.startswith("."):
@@ -572,25 +547,51 @@ class MediaMathSftp:
             # MediaMath empties the drop after reading: absence proves nothing.
             return Sighting(name, size, landed, absent_is_proof=False, temporaries=temps)
 
-        return self._with_retries(f"look up {path}", look)
+        return self._with_retries(f"look up of {path}", lambda session, _: look(session), path)
 
-    def _with_retries(self, what: str, operation: Callable[[_Session], _T]) -> _T:
-        with self._lock:
-            last_error: BaseException | None = None
-            for attempt in range(1, self.max_attempts + 1):
-                try:
-                    return operation(self._session_or_connect())
-                except Exception as exc:
-                    self._drop_session()
-                    if not self._is_transient(exc):
-                        raise self._permanent(exc, what) from None
-                    last_error = exc
-                    if attempt < self.max_attempts:
-                        time.sleep(self._backoff(attempt))
-            raise TransientDeliveryError(
-                f"{what} on {self.host}:{self.port} failed after "
-                f"{self.max_attempts} attempts: {_describe(last_error)}"
+    def _with_retries(
+        self,
+        what: str,
+        operation: Callable[[_Session, int], _T],
+        target: str | None = None,
+    ) -> _T:
+        """`operation(session, attempt)` on a fresh connection per attempt (`clients.retry`);
+        transient failures retried, others raised as our errors (never a secret)."""
+
+        def attempt(number: int) -> _T:
+            try:
+                return operation(self._session_or_connect(), number)
+            except Exception:
+                self._drop_session()
+                raise
+
+        def log_retry(number: int, exc: Exception, delay: float) -> float:
+            logger.warning(
+                "%s failed (attempt %d/%d: %s); retrying in %.2fs",
+                what,
+                number,
+                self.max_attempts,
+                _describe(exc),
+                delay,
             )
+            return delay
+
+        with self._lock:
+            try:
+                return retry(
+                    attempt,
+                    attempts=self.max_attempts,
+                    backoff=Backoff(self.backoff_base_seconds, self.backoff_max_seconds),
+                    retryable=self._is_transient,
+                    before_retry=log_retry,
+                )
+            except RetriesExhausted as exhausted:
+                raise TransientDeliveryError(
+                    f"{what} to {self.host}:{self.port} failed after "
+                    f"{exhausted.attempts} attempts: {_describe(exhausted.last)}"
+                ) from None
+            except Exception as exc:
+                raise self._permanent(exc, target or what) from None
 
 
 class _SizeMismatch(TransientDeliveryError):
