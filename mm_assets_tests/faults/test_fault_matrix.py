@@ -171,6 +171,12 @@ def _cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
         "MM_DELIVERY_LEDGER_URL": f"sqlite:///{world.ledger_path}",
         "DAGSTER_HOME": str(world.root),
         "MM_ASSETS_OUTBOX_DIR": str(world.root / "outbox-root"),
+        "MM_SFTP_HOST": world.sftp.host,
+        "MM_SFTP_PORT": str(world.sftp.port),
+        "MM_SFTP_USERNAME": world.sftp.username,
+        "MM_SFTP_PASSWORD": world.sftp.password,
+        "MM_SFTP_KNOWN_HOSTS": str(world.known_hosts),
+        "MM_PROCESSING_LOG_URL": world.log.url,
     }
     return subprocess.run(
         [sys.executable, "-m", "mm_assets.cli", *args],
@@ -304,3 +310,33 @@ def test_deliver_of_a_never_built_batch_is_one_line_and_registers_nothing(world:
     assert done.stderr.strip().count("\n") == 0 and "has not been built" in done.stderr
     with dg.DagsterInstance.from_config(str(world.root)) as instance:
         assert instance.get_dynamic_partitions("export_batches") == []
+
+
+def test_cli_deliver_names_the_files_and_a_lost_ledger_resends_nothing(world: World) -> None:
+    from mm_assets.core.s2s_writer import write_s2s_files
+    from mm_assets_tests.conftest import make_settings
+    from mm_assets_tests.faults.test_build_faults import _merged
+
+    built = write_s2s_files(
+        _merged(world.root / "build"),
+        world.root / "outbox-root" / BATCH,
+        make_settings(threads=1),
+        batch=BATCH,
+    )
+    names = sorted(f.name for f in built)
+
+    first = _cli(world, "deliver", BATCH)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"delivered={len(names)}" in first.stdout
+    assert all(f"delivered         {n}" in first.stdout for n in names)
+
+    _lose_ledger(world)
+    again = _cli(world, "deliver", BATCH)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"already_delivered={len(names)}" in again.stdout
+    assert all(world.sftp.faults.renames[n] == 1 for n in names)
+    assert world.drop_listing() == names
+    output = first.stdout + first.stderr + again.stdout + again.stderr
+    # DAGSTER_HOME (run storage, compute logs), the outbox, the ledger: all under the root.
+    assert (world.root / "storage").is_dir()
+    assert not secret_free(world.sftp.password, output, world.root)
