@@ -449,8 +449,14 @@ class MediaMathSftp:
         )
 
     def _listing(self, session: _Session) -> list[paramiko.SFTPAttributes]:
+        """The drop's entries, or none when the server does not let us list it (a drop may
+        be write-only): temporaries are then neither seen nor removed, uploads go on."""
         folder = self.remote_dir if self.remote_dir not in ("", ".") else "."
-        return session.sftp.listdir_attr(folder)
+        try:
+            return session.sftp.listdir_attr(folder)
+        except PermissionError as exc:
+            logger.info("cannot list %s (%s): our temporaries are not checked", folder, exc)
+            return []
 
     def _remove_stale_temporaries(self, session: _Session, final_name: str) -> None:
         """Remove our temporaries left by killed uploads: those of `final_name` (its delivery

@@ -456,3 +456,26 @@ def test_a_plain_path_string_opens_a_sqlite_file(tmp_path: Path) -> None:
         assert ledger.url.get_backend_name() == "sqlite"
         assert ledger.usage(T0, QuotaLimits()).files_left_this_hour == 20
     assert (tmp_path / "nested" / "ledger.sqlite").exists()
+
+
+def test_observed_uploads_count_against_the_quota_until_they_have_a_receipt(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    [file] = make_files(tmp_path / "outbox", 1)
+    limits = QuotaLimits(files_per_hour=5)
+    assert ledger.observe(file.name, file.size, T0, "processing log")
+    assert not ledger.observe(file.name, file.size, T0, "processing log")  # once
+    assert ledger.usage(T0, limits).files_this_hour == 1
+    receipt = ledger.record_found(file, BATCH, "sftp", file.name, T0)
+    assert receipt.uploaded_at == T0 and receipt.attempts == 0
+    assert ledger.usage(T0, limits).files_this_hour == 1  # the receipt, not twice
+
+
+def test_reserve_records_the_owner_process_and_settling_forgets_it(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    [file] = make_files(tmp_path / "outbox", 1)
+    ledger.reserve(file, BATCH, "sftp", T0, QuotaLimits(), run_id="r")
+    owner = ledger.owner(file.name)
+    assert owner is not None and owner.endswith(f":{os.getpid()}")
+    assert ledger.abandon(file.name) and ledger.owner(file.name) is None
