@@ -553,7 +553,7 @@ class MediaMathSftp:
             # MediaMath empties the drop after reading: absence proves nothing.
             return Sighting(name, size, landed, absent_is_proof=False, temporaries=temps)
 
-        return self._with_retries(f"look up of {path}", lambda session, _: look(session), path)
+        return self._with_retries(f"look-up of {path}", lambda session, _: look(session), path)
 
     def _with_retries(
         self,
@@ -593,7 +593,7 @@ class MediaMathSftp:
                 )
             except RetriesExhausted as exhausted:
                 raise TransientDeliveryError(
-                    f"{what} to {self.host}:{self.port} failed after "
+                    f"{what} at {self.host}:{self.port} failed after "
                     f"{exhausted.attempts} attempts: {_describe(exhausted.last)}"
                 ) from None
             except Exception as exc:
