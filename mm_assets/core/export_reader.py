@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import re
 import shutil
 import stat
 import zlib
@@ -72,6 +73,7 @@ MAX_OVERLONG_LINES = 10_000  # past this many, a file is no export
 MAX_HEADER_BYTES = 2**20
 # Four bytes that never occur in an export's text: CSV and JSONL lines are read whole.
 LINE_DELIMITER = "\x1e\x1f\x1e\x1f"
+LINE_END = re.compile(rb"[\r\n]")
 # CSV fields of one line (RFC 4180 quoting, `""` inside quotes), in RE2 syntax.
 CSV_FIELD = '"(?:[^"]|"")*"|[^,"]*'
 CSV_LINE = f"(?:{CSV_FIELD})(?:,(?:{CSV_FIELD}))*"
@@ -216,9 +218,12 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
     try:
         con.execute(REJECTED_TABLE)
         seen: dict[str, tuple[int, int]] = {}  # file -> (rows seen, rows accepted)
+        cr_files: dict[str, Path] = {}
         for index, path in enumerate(files):
             rel = path.relative_to(batch_dir).as_posix()
-            issue, seen[rel] = _read_file(con, path, rel, index, settings, buckets, out_dir)
+            issue, seen[rel] = _read_file(
+                con, path, rel, index, settings, buckets, out_dir, cr_files
+            )
             if issue:
                 issues.append(issue)
         collisions = _client_collisions(con, loads_dir)
@@ -234,6 +239,7 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
             collisions,
             buckets,
             seen,
+            cr_files,
         )
     finally:
         con.close()
@@ -280,26 +286,28 @@ def _open_text_stream(name: str, gz: bool):
     return _gzip.open(name, "rb") if gz else open(name, "rb")
 
 
-def _overlong_lines(name: str, gz: bool) -> list[int]:
-    """The physical lines longer than MAX_LINE_BYTES, found by streaming the file in chunks
-    smaller than that limit.
+def _measure_lines(name: str, gz: bool) -> tuple[list[int], bool]:
+    """The lines longer than MAX_LINE_BYTES, and whether the file holds a CR at all.
 
-    DuckDB rejects a long line up to some tens of MB but drops a longer one without a word
-    (measured: 64 MiB, with or without gzip), so every CSV and JSONL file is measured here.
+    Lines are counted as DuckDB's line reader counts them: every CR and every LF ends one (so
+    CR LF is a line and an empty line). DuckDB rejects a long line up to some tens of MB but
+    drops a longer one without a word (measured: 64 MiB, with or without gzip), so every CSV
+    and JSONL file is streamed here, in chunks smaller than the limit.
     """
     found: list[int] = []
-    line, run = 1, 0  # the current line and its bytes so far
+    line, run, has_cr = 1, 0, False  # the current line and its bytes so far
     with _open_text_stream(name, gz) as stream:
         while chunk := stream.read(2**20):
-            first = chunk.find(b"\n")
-            if first < 0:
+            has_cr = has_cr or b"\r" in chunk
+            ends = [i for i in (chunk.find(b"\n"), chunk.find(b"\r") if has_cr else -1) if i >= 0]
+            if not ends:
                 run += len(chunk)
                 continue
-            if run + first > MAX_LINE_BYTES:
+            if run + min(ends) > MAX_LINE_BYTES:
                 found.append(line)
             # Lines wholly inside the chunk are shorter than the chunk, so within the limit.
-            line += chunk.count(b"\n", first)
-            run = len(chunk) - chunk.rfind(b"\n") - 1
+            line += chunk.count(b"\n") + (chunk.count(b"\r") if has_cr else 0)
+            run = len(chunk) - max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) - 1
             if len(found) > MAX_OVERLONG_LINES:
                 raise _Unusable(
                     f"cannot be read: more than {MAX_OVERLONG_LINES:,} lines are longer than "
@@ -307,7 +315,7 @@ def _overlong_lines(name: str, gz: bool) -> list[int]:
                 )
     if run > MAX_LINE_BYTES:
         found.append(line)
-    return found
+    return found, has_cr
 
 
 def _first_bytes(name: str, gz: bool) -> bytes:
@@ -391,7 +399,7 @@ def _file_source(
             f"AS bad_row, to_base64(encode(raw)) AS raw "
             f"FROM (SELECT ordinality AS line, line AS raw, rtrim(line, chr(13)) AS j "
             f"      FROM {_line_scan(name, gz, rejects)} WITH ORDINALITY) "
-            f"WHERE j IS NOT NULL AND trim(j) <> ''"
+            f"WHERE j IS NOT NULL AND trim(j, ' ' || chr(9)) <> ''"
         )
     if fmt == "csv":
         header = _csv_header(name, gz)
@@ -462,11 +470,12 @@ def _read_file(
     settings: BuildSettings,
     buckets: int,
     out_dir: Path,
+    cr_files: dict[str, Path],
 ) -> tuple[FileIssue | None, tuple[int, int]]:
     """Check one file's rows into the user buckets and the quarantine, in one streaming pass.
 
     Returns the problem when the file cannot be used at all (then nothing of it is kept), and
-    (rows seen, rows accepted).
+    (rows seen, rows accepted). A file holding a CR is noted in `cr_files`.
     """
     rejects = f"rejects_{index}"
     scratch = out_dir / f"reading_{index}"
@@ -483,7 +492,10 @@ def _read_file(
                 [rel, _hashed(settings), []],
             ).fetchone()[0]
             if fmt != "parquet":
-                rows += _record_rejects(con, rejects, rel, name, _is_gzip(path))
+                rejected, has_cr = _record_rejects(con, rejects, rel, name, _is_gzip(path))
+                rows += rejected
+                if has_cr:
+                    cr_files[rel] = path
     except _Unusable as unusable:
         shutil.rmtree(scratch, ignore_errors=True)
         return FileIssue(rel, str(unusable), unusable.blocks_batch), (0, 0)
@@ -624,7 +636,7 @@ RAW_BATCH_ROWS = 10_000  # rejected lines are copied into DuckDB this many at a 
 
 def _record_rejects(
     con: duckdb.DuckDBPyConnection, rejects: str, rel: str, name: str, gz: bool
-) -> int:
+) -> tuple[int, bool]:
     """Quarantine the lines DuckDB's line reader rejected (undecodable bytes, overlong lines),
     each with its exact bytes, read again from the file here (DuckDB's copy of a rejected line
     replaces what it cannot decode). Returns how many lines were rejected."""
@@ -632,7 +644,8 @@ def _record_rejects(
         con.execute(f"SELECT line, any_value(error_type) FROM {rejects} GROUP BY line").fetchall()
     )
     con.execute(f"DROP TABLE {rejects}")
-    for line in _overlong_lines(name, gz):
+    overlong, has_cr = _measure_lines(name, gz)
+    for line in overlong:
         reasons.setdefault(line, "LINE SIZE OVER MAXIMUM")
     batch: list[tuple[int, bytes]] = []
 
@@ -655,39 +668,57 @@ def _record_rejects(
             flush()
     if batch:
         flush()
-    return len(reasons)
+    return len(reasons), has_cr
+
+
+def _line_pieces(name: str, gz: bool) -> Iterator[tuple[bytes, int, int, bytes]]:
+    """(chunk, start, stop, end) of every line piece, in order: `end` is the line end that
+    closes the piece (CR or LF), or b"" when the line goes on in the next chunk (or the file
+    ends). Lines end at every CR and every LF, as DuckDB's line reader ends them."""
+    with _open_text_stream(name, gz) as stream:
+        while chunk := stream.read(4 * 2**20):
+            pos = 0
+            for match in LINE_END.finditer(chunk):
+                yield chunk, pos, match.start(), match.group()
+                pos = match.end()
+            yield chunk, pos, len(chunk), b""
 
 
 def _physical_lines(name: str, gz: bool, wanted: list[int]) -> Iterator[tuple[int, bytes]]:
-    """The bytes of the wanted (1-based, sorted) physical lines, streamed: at most
-    MAX_LINE_BYTES of a line are kept."""
-    if not wanted:
-        return
+    """The bytes of the wanted (1-based, sorted) lines, streamed: at most MAX_LINE_BYTES of a
+    line are kept."""
     i, line, partial = 0, 1, bytearray()
-    with _open_text_stream(name, gz) as stream:
-        while i < len(wanted) and (chunk := stream.read(4 * 2**20)):
-            pos = 0
-            while i < len(wanted):
-                target = wanted[i]
-                if line < target:
-                    newlines = chunk.count(b"\n", pos)
-                    if line + newlines < target:
-                        line, pos = line + newlines, len(chunk)
-                        break
-                    for _ in range(target - line):
-                        pos = chunk.index(b"\n", pos) + 1
-                    line = target
-                    partial.clear()
-                end = chunk.find(b"\n", pos)
-                piece = chunk[pos:] if end < 0 else chunk[pos:end]
-                partial += piece[: MAX_LINE_BYTES - len(partial)]
-                if end < 0:
-                    break
-                yield target, bytes(partial)
+    for chunk, start, stop, end in _line_pieces(name, gz):
+        if i == len(wanted):
+            return
+        if line == wanted[i]:
+            partial += chunk[start:stop][: MAX_LINE_BYTES - len(partial)]
+        if end:
+            if line == wanted[i]:
+                yield line, bytes(partial)
                 partial.clear()
-                line, pos, i = line + 1, end + 1, i + 1
+                i += 1
+            line += 1
     if i < len(wanted) and wanted[i] == line:
-        yield wanted[i], bytes(partial)
+        yield line, bytes(partial)
+
+
+def _user_line_numbers(name: str, gz: bool, wanted: list[int]) -> dict[int, int]:
+    """DuckDB's line numbers (CR and LF each end a line) -> the file's lines (LF ends one)."""
+    found: dict[int, int] = {}
+    i, line, user_line = 0, 1, 1
+    for _, _, _, end in _line_pieces(name, gz):
+        if i == len(wanted):
+            break
+        if end:
+            if line == wanted[i]:
+                found[line] = user_line
+                i += 1
+            line += 1
+            user_line += end == b"\n"
+    if i < len(wanted) and wanted[i] == line:
+        found[line] = user_line
+    return found
 
 
 def _parquet_glob(folder: Path) -> str | None:
@@ -751,6 +782,34 @@ def _quarantine_collisions(
     return moved
 
 
+def _number_lines_as_the_file_does(
+    con: duckdb.DuckDBPyConnection, cr_files: dict[str, Path]
+) -> None:
+    """In a file holding CRs, DuckDB's line numbers count CR LF as two line ends: give the
+    quarantine the file's own line numbers (LF ends a line; rare path, the file is read again).
+    """
+    for rel, path in cr_files.items():
+        lines = [
+            n
+            for (n,) in con.execute(
+                "SELECT DISTINCT line FROM quarantine WHERE file = ? ORDER BY line", [rel]
+            ).fetchall()
+        ]
+        if not lines:
+            continue
+        with _opened(path) as name:
+            mapping = _user_line_numbers(name, _is_gzip(path), lines)
+        con.register(
+            "line_numbers", pa.table({"duck": list(mapping), "user": list(mapping.values())})
+        )
+        con.execute(
+            "UPDATE quarantine SET line = n.user FROM line_numbers n "
+            "WHERE quarantine.file = ? AND quarantine.line = n.duck",
+            [rel],
+        )
+        con.unregister("line_numbers")
+
+
 def _write_outputs(
     con: duckdb.DuckDBPyConnection,
     batch: str,
@@ -759,6 +818,7 @@ def _write_outputs(
     collisions: dict[str, list[str]],
     buckets: int,
     seen: dict[str, tuple[int, int]],
+    cr_files: dict[str, Path],
 ) -> ReadReport:
     loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
     for bucket in range(buckets):  # every bucket exists, possibly empty: the merge relies on it
@@ -795,6 +855,7 @@ def _write_outputs(
                NULL::VARCHAR AS segment, NULL::VARCHAR AS timestamp, NULL::VARCHAR AS client,
                NULL::VARCHAR AS device_type, raw
         FROM rejected""")
+    _number_lines_as_the_file_does(con, cr_files)
     quarantine_path = out_dir / "quarantine.parquet"
     con.execute(
         f"COPY (SELECT * FROM quarantine ORDER BY file, line) "

@@ -121,10 +121,15 @@ def test_a_row_with_too_few_or_too_many_fields_is_quarantined(tmp_path):
     assert_conserved(report)
 
 
-def test_crlf_line_ends_are_read(tmp_path):
-    body = b"user_id,segment,device_type\r\nU1,1,idfa\r\nu2,2,cookie\r\n"
+def test_crlf_line_ends_are_read_and_quarantine_lines_are_the_files_own(tmp_path):
+    body = b"user_id,segment,device_type\r\nU1,1,idfa\r\nbad\xff,1,\r\nu2,2,cookie\r\nu3,x,\r\n"
     report = read(tmp_path, {"p.csv": body})
     assert accepted_loads(report) == [("", False, "u2", "2", 0), ("", True, "u1", "1", 0)]
+    assert [(r["line"], r["reason"]) for r in quarantine_rows(report)] == [
+        (3, er.UNDECODABLE),
+        (5, er.SEGMENT_NOT_32BIT),
+    ]
+    assert_conserved(report)
 
 
 # --- user IDs and segments: characters that would break or spoil a file ---------------------
@@ -293,7 +298,7 @@ def test_batch_folder_names_with_glob_characters_are_read(tmp_path, folder):
 def test_quarantine_keeps_undecodable_lines_byte_for_byte_not_in_user_id(tmp_path, suffix):
     if ".csv" in suffix:
         body = CSV_HEADER.encode() + b"g1,1,0,,\nbad-1,102,0,Caf\xe9,cookie\r\ng2,2,0,,\n"
-        raw, line = b"bad-1,102,0,Caf\xe9,cookie\r", 3
+        raw, line = b"bad-1,102,0,Caf\xe9,cookie", 3  # the CR LF ends the line
     else:
         body = b'{"user_id": "g1", "segment": 1}\n{"user_id": "Caf\xe9", "segment": 1}\n'
         body += b'{"user_id": "g2", "segment": 2}\n'
@@ -372,12 +377,15 @@ def test_a_gzip_bomb_line_is_quarantined_as_overlong_and_counted(tmp_path, suffi
 
 
 def test_a_gzip_bomb_fails_in_bounded_memory(tmp_path):
-    """Memory measured in a child process (its own peak RSS); no timing asserted."""
+    """256 MiB lines (DuckDB drops lines past ~64 MiB silently: they must still be counted).
+
+    Memory measured in a child process (its own peak RSS); no timing asserted.
+    """
     batch = write_batch(
         tmp_path,
         {
-            "bomb.csv.gz": _bomb(CSV_HEADER.encode() + b"u1,1,0,,\n", 1024),
-            "bomb.jsonl.gz": _bomb(b'{"user_id": "u1", "segment": 1}\n', 1024),
+            "bomb.csv.gz": _bomb(CSV_HEADER.encode() + b"u1,1,0,,\n", 256),
+            "bomb.jsonl.gz": _bomb(b'{"user_id": "u1", "segment": 1}\n', 256),
         },
     )
     script = textwrap.dedent(
