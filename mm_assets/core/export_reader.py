@@ -38,7 +38,7 @@ from mm_assets.core.build_settings import (
     REQUIRED_COLUMNS,
     BuildSettings,
 )
-from mm_assets.core.duckdb_session import open_duckdb, sql_string
+from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, MAX_SEGMENT_CODE
 
 try:  # isal inflates about 3x faster than the standard library (as in the validator)
@@ -723,7 +723,7 @@ def _user_line_numbers(name: str, gz: bool, wanted: list[int]) -> dict[int, int]
 
 def _parquet_glob(folder: Path) -> str | None:
     """A read_parquet pattern for a folder's files, or None when it holds none."""
-    return sql_string(str(folder / "**" / "*.parquet")) if any(folder.rglob("*.parquet")) else None
+    return sql_glob(folder, "**/*.parquet") if any(folder.rglob("*.parquet")) else None
 
 
 def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[str, list[str]]:
@@ -771,7 +771,7 @@ def _quarantine_collisions(
         kept.mkdir()
         con.execute(
             f"""
-            COPY (SELECT * FROM read_parquet({sql_string(str(bucket / "*.parquet"))})
+            COPY (SELECT * FROM read_parquet({sql_glob(bucket, "*.parquet")})
                   WHERE NOT list_contains(?, lower(agency)))
             TO {sql_string(str(kept / "kept.parquet"))} (FORMAT parquet, COMPRESSION uncompressed)
             """,

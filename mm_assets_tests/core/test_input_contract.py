@@ -28,6 +28,7 @@ from mm_assets_tests.conftest import (
     accepted_loads,
     csv_bytes,
     make_settings,
+    parse_s2s,
     quarantine_rows,
     run_build,
     s2s_files_in,
@@ -278,17 +279,20 @@ def test_parquet_binary_that_is_not_utf8_is_quarantined_with_its_bytes(tmp_path)
 
 
 @pytest.mark.parametrize("folder", ["b[1]", "b*", "b?x", "it's", "b{1,2}"])
-def test_batch_folder_names_with_glob_characters_are_read(tmp_path, folder):
-    report = read(
-        tmp_path,
-        {
-            "p.csv": csv_bytes([("u1", "1", "0", "", "")]),
-            "q.parquet": parquet_bytes(pa.table({"user_id": ["u2"], "segment": [2]})),
-        },
-        name=folder,
-    )
-    assert report.file_issues == []
-    assert {load[2] for load in accepted_loads(report)} == {"u1", "u2"}
+def test_batch_folder_names_with_glob_characters_are_built(tmp_path, folder):
+    """The work folders are named after the batch too (as in the Dagster assets)."""
+    files = {
+        "p.csv": csv_bytes([("u1", "1", "0", "", "")]),
+        "q.parquet": parquet_bytes(pa.table({"user_id": ["u2"], "segment": [2]})),
+    }
+    batch = write_batch(tmp_path, files, name=folder)
+    built = run_build(batch, tmp_path / "work" / folder, make_settings())
+    assert built.read.file_issues == []
+    assert built.read.rows_accepted == 2
+    assert {u for path in s2s_files_in(built.outbox) for u in parse_s2s(path).users()} == {
+        "u1",
+        "u2",
+    }
 
 
 # --- the quarantine keeps the raw line exactly ---------------------------------------------------
@@ -413,3 +417,16 @@ def test_a_gzip_bomb_fails_in_bounded_memory(tmp_path):
     lost = {name for name, _, blocks in result["issues"] if blocks}
     assert result["quarantined"] + len(lost) >= 2
     assert result["accepted"] == 2
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_USER_IDS if c != "accented"])
+def test_the_independent_validator_also_refuses_such_user_ids(tmp_path, case):
+    """Checked twice, apart: the reader quarantines them, the validator fails a file with one."""
+    name = "ExamplePartner_20261120120000.log.gz"
+    header = (
+        f"Version: 3\nFileIdentifier: {name}\nDateCreated: 1765000000\nUserNamespace: mm\n"
+        f"SegmentNamespace: ep\nMobile: 0\n\n"
+    )
+    path = tmp_path / name
+    path.write_bytes(gzip.compress((header + BAD_USER_IDS[case] + " 1:0\n").encode()))
+    assert not validate_file(path).ok
