@@ -456,9 +456,10 @@ FROM (SELECT line, raw,
     ]
     raw = f"CASE {' '.join(undecodable)} END" if blobs else "NULL"
     return (
-        f"SELECT line, {select}, CASE WHEN raw IS NOT NULL THEN '{_sq(UNDECODABLE)}' END "
-        f"AS bad_row, raw FROM (SELECT file_row_number + 1 AS line, *, {raw} AS raw "
-        f"FROM {scan})"
+        # Our own columns are named apart from any the file may have (`line`, `raw`).
+        f"SELECT mm__line AS line, {select}, CASE WHEN mm__raw IS NOT NULL THEN "
+        f"'{_sq(UNDECODABLE)}' END AS bad_row, mm__raw AS raw "
+        f"FROM (SELECT file_row_number + 1 AS mm__line, *, {raw} AS mm__raw FROM {scan})"
     )
 
 

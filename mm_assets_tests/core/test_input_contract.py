@@ -275,6 +275,13 @@ def test_parquet_binary_that_is_not_utf8_is_quarantined_with_its_bytes(tmp_path)
     assert_conserved(report)
 
 
+def test_parquet_columns_named_like_the_readers_own_are_fine(tmp_path):
+    table = pa.table({"user_id": ["u1"], "segment": [1], "line": ["x"], "raw": ["y"]})
+    report = read(tmp_path, {"p.parquet": parquet_bytes(table)})
+    assert report.file_issues == []
+    assert accepted_loads(report) == [("", False, "u1", "1", 0)]
+
+
 # --- any legal folder name ---------------------------------------------------------------------
 
 
