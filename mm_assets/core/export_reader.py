@@ -359,14 +359,14 @@ def _line_scan(name: str, gz: bool, rejects: str) -> str:
     )
 
 
-def _check_columns(available: list[str], settings: BuildSettings, what: str = "column") -> None:
+def _check_columns(available: list[str], settings: BuildSettings) -> None:
     missing = [c for c in REQUIRED_COLUMNS if settings.source_column(c) not in available]
     if missing:
         raise _Unusable(_missing_columns_message(missing, settings, available))
     for c in INPUT_COLUMNS:
         if available.count(settings.source_column(c)) > 1:
             raise _Unusable(
-                f"the header names {what} {settings.source_column(c)!r} more than once: which "
+                f"the file names column {settings.source_column(c)!r} more than once: which "
                 f"one holds the data is ambiguous"
             )
 
@@ -382,7 +382,7 @@ def _file_source(
     fmt = file_format(path)
     if fmt is None:
         raise _Unusable(f"unsupported file type (expected one of: {', '.join(FORMATS)})")
-    if path.stat().st_size == 0:
+    if os.stat(name).st_size == 0:  # the opened file, not whatever the path names now
         raise _Unusable("file is empty (0 bytes)", blocks_batch=False)
     gz = _is_gzip(path)
     if fmt == "jsonl":
@@ -397,7 +397,7 @@ def _file_source(
             f"SELECT line, {extract}, "
             f"CASE WHEN NOT json_valid(j) OR json_type(j) <> 'OBJECT' THEN '{INVALID_JSON}' END "
             f"AS bad_row, to_base64(encode(raw)) AS raw "
-            f"FROM (SELECT ordinality AS line, line AS raw, rtrim(line, chr(13)) AS j "
+            f"FROM (SELECT ordinality AS line, line AS raw, line AS j "
             f"      FROM {_line_scan(name, gz, rejects)} WITH ORDINALITY) "
             f"WHERE j IS NOT NULL AND trim(j, ' ' || chr(9)) <> ''"
         )
@@ -428,7 +428,7 @@ FROM (SELECT line, raw,
                       lambda x: CASE WHEN starts_with(x, '"')
                                      THEN replace(x[2:-2], '""', '"') ELSE x END)
              END AS f
-      FROM (SELECT ordinality AS line, line AS raw, rtrim(line, chr(13)) AS j
+      FROM (SELECT ordinality AS line, line AS raw, line AS j
             FROM {_line_scan(name, gz, rejects)} WITH ORDINALITY)
       WHERE line > 1 AND j IS NOT NULL AND trim(j, ' ' || chr(9)) <> '')"""
     scan = f"read_parquet({sql_string(name)}, file_row_number=true)"
