@@ -83,7 +83,14 @@ def _report_failures_and_checks(result) -> int:
     return 0 if result.success and not failed else 1
 
 
+# `mm-assets build` exit codes (README): 0 built and every check passed; 1 a check or a step
+# failed; 2 not a batch folder; 3 the batch is incomplete (a file could not be read).
+EXIT_BATCH_INCOMPLETE = 3
+
+
 def build(batch_dir: Path) -> int:
+    import dagster as dg
+
     from mm_assets.defs.s2s_build.assets import REPORT, load_report
     from mm_assets.defs.s2s_build.jobs import build_s2s_files_job
 
@@ -114,15 +121,36 @@ def build(batch_dir: Path) -> int:
         print(f"  rows quarantined {raw['rows_quarantined']:>12,}")
         for reason, count in raw["quarantine_reasons"].items():
             print(f"      {count:>8,}  {reason}")
-        for name, message in raw["file_issues"]:
-            print(f"  unusable file    {name}: {message}")
+        for name, counts in raw["files"].items():
+            print(
+                f"  file {name}: {counts['rows']:,} rows seen = {counts['accepted']:,} accepted"
+                f" + {counts['quarantined']:,} quarantined"
+            )
+        for name, message, blocks in raw["file_issues"]:
+            kind = "unreadable file " if blocks else "empty file      "
+            print(f"  {kind} {name}: {message}")
     for mat in result.asset_materializations_for_node("s2s_files"):
         meta = mat.metadata
         print(f"  users            {meta['users'].value:>12,}")
         print(f"  files            {meta['files'].value:>12,}")
         print(f"  gz bytes         {meta['gz_bytes'].value:>12,}")
         print(f"  outbox           {meta['outbox'].value}")
-    return _report_failures_and_checks(result)
+    status = _report_failures_and_checks(result)
+    incomplete = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "batch_is_complete"
+        and not e.passed
+        and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    if incomplete:
+        print(
+            "  batch incomplete: nothing was built (MM_ACCEPT_PARTIAL_BATCHES=true builds it "
+            "anyway)",
+            file=sys.stderr,
+        )
+        return EXIT_BATCH_INCOMPLETE
+    return status
 
 
 def deliver(batch: str) -> int:

@@ -14,7 +14,7 @@ from mm_assets.defs.processing_log.checks import every_file_accepted_by_mediamat
 from mm_assets.defs.processing_log.resources import default_processing_log
 from mm_assets.defs.processing_log.sensors import processing_log_poller
 from mm_assets.defs.resources import default_batch_storage, default_s2s_file_settings
-from mm_assets.defs.s2s_build import assets, checks, jobs
+from mm_assets.defs.s2s_build import assets, checks, completeness, jobs
 
 
 def build_definitions(export_dir: str | None = None) -> dg.Definitions:
@@ -29,6 +29,7 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
         asset_checks=[
             checks.files_conform_to_s2s_spec,
             checks.outbox_matches_manifest,
+            completeness.batch_is_complete,
             delivery_assets.every_file_has_a_receipt,
             every_file_accepted_by_mediamath,
         ],

@@ -13,6 +13,10 @@ from mm_assets.core.s2s_format import require_name_part
 GLOBAL_TAXONOMY = "@global"  # names the global data in `hashed_taxonomies`
 INPUT_COLUMNS = ("user_id", "segment", "timestamp", "client", "device_type")
 REQUIRED_COLUMNS = ("user_id", "segment")
+# S2S-NAME: a file name is `Agency_Partner_YYYYMMDDHHMMSS.log.gz`, written first as
+# `.NAME.partial`, and the merge names a folder after the agency. With both parts at most 100
+# characters the longest name is 232 bytes, well inside the 255 bytes a file name may have.
+MAX_NAME_PART_CHARS = 100
 
 
 def parse_column_map(text: str) -> dict[str, str]:
@@ -70,6 +74,10 @@ class BuildSettings:
 
     def __post_init__(self) -> None:
         require_name_part(self.partner_name, "partner name")
+        if len(self.partner_name) > MAX_NAME_PART_CHARS:
+            raise ValueError(
+                f"partner name has more than {MAX_NAME_PART_CHARS} characters (S2S-NAME)"
+            )
         if not self.segment_namespace or not self.user_namespace:
             raise ValueError("segment and user namespaces must not be empty (S2S-HDR)")
         if self.max_file_bytes < 4096:

@@ -17,6 +17,14 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sql_glob(folder: Path, pattern: str) -> str:
+    """A SQL string literal for the files matching `pattern` in `folder`, whatever the folder's
+    name: DuckDB expands `*`, `?` and `[` anywhere in a path, so in the folder's part they are
+    escaped as one-character classes (`b[1]` -> `b[[]1]`)."""
+    literal = "".join(f"[{c}]" if c in "*?[" else c for c in str(folder))
+    return sql_string(f"{literal}/{pattern}")
+
+
 def open_duckdb(
     database: Path | str, settings: BuildSettings, spill_dir: Path
 ) -> duckdb.DuckDBPyConnection:

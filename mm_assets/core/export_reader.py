@@ -1,18 +1,29 @@
 """Read one export batch (a folder of raw audience files) into normalised segment loads.
 
 The input contract is in the README. Every row that cannot be used goes to the quarantine table
-with its file, line (or row) number and reason; a file that cannot be read at all is reported by
-name. Nothing is dropped without a count.
+with its file, line (or row) number, reason and raw bytes; a file that cannot be read at all is
+reported by name. Nothing is dropped without a count: per file, rows seen = rows accepted + rows
+quarantined.
 
 DuckDB does the reading and the row checks (vectorised, spilling to disk past the memory
-budget). The good rows are written as Parquet, split into hash buckets of users so the merge can
-work on one bucket at a time within the memory budget.
+budget). CSV and JSONL files are read one physical line per row (a line is a row, whatever its
+quotes), so a malformed line costs that line only and line numbers are physical. The good rows
+are written as Parquet, split into hash buckets of users so the merge can work on one bucket at
+a time within the memory budget.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
+import os
+import re
 import shutil
+import stat
+import zlib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +34,20 @@ import pyarrow.parquet as pq
 from mm_assets.core.build_settings import (
     GLOBAL_TAXONOMY,
     INPUT_COLUMNS,
+    MAX_NAME_PART_CHARS,
     REQUIRED_COLUMNS,
     BuildSettings,
 )
-from mm_assets.core.duckdb_session import open_duckdb, sql_string
-from mm_assets.core.s2s_format import MAX_SEGMENT_CODE
+from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
+from mm_assets.core.s2s_format import MAX_LINE_CHARS, MAX_SEGMENT_CODE
+
+try:  # isal inflates about 3x faster than the standard library (as in the validator)
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _InflateError
+except ImportError:  # pragma: no cover - depends on the environment
+    _gzip = gzip
+    _InflateError = zlib.error
+UNREADABLE_STREAM = (OSError, EOFError, zlib.error, _InflateError)
 
 FORMATS = {
     ".csv": "csv",
@@ -38,40 +58,66 @@ FORMATS = {
 }
 MOBILE_DEVICE_TYPES = ("idfa", "gaid", "ctv", "mobile")  # S2S-MOB: Mobile: 1
 COOKIE_DEVICE_TYPES = ("", "cookie")
-WHITESPACE_OR_COLON = " \t\n\r\v\f:"  # what would break a row's layout (S2S-FMT)
+# What a user ID and a hashed segment code may contain: printable ASCII without the space and
+# ':' that lay out a row (S2S-FMT), so no control character, no Unicode space or format
+# character can reach a file (RE2 ranges: ! to 9, ; to ~).
+TOKEN_CHARS = "[!-9;-~]+"
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 # DuckDB needs roughly this much memory per loaded row to group it (measured on the
 # benchmark's export); it sizes the user buckets so each merge fits the memory budget.
 MERGE_BYTES_PER_ROW = 240
+# DuckDB's longest line (its max_line_size default); a longer line is quarantined.
+MAX_LINE_BYTES = 2_000_000
+MAX_OVERLONG_LINES = 10_000  # past this many, a file is no export
+# A CSV header is looked for in the first MiB: past it the file is no export (or a gzip bomb).
+MAX_HEADER_BYTES = 2**20
+# Four bytes that never occur in an export's text: CSV and JSONL lines are read whole.
+LINE_DELIMITER = "\x1e\x1f\x1e\x1f"
+LINE_END = re.compile(rb"[\r\n]")
+# CSV fields of one line (RFC 4180 quoting, `""` inside quotes), in RE2 syntax.
+CSV_FIELD = '"(?:[^"]|"")*"|[^,"]*'
+CSV_LINE = f"(?:{CSV_FIELD})(?:,(?:{CSV_FIELD}))*"
 
 # Quarantine reasons: fixed texts so their counts add up; the rule name where one applies.
 MISSING_USER = "missing user_id"
-BAD_USER = "user_id contains whitespace or ':' (S2S-FMT)"
+BAD_USER = "user_id has a character other than printable ASCII, or a space or ':' (S2S-FMT)"
 UNKNOWN_DEVICE = "unknown device_type"
 MISSING_SEGMENT = "missing segment"
 SEGMENT_NOT_32BIT = "segment is not a 32-bit integer and its taxonomy is not hashed (S2S-SEG)"
-BAD_HASHED_SEGMENT = "segment contains whitespace or ':' (S2S-FMT)"
+BAD_HASHED_SEGMENT = (
+    "segment has a character other than printable ASCII, or a space or ':' (S2S-FMT)"
+)
 BAD_TIMESTAMP = "timestamp is not an integer (S2S-TS)"
 TIMESTAMP_RANGE = "timestamp is not -1, 0 or Unix seconds (S2S-TS)"
+LINE_TOO_LONG = (
+    f"user_id and load do not fit on one line of fewer than {MAX_LINE_CHARS + 1:,} "
+    f"characters (S2S-LINE)"
+)
 CLIENT_NOTHING_LEFT = "client name has no letters or digits (S2S-NAME)"
+CLIENT_TOO_LONG = f"client name has more than {MAX_NAME_PART_CHARS} letters and digits (S2S-NAME)"
 CLIENT_COLLISION = "client name sanitises to the same file name as another client (S2S-NAME)"
 INVALID_JSON = "line is not a JSON object"
 UNDECODABLE = "undecodable bytes (not UTF-8)"
-MALFORMED_CSV = "malformed CSV row"
+MALFORMED_QUOTES = "malformed CSV row: a quote is not closed, or text follows a closing quote"
+FIELD_COUNT = "malformed CSV row: not as many fields as the header has"
+OVERLONG_LINE = f"line is longer than {MAX_LINE_BYTES:,} bytes (a corrupt file, or a gzip bomb)"
+UNREADABLE_LINE = "line could not be read"
 
 
 @dataclass(frozen=True)
 class FileIssue:
-    """A whole file that could not be used."""
+    """A whole file that could not be used; `blocks_batch` when it may hold data we lost."""
 
     file: str
     message: str
+    blocks_batch: bool = True
 
 
 @dataclass
 class ReadReport:
     batch: str
-    files: dict[str, dict[str, int]]  # file -> {"rows": n, "quarantined": n}
+    # file -> {"rows": seen, "accepted": n, "quarantined": n}; rows = accepted + quarantined
+    files: dict[str, dict[str, int]]
     file_issues: list[FileIssue]
     rows_read: int
     rows_accepted: int
@@ -83,17 +129,73 @@ class ReadReport:
     quarantine_path: Path
     quarantine_preview: list[dict[str, object]] = field(default_factory=list)
 
+    @property
+    def complete(self) -> bool:
+        """Every file's data was read: no file that may hold rows was left out."""
+        return not any(issue.blocks_batch for issue in self.file_issues)
 
-def batch_files(batch_dir: Path) -> list[Path]:
-    """The data files of a batch; markers and hidden files (`_SUCCESS`, `.x`) are not data."""
-    return sorted(
-        p for p in batch_dir.rglob("*") if p.is_file() and not p.name.startswith(("_", "."))
-    )
+
+def _is_data_name(name: str) -> bool:
+    return not name.startswith(("_", "."))
+
+
+def batch_files(batch_dir: Path) -> tuple[list[Path], list[FileIssue]]:
+    """The data files of a batch, and the entries refused by name.
+
+    Markers and hidden files (`_SUCCESS`, `.x`) are not data. Links are never followed (they
+    could lead out of the batch, to files the export never held), nor is anything that is not
+    a regular file or a folder opened.
+    """
+    files: list[Path] = []
+    refused: list[FileIssue] = []
+    for root, dirs, names in os.walk(batch_dir, followlinks=False):
+        folder = Path(root)
+        for name in sorted(dirs):
+            if (folder / name).is_symlink():
+                rel = (folder / name).relative_to(batch_dir).as_posix()
+                refused.append(
+                    FileIssue(rel, "refused: a link to a folder (links are not followed)")
+                )
+        dirs[:] = sorted(d for d in dirs if not (folder / d).is_symlink())
+        for name in names:
+            path = folder / name
+            if not _is_data_name(name):
+                continue
+            mode = path.lstat().st_mode
+            rel = path.relative_to(batch_dir).as_posix()
+            if stat.S_ISLNK(mode):
+                target = os.readlink(path)
+                refused.append(
+                    FileIssue(rel, f"refused: a link to {target} (links are not followed)")
+                )
+            elif not stat.S_ISREG(mode):
+                refused.append(FileIssue(rel, "refused: not a regular file"))
+            else:
+                files.append(path)
+    return sorted(files), sorted(refused, key=lambda i: i.file)
 
 
 def file_format(path: Path) -> str | None:
     name = path.name.lower()
     return next((fmt for suffix, fmt in FORMATS.items() if name.endswith(suffix)), None)
+
+
+def _is_gzip(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[str]:
+    """A name DuckDB can open the file by: its descriptor, opened here without following a
+    link (so a link swapped in after listing is refused too), and free of glob characters
+    (DuckDB expands `*`, `?` and `[` in a path)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unusable("refused: not a regular file")
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -> ReadReport:
@@ -109,25 +211,35 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
     loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
     loads_dir.mkdir(parents=True)
     parts_dir.mkdir()
-    files = batch_files(batch_dir)
+    files, issues = batch_files(batch_dir)
     budget = max(settings.memory_budget_bytes // 2, 64 * 2**20)
     buckets = max(1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget))
     con = open_duckdb(":memory:", settings, out_dir / "spill")
     try:
         con.execute(REJECTED_TABLE)
-        issues: list[FileIssue] = []
-        rows_by_file: dict[str, int] = {}
+        seen: dict[str, tuple[int, int]] = {}  # file -> (rows seen, rows accepted)
+        cr_files: dict[str, Path] = {}
         for index, path in enumerate(files):
             rel = path.relative_to(batch_dir).as_posix()
-            issue, rows_by_file[rel] = _read_file(con, path, rel, index, settings, buckets, out_dir)
+            issue, seen[rel] = _read_file(
+                con, path, rel, index, settings, buckets, out_dir, cr_files
+            )
             if issue:
-                issues.append(FileIssue(rel, issue))
+                issues.append(issue)
         collisions = _client_collisions(con, loads_dir)
         if collisions:
-            usable = {rel: batch_dir / rel for rel, rows in rows_by_file.items() if rows}
-            _quarantine_collisions(con, usable, settings, loads_dir, parts_dir, collisions)
+            usable = {rel: batch_dir / rel for rel, (rows, _) in seen.items() if rows}
+            moved = _quarantine_collisions(con, usable, settings, loads_dir, parts_dir, collisions)
+            seen = {rel: (rows, ok - moved.get(rel, 0)) for rel, (rows, ok) in seen.items()}
         report = _write_outputs(
-            con, batch_dir.name, out_dir, issues, collisions, buckets, rows_by_file
+            con,
+            batch_dir.name,
+            out_dir,
+            sorted(issues, key=lambda i: i.file),
+            collisions,
+            buckets,
+            seen,
+            cr_files,
         )
     finally:
         con.close()
@@ -135,15 +247,14 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
     return report
 
 
-# Rows DuckDB's readers rejected (undecodable bytes, malformed CSV), per file.
+# Lines DuckDB's line reader rejected (undecodable bytes, overlong), per file, with their bytes.
 REJECTED_TABLE = """
-CREATE TABLE rejected (source_file VARCHAR, line BIGINT, reason VARCHAR, raw_user_id VARCHAR);
-CREATE TABLE skipped_lines (source_file VARCHAR, line BIGINT)"""
+CREATE TABLE rejected (source_file VARCHAR, line BIGINT, reason VARCHAR, raw BLOB)"""
 QUARANTINE = "quarantine"  # the partition value of rows that cannot be used
 QUARANTINE_JSON = (
     '{"file": "VARCHAR", "line": "BIGINT", "reason": "VARCHAR", '
     '"user_id": "VARCHAR", "segment": "VARCHAR", "timestamp": "VARCHAR", '
-    '"client": "VARCHAR", "device_type": "VARCHAR"}'
+    '"client": "VARCHAR", "device_type": "VARCHAR", "raw": "VARCHAR"}'
 )
 
 
@@ -155,73 +266,208 @@ def _estimated_rows(path: Path) -> int:
         except (OSError, pa.ArrowException):
             return 0
     size = path.stat().st_size
-    return size * (5 if path.name.lower().endswith(".gz") else 1) // 40
+    return size * (5 if _is_gzip(path) else 1) // 40
 
 
-def _source_columns(con: duckdb.DuckDBPyConnection, scan: str) -> list[str]:
-    return [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
+def _source_columns(con: duckdb.DuckDBPyConnection, scan: str) -> dict[str, str]:
+    """Column name -> DuckDB type."""
+    return {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
 
 
 class _Unusable(Exception):
     """A file that cannot be used at all; the message says why."""
 
+    def __init__(self, message: str, blocks_batch: bool = True) -> None:
+        super().__init__(message)
+        self.blocks_batch = blocks_batch
+
+
+def _open_text_stream(name: str, gz: bool):
+    return _gzip.open(name, "rb") if gz else open(name, "rb")
+
+
+def _measure_lines(name: str, gz: bool) -> tuple[list[int], bool]:
+    """The lines longer than MAX_LINE_BYTES, and whether the file holds a CR at all.
+
+    Lines are counted as DuckDB's line reader counts them: every CR and every LF ends one (so
+    CR LF is a line and an empty line). DuckDB rejects a long line up to some tens of MB but
+    drops a longer one without a word (measured: 64 MiB, with or without gzip), so every CSV
+    and JSONL file is streamed here, in chunks smaller than the limit.
+    """
+    found: list[int] = []
+    line, run, has_cr = 1, 0, False  # the current line and its bytes so far
+    with _open_text_stream(name, gz) as stream:
+        while chunk := stream.read(2**20):
+            has_cr = has_cr or b"\r" in chunk
+            ends = [i for i in (chunk.find(b"\n"), chunk.find(b"\r") if has_cr else -1) if i >= 0]
+            if not ends:
+                run += len(chunk)
+                continue
+            if run + min(ends) > MAX_LINE_BYTES:
+                found.append(line)
+            # Lines wholly inside the chunk are shorter than the chunk, so within the limit.
+            line += chunk.count(b"\n") + (chunk.count(b"\r") if has_cr else 0)
+            run = len(chunk) - max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) - 1
+            if len(found) > MAX_OVERLONG_LINES:
+                raise _Unusable(
+                    f"cannot be read: more than {MAX_OVERLONG_LINES:,} lines are longer than "
+                    f"{MAX_LINE_BYTES:,} bytes (not an export, or a gzip bomb)"
+                )
+    if run > MAX_LINE_BYTES:
+        found.append(line)
+    return found, has_cr
+
+
+def _first_bytes(name: str, gz: bool) -> bytes:
+    """The file's first MAX_HEADER_BYTES (decompressed), to name what is wrong in its terms."""
+    try:
+        with _open_text_stream(name, gz) as stream:
+            return stream.read(MAX_HEADER_BYTES)
+    except UNREADABLE_STREAM as exc:
+        raise _Unusable(f"cannot be read: corrupt or truncated gzip ({_first_line(exc)})") from exc
+
+
+def _csv_header(name: str, gz: bool) -> list[str]:
+    """The CSV header's column names, read here so that a bad header is named as such."""
+    head = _first_bytes(name, gz)
+    if not head:
+        raise _Unusable("file is empty (the gzip holds no data)", blocks_batch=False)
+    line, newline, _ = head.partition(b"\n")
+    if not newline and len(head) == MAX_HEADER_BYTES:
+        raise _Unusable(
+            f"cannot be read: no line end in the first {MAX_HEADER_BYTES:,} bytes, so no CSV "
+            f"header (a corrupt file, or a gzip bomb)"
+        )
+    try:
+        text = line.rstrip(b"\r").decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _Unusable("cannot be read: the header line is not UTF-8") from exc
+    try:
+        return [c.strip() for c in next(csv.reader([text]))] if text.strip() else []
+    except csv.Error as exc:
+        raise _Unusable(f"cannot be read: malformed header line ({exc})") from exc
+
+
+def _line_scan(name: str, gz: bool, rejects: str) -> str:
+    """Every physical line as one text column; rejected lines (not UTF-8) go to `rejects`."""
+    return (
+        f"read_csv({sql_string(name)}, columns={{'line': 'VARCHAR'}}, header=false, "
+        f"auto_detect=false, delim={sql_string(LINE_DELIMITER)}, quote='', escape='', "
+        f"new_line='\\n', strict_mode=false, max_line_size={MAX_LINE_BYTES}, "
+        f"compression='{'gzip' if gz else 'none'}', store_rejects=true, "
+        f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')"
+    )
+
+
+def _check_columns(available: list[str], settings: BuildSettings) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if settings.source_column(c) not in available]
+    if missing:
+        raise _Unusable(_missing_columns_message(missing, settings, available))
+    for c in INPUT_COLUMNS:
+        if available.count(settings.source_column(c)) > 1:
+            raise _Unusable(
+                f"the file names column {settings.source_column(c)!r} more than once: which "
+                f"one holds the data is ambiguous"
+            )
+
 
 def _file_source(
-    con: duckdb.DuckDBPyConnection, path: Path, settings: BuildSettings, rejects: str
+    con: duckdb.DuckDBPyConnection, name: str, path: Path, settings: BuildSettings, rejects: str
 ) -> str:
-    """SQL yielding the file's rows as text columns (INPUT_COLUMNS), its line, and bad_json.
+    """SQL yielding the file's rows as text columns (INPUT_COLUMNS), its line, bad_row (a
+    reason when the row cannot even be split into columns) and raw (its line, base64).
 
-    Lines DuckDB's CSV reader rejects (undecodable bytes, malformed rows) go to `rejects`.
+    `name` is what DuckDB opens (see _opened); lines DuckDB rejects go to `rejects`.
     """
     fmt = file_format(path)
     if fmt is None:
         raise _Unusable(f"unsupported file type (expected one of: {', '.join(FORMATS)})")
-    if path.stat().st_size == 0:
-        raise _Unusable("file is empty (0 bytes)")
-    quoted = sql_string(str(path))
+    if os.stat(name).st_size == 0:  # the opened file, not whatever the path names now
+        raise _Unusable("file is empty (0 bytes)", blocks_batch=False)
+    gz = _is_gzip(path)
     if fmt == "jsonl":
-        scan = (
-            f"read_csv({quoted}, columns={{'line': 'VARCHAR'}}, header=false, "
-            f"delim='\\x1e', quote='', escape='', store_rejects=true, "
-            f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')"
-        )
-        # A line that is not JSON shows up whole (cut) in the quarantine's user_id column.
+        if gz and not _first_bytes(name, gz):
+            raise _Unusable("file is empty (the gzip holds no data)", blocks_batch=False)
         extract = ", ".join(
             f"CASE WHEN json_valid(j) THEN json_extract_string(j, "
-            f"{sql_string('$.' + _json_key(settings.source_column(c)))}) "
-            f"{'ELSE left(j, 200) ' if c == 'user_id' else ''}END AS {c}"
+            f"{sql_string('$.' + _json_key(settings.source_column(c)))}) END AS {c}"
             for c in INPUT_COLUMNS
         )
         return (
-            f"SELECT ordinality AS line, {extract}, "
-            f"CASE WHEN json_valid(j) THEN json_type(j) <> 'OBJECT' ELSE true END "
-            f"AS bad_json "
-            f"FROM (SELECT ordinality, line AS j FROM {scan} WITH ORDINALITY) "
-            f"WHERE j IS NOT NULL AND trim(j) <> ''"
+            f"SELECT line, {extract}, "
+            f"CASE WHEN NOT json_valid(j) OR json_type(j) <> 'OBJECT' THEN '{INVALID_JSON}' END "
+            f"AS bad_row, to_base64(encode(raw)) AS raw "
+            f"FROM (SELECT ordinality AS line, line AS raw, line AS j "
+            f"      FROM {_line_scan(name, gz, rejects)} WITH ORDINALITY) "
+            f"WHERE j IS NOT NULL AND trim(j, ' ' || chr(9)) <> ''"
         )
     if fmt == "csv":
-        scan = (
-            f"read_csv({quoted}, all_varchar=true, header=true, delim=',', quote='\"', "
-            f"escape='\"', store_rejects=true, rejects_table='{rejects}', "
-            f"rejects_scan='{rejects}_scan')"
+        header = _csv_header(name, gz)
+        _check_columns(header, settings)
+        field_of = {
+            c: header.index(settings.source_column(c)) + 1
+            for c in INPUT_COLUMNS
+            if settings.source_column(c) in header
+        }
+        select = ", ".join(
+            f"nullif(f[{field_of[c]}], '') AS {c}" if c in field_of else f"NULL AS {c}"
+            for c in INPUT_COLUMNS
         )
-        line, order = "ordinality + 1", " WITH ORDINALITY"
-    else:
-        scan = f"read_parquet({quoted}, file_row_number=true)"
-        line, order = "file_row_number + 1", ""
+        # A line without quotes is split on commas (the common case, fast), as is one whose only
+        # quoted fields are empty (`""`, what many writers put for an empty string) once they
+        # are emptied; any other is split by the RFC 4180 pattern (50x slower) and unquoted.
+        # The simple split is computed for each column that uses it (DuckDB inlines it), so
+        # it stays scalar.
+        return f"""
+SELECT line, {select},
+       CASE WHEN f IS NULL THEN '{_sq(MALFORMED_QUOTES)}'
+            WHEN len(f) <> {len(header)} THEN '{_sq(FIELD_COUNT)}' END AS bad_row,
+       to_base64(encode(raw)) AS raw
+FROM (SELECT line, raw,
+             CASE WHEN plain IS NOT NULL THEN string_split(plain, ',')
+                  WHEN regexp_full_match(j, {sql_string(CSV_LINE)}) THEN list_transform(
+                      regexp_extract_all(j, {sql_string(f"(?:^|,)({CSV_FIELD})")}, 1),
+                      lambda x: CASE WHEN starts_with(x, '"')
+                                     THEN replace(x[2:-2], '""', '"') ELSE x END)
+             END AS f
+      FROM (SELECT line, raw, j,
+                   CASE WHEN NOT contains(j, '"') THEN j
+                        WHEN NOT contains(e, '"') THEN e[2:-2] END AS plain
+            FROM (SELECT line, raw, j,
+                         replace(replace(',' || j || ',', ',"",', ',,'), ',"",', ',,') AS e
+                  FROM (SELECT ordinality AS line, line AS raw, line AS j
+                        FROM {_line_scan(name, gz, rejects)} WITH ORDINALITY)))
+      WHERE line > 1 AND j IS NOT NULL AND trim(j, ' ' || chr(9)) <> '')"""
+    scan = f"read_parquet({sql_string(name)}, file_row_number=true)"
     columns = _source_columns(con, scan)
-    missing = [c for c in REQUIRED_COLUMNS if settings.source_column(c) not in columns]
-    if missing:
-        raise _Unusable(_missing_columns_message(missing, settings))
+    _check_columns(list(columns), settings)
+    present = [c for c in INPUT_COLUMNS if settings.source_column(c) in columns]
+    blobs = [c for c in present if columns[settings.source_column(c)] == "BLOB"]
+    # BINARY columns hold bytes: decoded as UTF-8, or the row is quarantined with its bytes
+    # (never the escaped text DuckDB would cast them to).
     select = ", ".join(
         (
-            f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
-            if settings.source_column(c) in columns
+            f"try(decode({_ident(settings.source_column(c))})) AS {c}"
+            if c in blobs
+            else f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
+            if c in present
             else f"NULL AS {c}"
         )
         for c in INPUT_COLUMNS
     )
-    return f"SELECT {line} AS line, {select}, false AS bad_json FROM {scan}{order}"
+    undecodable = [
+        f"WHEN {_ident(settings.source_column(c))} IS NOT NULL "
+        f"AND try(decode({_ident(settings.source_column(c))})) IS NULL "
+        f"THEN to_base64({_ident(settings.source_column(c))})"
+        for c in blobs
+    ]
+    raw = f"CASE {' '.join(undecodable)} END" if blobs else "NULL"
+    return (
+        # Our own columns are named apart from any the file may have (`line`, `raw`).
+        f"SELECT mm__line AS line, {select}, CASE WHEN mm__raw IS NOT NULL THEN "
+        f"'{_sq(UNDECODABLE)}' END AS bad_row, mm__raw AS raw "
+        f"FROM (SELECT file_row_number + 1 AS mm__line, *, {raw} AS mm__raw FROM {scan})"
+    )
 
 
 def _read_file(
@@ -232,59 +478,82 @@ def _read_file(
     settings: BuildSettings,
     buckets: int,
     out_dir: Path,
-) -> tuple[str | None, int]:
+    cr_files: dict[str, Path],
+) -> tuple[FileIssue | None, tuple[int, int]]:
     """Check one file's rows into the user buckets and the quarantine, in one streaming pass.
 
-    Returns a message when the file cannot be used at all (then nothing of it is kept), and
-    the rows read.
+    Returns the problem when the file cannot be used at all (then nothing of it is kept), and
+    (rows seen, rows accepted). A file holding a CR is noted in `cr_files`.
     """
     rejects = f"rejects_{index}"
     scratch = out_dir / f"reading_{index}"
     fmt = file_format(path)
     try:
-        source = _file_source(con, path, settings, rejects)
-        # Written aside first: a file that fails half-way (corrupt gzip) leaves nothing behind.
-        # Uncompressed: these files live minutes, and compressing them cost 20 % of the read.
-        rows = con.execute(
-            f"COPY ({_normalise_sql(source, buckets)}) TO {sql_string(str(scratch))} "
-            f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION uncompressed, "
-            f"WRITE_PARTITION_COLUMNS false, FILENAME_PATTERN 'file{index}_{{i}}')",
-            [rel, _hashed(settings), []],
-        ).fetchone()[0]
-        if fmt != "parquet":
-            rows += _record_rejects(con, rejects, rel)
-        if fmt == "csv":
-            _record_blank_lines(con, sql_string(str(path)), rel)
+        with _opened(path) as name:
+            source = _file_source(con, name, path, settings, rejects)
+            # Written aside first: a file that fails half-way (corrupt gzip) leaves nothing.
+            # Uncompressed: these files live minutes, and compressing them cost 20 % of the read.
+            rows = con.execute(
+                f"COPY ({_normalise_sql(source, buckets)}) TO {sql_string(str(scratch))} "
+                f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION uncompressed, "
+                f"WRITE_PARTITION_COLUMNS false, FILENAME_PATTERN 'file{index}_{{i}}')",
+                [rel, _hashed(settings), []],
+            ).fetchone()[0]
+            if fmt != "parquet":
+                rejected, has_cr = _record_rejects(con, rejects, rel, name, _is_gzip(path))
+                rows += rejected
+                if has_cr:
+                    cr_files[rel] = path
     except _Unusable as unusable:
-        return str(unusable), 0
-    except duckdb.Error as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return FileIssue(rel, str(unusable), unusable.blocks_batch), (0, 0)
+    except (duckdb.Error, *UNREADABLE_STREAM) as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         con.execute("DELETE FROM rejected WHERE source_file = ?", [rel])
-        return f"cannot be read: {_first_line(exc)}", 0
+        return FileIssue(rel, f"cannot be read: {_explain(exc, path)}"), (0, 0)
+    accepted = 0
     for part in scratch.glob("bucket=*/*.parquet"):
-        target = out_dir / (
-            "quarantine_parts"
-            if part.parent.name == f"bucket={QUARANTINE}"
-            else f"loads/{part.parent.name}"
-        )
+        if part.parent.name == f"bucket={QUARANTINE}":
+            target = out_dir / "quarantine_parts"
+        else:
+            target = out_dir / f"loads/{part.parent.name}"
+            accepted += pq.ParquetFile(part).metadata.num_rows
         target.mkdir(exist_ok=True)
         part.rename(target / part.name)
-    shutil.rmtree(scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
     if rows == 0:
-        return "file is empty (no data rows)", 0
-    return None, rows
+        return FileIssue(rel, "file is empty (no data rows)", blocks_batch=False), (0, 0)
+    return None, (rows, accepted)
+
+
+def _explain(exc: Exception, path: Path) -> str:
+    """DuckDB's or zlib's error in the user's terms."""
+    text = _first_line(exc)
+    lower = str(exc).lower()
+    if _is_gzip(path) and any(w in lower for w in ("gzip", "zlib", "inflate", "compressed")):
+        return f"corrupt or truncated gzip ({text})"
+    if file_format(path) == "parquet":
+        return f"not a readable Parquet file ({text})"
+    return text
 
 
 def _hashed(settings: BuildSettings) -> list[str]:
     return sorted(t.lower() for t in settings.hashed_taxonomies)
 
 
-def _missing_columns_message(missing: list[str], settings: BuildSettings) -> str:
-    names = ", ".join(
-        c if settings.source_column(c) == c else f"{c} (mapped to {settings.source_column(c)!r})"
-        for c in missing
-    )
-    return f"missing required column(s): {names}"
+def _missing_columns_message(
+    missing: list[str], settings: BuildSettings, available: list[str]
+) -> str:
+    by_lower = {a.lower(): a for a in available}
+    parts = []
+    for c in missing:
+        source = settings.source_column(c)
+        text = c if source == c else f"{c} (mapped to {source!r})"
+        if source.lower() in by_lower:
+            text += f" (the file has {by_lower[source.lower()]!r}: names are case-sensitive)"
+        parts.append(text)
+    found = ", ".join(repr(a) for a in available[:20]) or "none"
+    return f"missing required column(s): {', '.join(parts)}; columns found: {found}"
 
 
 def _ident(name: str) -> str:
@@ -296,7 +565,8 @@ def _json_key(name: str) -> str:
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:300]
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _normalise_sql(source: str, buckets: int) -> str:
@@ -309,7 +579,7 @@ def _normalise_sql(source: str, buckets: int) -> str:
     """
     return f"""
 WITH t AS (
-    SELECT line, bad_json,
+    SELECT line, bad_row, raw,
            trim(user_id) AS u, trim(segment) AS s,
            coalesce(nullif(trim(timestamp), ''), '0') AS tr,
            coalesce(trim(client), '') AS c, lower(coalesce(trim(device_type), '')) AS d,
@@ -326,18 +596,22 @@ WITH t AS (
     FROM v
 ), checked AS (
     SELECT *, CASE
-        WHEN bad_json THEN '{INVALID_JSON}'
+        WHEN bad_row IS NOT NULL THEN bad_row
         WHEN u IS NULL OR u = '' THEN '{MISSING_USER}'
-        WHEN {_contains_any("u", WHITESPACE_OR_COLON)} THEN '{_sq(BAD_USER)}'
+        WHEN NOT regexp_full_match(u, '{TOKEN_CHARS}') THEN '{_sq(BAD_USER)}'
         WHEN d NOT IN {MOBILE_DEVICE_TYPES + COOKIE_DEVICE_TYPES} THEN '{UNKNOWN_DEVICE}'
         WHEN s IS NULL OR s = '' THEN '{MISSING_SEGMENT}'
         WHEN NOT hashed AND NOT (regexp_full_match(s, '[0-9]{{1,10}}')
              AND TRY_CAST(s AS BIGINT) <= {MAX_SEGMENT_CODE}) THEN '{SEGMENT_NOT_32BIT}'
-        WHEN hashed AND {_contains_any("s", WHITESPACE_OR_COLON)}
+        WHEN hashed AND NOT regexp_full_match(s, '{TOKEN_CHARS}')
              THEN '{_sq(BAD_HASHED_SEGMENT)}'
         WHEN ts IS NULL OR NOT regexp_full_match(tr, '-?[0-9]+') THEN '{BAD_TIMESTAMP}'
         WHEN ts < -1 OR ts > {MAX_TIMESTAMP} THEN '{TIMESTAMP_RANGE}'
+        -- S2S-LINE: `USER SEGMENT:TS` must fit on one line, or it can never be written.
+        WHEN length(u) + length(CASE WHEN hashed THEN s ELSE ltrim(s, '0') END)
+             + length(CAST(ts AS VARCHAR)) + 2 > {MAX_LINE_CHARS} THEN '{_sq(LINE_TOO_LONG)}'
         WHEN c <> '' AND agency = '' THEN '{CLIENT_NOTHING_LEFT}'
+        WHEN length(agency) > {MAX_NAME_PART_CHARS} THEN '{_sq(CLIENT_TOO_LONG)}'
         WHEN list_contains($3, lower(agency)) THEN '{_sq(CLIENT_COLLISION)}'
     END AS reason
     FROM r
@@ -356,57 +630,108 @@ SELECT CASE WHEN reason IS NULL THEN CAST(hash(agency, mobile, user_id) % {bucke
        -- One column, NULL on good rows: six mostly-NULL columns cost 25 % of the write.
        CASE WHEN reason IS NOT NULL THEN json_object(
            'file', $1, 'line', line, 'reason', reason, 'user_id', r_u, 'segment', r_s,
-           'timestamp', r_t, 'client', r_c, 'device_type', r_d) END AS quarantine
+           'timestamp', r_t, 'client', r_c, 'device_type', r_d, 'raw', raw) END AS quarantine
 FROM normalised"""
-
-
-def _contains_any(column: str, chars: str) -> str:
-    """SQL true when `column` holds any of `chars` (4x faster than a regex class in DuckDB)."""
-    return "(" + " OR ".join(f"contains({column}, chr({ord(c)}))" for c in chars) + ")"
 
 
 def _sq(text: str) -> str:
     return text.replace("'", "''")
 
 
-def _record_rejects(con: duckdb.DuckDBPyConnection, rejects: str, rel: str) -> int:
-    """Keep the lines DuckDB's reader rejected (undecodable bytes, malformed CSV) for quarantine.
-
-    Returns how many lines were rejected.
-    """
-    count = con.execute(
-        f"""
-        INSERT INTO rejected
-        SELECT ?, line,
-               CASE any_value(error_type) WHEN 'INVALID ENCODING' THEN '{_sq(UNDECODABLE)}'
-                    ELSE '{MALFORMED_CSV}: ' || lower(any_value(error_type)) END,
-               left(any_value(csv_line), 200)
-        FROM {rejects} GROUP BY line""",
-        [rel],
-    ).fetchone()[0]
-    con.execute(f"DROP TABLE {rejects}")
-    return count
+REJECT_REASONS = {"INVALID ENCODING": UNDECODABLE, "LINE SIZE OVER MAXIMUM": OVERLONG_LINE}
+RAW_BATCH_ROWS = 10_000  # rejected lines are copied into DuckDB this many at a time
 
 
-def _record_blank_lines(con: duckdb.DuckDBPyConnection, quoted_path: str, rel: str) -> None:
-    """DuckDB's CSV reader skips blank lines: note them so line numbers stay physical.
-
-    Read as Latin-1, where every byte is a character, so undecodable lines count too.
-    """
-    con.execute(
-        f"""
-        INSERT INTO skipped_lines
-        SELECT ?, ordinality FROM read_csv({quoted_path}, columns={{'line': 'VARCHAR'}},
-                                          header=false, delim='\\x1e', quote='', escape='',
-                                          encoding='latin-1') WITH ORDINALITY
-        WHERE line IS NULL OR trim(line) = ''""",
-        [rel],
+def _record_rejects(
+    con: duckdb.DuckDBPyConnection, rejects: str, rel: str, name: str, gz: bool
+) -> tuple[int, bool]:
+    """Quarantine the lines DuckDB's line reader rejected (undecodable bytes, overlong lines),
+    each with its exact bytes, read again from the file here (DuckDB's copy of a rejected line
+    replaces what it cannot decode). Returns how many lines were rejected."""
+    reasons = dict(
+        con.execute(f"SELECT line, any_value(error_type) FROM {rejects} GROUP BY line").fetchall()
     )
+    con.execute(f"DROP TABLE {rejects}")
+    overlong, has_cr = _measure_lines(name, gz)
+    for line in overlong:
+        reasons.setdefault(line, "LINE SIZE OVER MAXIMUM")
+    batch: list[tuple[int, bytes]] = []
+
+    def flush() -> None:
+        lines = pa.table(
+            {
+                "line": pa.array([n for n, _ in batch], pa.int64()),
+                "reason": [REJECT_REASONS.get(reasons[n], UNREADABLE_LINE) for n, _ in batch],
+                "raw": pa.array([raw for _, raw in batch], pa.binary()),
+            }
+        )
+        con.register("rejected_lines", lines)
+        con.execute("INSERT INTO rejected SELECT ?, line, reason, raw FROM rejected_lines", [rel])
+        con.unregister("rejected_lines")
+        batch.clear()
+
+    for item in _physical_lines(name, gz, sorted(reasons)):
+        batch.append(item)
+        if len(batch) == RAW_BATCH_ROWS:
+            flush()
+    if batch:
+        flush()
+    return len(reasons), has_cr
+
+
+def _line_pieces(name: str, gz: bool) -> Iterator[tuple[bytes, int, int, bytes]]:
+    """(chunk, start, stop, end) of every line piece, in order: `end` is the line end that
+    closes the piece (CR or LF), or b"" when the line goes on in the next chunk (or the file
+    ends). Lines end at every CR and every LF, as DuckDB's line reader ends them."""
+    with _open_text_stream(name, gz) as stream:
+        while chunk := stream.read(4 * 2**20):
+            pos = 0
+            for match in LINE_END.finditer(chunk):
+                yield chunk, pos, match.start(), match.group()
+                pos = match.end()
+            yield chunk, pos, len(chunk), b""
+
+
+def _physical_lines(name: str, gz: bool, wanted: list[int]) -> Iterator[tuple[int, bytes]]:
+    """The bytes of the wanted (1-based, sorted) lines, streamed: at most MAX_LINE_BYTES of a
+    line are kept."""
+    i, line, partial = 0, 1, bytearray()
+    for chunk, start, stop, end in _line_pieces(name, gz):
+        if i == len(wanted):
+            return
+        if line == wanted[i]:
+            partial += chunk[start:stop][: MAX_LINE_BYTES - len(partial)]
+        if end:
+            if line == wanted[i]:
+                yield line, bytes(partial)
+                partial.clear()
+                i += 1
+            line += 1
+    if i < len(wanted) and wanted[i] == line:
+        yield line, bytes(partial)
+
+
+def _user_line_numbers(name: str, gz: bool, wanted: list[int]) -> dict[int, int]:
+    """DuckDB's line numbers (CR and LF each end a line) -> the file's lines (LF ends one)."""
+    found: dict[int, int] = {}
+    i, line, user_line = 0, 1, 1
+    for _, _, _, end in _line_pieces(name, gz):
+        if i == len(wanted):
+            break
+        if end:
+            if line == wanted[i]:
+                found[line] = user_line
+                i += 1
+            line += 1
+            user_line += end == b"\n"
+    if i < len(wanted) and wanted[i] == line:
+        found[line] = user_line
+    return found
 
 
 def _parquet_glob(folder: Path) -> str | None:
     """A read_parquet pattern for a folder's files, or None when it holds none."""
-    return sql_string(str(folder / "**" / "*.parquet")) if any(folder.rglob("*.parquet")) else None
+    return sql_glob(folder, "**/*.parquet") if any(folder.rglob("*.parquet")) else None
 
 
 def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[str, list[str]]:
@@ -427,22 +752,26 @@ def _quarantine_collisions(
     loads_dir: Path,
     parts_dir: Path,
     collisions: dict[str, list[str]],
-) -> None:
+) -> dict[str, int]:
     """Move the rows of colliding clients from their buckets to the quarantine (rare path).
 
     The buckets keep no file or line, so the files are read again for the quarantine rows.
+    Returns the rows moved, per file.
     """
     keys = list(collisions)
+    moved: dict[str, int] = {}
     for index, (rel, path) in enumerate(files.items()):
         rejects = f"rescan_{index}"
-        source = _file_source(con, path, settings, rejects)
-        con.execute(
-            f"""
-            COPY (SELECT quarantine FROM ({_normalise_sql(source, 1)})
-                  WHERE quarantine->>'reason' = '{_sq(CLIENT_COLLISION)}')
-            TO {sql_string(str(parts_dir / f"collisions_{index}.parquet"))} (FORMAT parquet)""",
-            [rel, _hashed(settings), keys],
-        )
+        with _opened(path) as name:
+            source = _file_source(con, name, path, settings, rejects)
+            moved[rel] = con.execute(
+                f"""
+                COPY (SELECT quarantine FROM ({_normalise_sql(source, 1)})
+                      WHERE quarantine->>'reason' = '{_sq(CLIENT_COLLISION)}')
+                TO {sql_string(str(parts_dir / f"collisions_{index}.parquet"))}
+                (FORMAT parquet)""",
+                [rel, _hashed(settings), keys],
+            ).fetchone()[0]
         if file_format(path) != "parquet":
             con.execute(f"DROP TABLE IF EXISTS {rejects}")
     for bucket in sorted(loads_dir.glob("bucket=*")):
@@ -450,7 +779,7 @@ def _quarantine_collisions(
         kept.mkdir()
         con.execute(
             f"""
-            COPY (SELECT * FROM read_parquet({sql_string(str(bucket / "*.parquet"))})
+            COPY (SELECT * FROM read_parquet({sql_glob(bucket, "*.parquet")})
                   WHERE NOT list_contains(?, lower(agency)))
             TO {sql_string(str(kept / "kept.parquet"))} (FORMAT parquet, COMPRESSION uncompressed)
             """,
@@ -458,6 +787,35 @@ def _quarantine_collisions(
         )
         shutil.rmtree(bucket)
         kept.rename(bucket)
+    return moved
+
+
+def _number_lines_as_the_file_does(
+    con: duckdb.DuckDBPyConnection, cr_files: dict[str, Path]
+) -> None:
+    """In a file holding CRs, DuckDB's line numbers count CR LF as two line ends: give the
+    quarantine the file's own line numbers (LF ends a line; rare path, the file is read again).
+    """
+    for rel, path in cr_files.items():
+        lines = [
+            n
+            for (n,) in con.execute(
+                "SELECT DISTINCT line FROM quarantine WHERE file = ? ORDER BY line", [rel]
+            ).fetchall()
+        ]
+        if not lines:
+            continue
+        with _opened(path) as name:
+            mapping = _user_line_numbers(name, _is_gzip(path), lines)
+        con.register(
+            "line_numbers", pa.table({"duck": list(mapping), "user": list(mapping.values())})
+        )
+        con.execute(
+            "UPDATE quarantine SET line = n.user FROM line_numbers n "
+            "WHERE quarantine.file = ? AND quarantine.line = n.duck",
+            [rel],
+        )
+        con.unregister("line_numbers")
 
 
 def _write_outputs(
@@ -467,13 +825,14 @@ def _write_outputs(
     issues: list[FileIssue],
     collisions: dict[str, list[str]],
     buckets: int,
-    rows_by_file: dict[str, int],
+    seen: dict[str, tuple[int, int]],
+    cr_files: dict[str, Path],
 ) -> ReadReport:
     loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
     for bucket in range(buckets):  # every bucket exists, possibly empty: the merge relies on it
         (loads_dir / f"bucket={bucket}").mkdir(exist_ok=True)
     parts = _parquet_glob(parts_dir)
-    # A rejected or blank line is left out of the scan, so a row's ordinal undercounts its line
+    # A rejected line is left out of the scan, so a row's ordinal undercounts its line
     # by the skipped lines before it: the j-th skipped line r_j (0-based j) shifts every row
     # whose uncorrected line is at least r_j - j.
     from_parts = (
@@ -481,9 +840,10 @@ def _write_outputs(
         SELECT p.file,
                p.line + (SELECT count(*) FROM shift s
                          WHERE s.source_file = p.file AND s.threshold <= p.line) AS line,
-               p.reason, p.user_id, p.segment, p.timestamp, p.client, p.device_type
+               p.reason, p.user_id, p.segment, p.timestamp, p.client, p.device_type,
+               from_base64(p.raw) AS raw
         FROM (SELECT q.file, CAST(q.line AS BIGINT) AS line, q.reason, q.user_id, q.segment,
-                     q.timestamp, q.client, q.device_type
+                     q.timestamp, q.client, q.device_type, q.raw
               FROM (SELECT json_transform(quarantine, '{QUARANTINE_JSON}') AS q
                     FROM read_parquet({parts}))) p
         UNION ALL"""
@@ -492,18 +852,18 @@ def _write_outputs(
     )
     con.execute(f"""
         CREATE TABLE quarantine AS
-        WITH skipped AS (SELECT source_file, line FROM rejected
-                         UNION SELECT source_file, line FROM skipped_lines),
+        WITH skipped AS (SELECT source_file, line FROM rejected),
         shift AS (
             SELECT source_file,
                    line - (row_number() OVER (PARTITION BY source_file ORDER BY line) - 1)
                    AS threshold
             FROM skipped)
         {from_parts}
-        SELECT source_file AS file, line, reason, raw_user_id AS user_id,
+        SELECT source_file AS file, line, reason, NULL::VARCHAR AS user_id,
                NULL::VARCHAR AS segment, NULL::VARCHAR AS timestamp, NULL::VARCHAR AS client,
-               NULL::VARCHAR AS device_type
+               NULL::VARCHAR AS device_type, raw
         FROM rejected""")
+    _number_lines_as_the_file_does(con, cr_files)
     quarantine_path = out_dir / "quarantine.parquet"
     con.execute(
         f"COPY (SELECT * FROM quarantine ORDER BY file, line) "
@@ -527,12 +887,16 @@ def _write_outputs(
     return ReadReport(
         batch=batch,
         files={
-            name: {"rows": rows, "quarantined": quarantined_by_file.get(name, 0)}
-            for name, rows in rows_by_file.items()
+            name: {
+                "rows": rows,
+                "accepted": ok,
+                "quarantined": quarantined_by_file.get(name, 0),
+            }
+            for name, (rows, ok) in seen.items()
             if rows
         },
         file_issues=issues,
-        rows_read=accepted + quarantined,
+        rows_read=sum(rows for rows, _ in seen.values()),
         rows_accepted=accepted,
         rows_quarantined=quarantined,
         quarantine_reasons=dict(reasons.most_common()),

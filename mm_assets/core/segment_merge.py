@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mm_assets.core.build_settings import BuildSettings
-from mm_assets.core.duckdb_session import open_duckdb, sql_string
+from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, split_user_line
 
 GLOBAL_KEY = "_global"  # the taxonomy folder of global data; `_` cannot start an agency name
@@ -91,7 +91,7 @@ def merge_segment_loads(loads_dir: Path, out_dir: Path, settings: BuildSettings)
 
 
 def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file) -> None:
-    files = sql_string(str(bucket / "*.parquet"))
+    files = sql_glob(bucket, "*.parquet")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE kept AS
         SELECT agency, mobile, user_id, segment,

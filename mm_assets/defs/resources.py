@@ -48,6 +48,11 @@ class S2sFileSettings(dg.ConfigurableResource):
     memory_budget: str = "1GiB"
     column_map: str = ""  # e.g. "user_id=uid,segment=seg_code"
     gzip_level: str = "4"
+    # "true": a batch with an unreadable file is built anyway (batch_is_complete only warns)
+    accept_partial_batches: str = "false"
+
+    def accepts_partial_batches(self) -> bool:
+        return is_true(self.accept_partial_batches)
 
     def build_settings(self) -> BuildSettings:
         return BuildSettings(
@@ -86,4 +91,5 @@ def default_s2s_file_settings() -> S2sFileSettings:
         memory_budget=setting("MM_ASSETS_MEMORY_BUDGET", "1GiB"),
         column_map=setting("MM_ASSETS_COLUMN_MAP", ""),
         gzip_level=setting("MM_ASSETS_GZIP_LEVEL", "4"),
+        accept_partial_batches=setting("MM_ACCEPT_PARTIAL_BATCHES", "false"),
     )

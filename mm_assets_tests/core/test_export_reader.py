@@ -80,12 +80,13 @@ def test_bad_row_is_quarantined_with_file_line_reason_and_good_rows_pass(tmp_pat
             "timestamp": bad[2] or None,
             "client": bad[3] or None,
             "device_type": bad[4] or None,
+            "raw": csv_bytes([bad]).splitlines()[1],
         }
     ]
     assert users_accepted(report) == {"good-1", "good-2"}
     assert (report.rows_read, report.rows_accepted, report.rows_quarantined) == (3, 2, 1)
     assert report.quarantine_reasons == {reason: 1}
-    assert report.files == {"part.csv": {"rows": 3, "quarantined": 1}}
+    assert report.files == {"part.csv": {"rows": 3, "accepted": 2, "quarantined": 1}}
     assert report.file_issues == []
 
 
@@ -237,7 +238,7 @@ def test_undecodable_bytes_quarantined_at_their_physical_line_later_lines_keep_t
         ("p.csv", 8, er.SEGMENT_NOT_32BIT),
     ]
     assert users_accepted(report) == {"good-1", "good-2", "good-3"}
-    assert report.files == {"p.csv": {"rows": 7, "quarantined": 4}}
+    assert report.files == {"p.csv": {"rows": 7, "accepted": 3, "quarantined": 4}}
 
 
 def test_undecodable_bytes_in_csv_gz_are_quarantined_too(tmp_path):
@@ -318,7 +319,7 @@ def test_unusable_file_is_reported_by_name_and_other_files_are_read(tmp_path, ca
     assert [issue.file for issue in report.file_issues] == [name]
     assert message in report.file_issues[0].message
     assert users_accepted(report) == {"good-1", "good-2"}
-    assert report.files == {"good.csv": {"rows": 2, "quarantined": 0}}
+    assert report.files == {"good.csv": {"rows": 2, "accepted": 2, "quarantined": 0}}
     assert (report.rows_read, report.rows_accepted, report.rows_quarantined) == (2, 2, 0)
 
 

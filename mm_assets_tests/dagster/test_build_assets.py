@@ -158,6 +158,7 @@ EXPECTED_ASSETS = {
     "upload_receipts": {"deps": {"s2s_files"}, "group": "delivery"},
 }
 EXPECTED_CHECKS = {
+    ("raw_audiences", "batch_is_complete"),
     ("s2s_files", "files_conform_to_s2s_spec"),
     ("s2s_files", "outbox_matches_manifest"),
     ("upload_receipts", "every_file_has_a_receipt"),

@@ -47,7 +47,8 @@ def raw_audiences(
             "rows_accepted": report.rows_accepted,
             "rows_quarantined": report.rows_quarantined,
             "quarantine_reasons": report.quarantine_reasons,
-            "file_issues": [[i.file, i.message] for i in report.file_issues],
+            # [file, problem, whether it makes the batch incomplete]
+            "file_issues": [[i.file, i.message, i.blocks_batch] for i in report.file_issues],
             "files": report.files,
         },
     )
@@ -60,6 +61,7 @@ def raw_audiences(
             "rows_quarantined": report.rows_quarantined,
             "files_read": len(report.files),
             "files_unusable": len(report.file_issues),
+            "files_unreadable": sum(i.blocks_batch for i in report.file_issues),
             "quarantine_reasons": dg.MetadataValue.md(
                 md_table(["reason", "rows"], list(report.quarantine_reasons.items()))
             ),
@@ -74,17 +76,24 @@ def raw_audiences(
                         "timestamp",
                         "client",
                         "device_type",
+                        "raw",
                     ],
                     [list(r.values()) for r in report.quarantine_preview],
                 )
             ),
             "unusable_files": dg.MetadataValue.md(
-                md_table(["file", "problem"], [[i.file, i.message] for i in report.file_issues])
+                md_table(
+                    ["file", "problem", "batch incomplete"],
+                    [[i.file, i.message, i.blocks_batch] for i in report.file_issues],
+                )
             ),
             "files": dg.MetadataValue.md(
                 md_table(
-                    ["file", "rows", "quarantined"],
-                    [[name, f["rows"], f["quarantined"]] for name, f in report.files.items()],
+                    ["file", "rows seen", "accepted", "quarantined"],
+                    [
+                        [name, f["rows"], f["accepted"], f["quarantined"]]
+                        for name, f in report.files.items()
+                    ],
                 )
             ),
             "client_name_collisions": dg.MetadataValue.json(report.client_collisions),
