@@ -93,8 +93,9 @@ class LocalPostgres:
         self.stop()
 
     def url(self, database: str = "postgres") -> str:
-        """The SQLAlchemy URL of a database on this server (psycopg2, the `[postgres]` driver)."""
-        return f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{self.port}/{database}"
+        """The SQLAlchemy URL of a database on this server (`postgresql://`: psycopg 3, the
+        `[postgres]` extra's driver, as a user writes it)."""
+        return f"postgresql://{DB_USER}@127.0.0.1:{self.port}/{database}"
 
     def new_database(self) -> str:
         """Create an empty database (one per test keeps tests apart) and return its URL."""
