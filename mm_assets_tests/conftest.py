@@ -9,18 +9,22 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.export_reader import ReadReport, read_export_batch
 from mm_assets.core.s2s_writer import BuiltFile, write_s2s_files
 from mm_assets.core.segment_merge import MergeReport, merge_segment_loads
+from mm_assets.delivery.ledger import sqlite_url
+from mm_assets_tests.postgres.server import LocalPostgres, postgres_bin_dir
 
 FIELDS = ("user_id", "segment", "timestamp", "client", "device_type")
 CSV_HEADER = ",".join(FIELDS) + "\n"
@@ -140,3 +144,31 @@ def parse_s2s(path: Path) -> S2sFile:
 
 def s2s_files_in(outbox: Path) -> list[Path]:
     return sorted(outbox.glob("*.log.gz"))
+
+
+# -- databases: the same ledger / status-store tests on SQLite and on a real PostgreSQL ----------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server for the session (Debian's binaries, temp folder, ephemeral port).
+
+    Skipped only off root without the binaries; as root (CI) they must be there:
+    `scripts/test.sh` installs Debian's `postgresql`.
+    """
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        if os.geteuid() == 0:
+            pytest.fail("PostgreSQL is not installed; scripts/test.sh installs it (as root)")
+        pytest.skip("PostgreSQL binaries not installed (scripts/test.sh installs them as root)")
+    with LocalPostgres(bin_dir) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty ledger database: a SQLite file, or a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "state" / "ledger.sqlite")
+    server: LocalPostgres = request.getfixturevalue("postgres_server")
+    return server.new_database()

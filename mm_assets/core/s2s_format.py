@@ -1,6 +1,6 @@
 """The MediaMath S2S audience file format: header, names and line layout.
 
-Rules implemented here are named after `shared/spec/README.md`: S2S-HDR (header lines and their
+Rules implemented here are named as in `docs/rules.md`: S2S-HDR (header lines and their
 order), S2S-NAME (file names), S2S-LINE / S2S-EFF (one line per user, continued only when a line
 of fewer than 8,000 characters cannot hold every load), S2S-SEG (32-bit segment codes).
 """

@@ -1,7 +1,7 @@
 """Independent validator for built MediaMath S2S audience files (``*.log.gz``).
 
 It re-reads a finished file and reports every violation of the S2S rules numbered in
-``shared/spec/README.md`` (S2S-FMT, S2S-HDR, S2S-SEG, S2S-TS, S2S-LINE, S2S-EFF, S2S-MOB,
+``docs/rules.md`` (S2S-FMT, S2S-HDR, S2S-SEG, S2S-TS, S2S-LINE, S2S-EFF, S2S-MOB,
 S2S-NAME, S2S-QUOTA).
 
 It deliberately imports nothing from the rest of ``mm_assets`` and defines its own constants:

@@ -28,7 +28,7 @@ from mm_assets.clients.transport import (
 )
 from mm_assets.core.quota import QuotaLimits
 from mm_assets.delivery.deliver import Status, deliver_batch
-from mm_assets.delivery.ledger import AlreadyTracked, Ledger, sqlite_url
+from mm_assets.delivery.ledger import AlreadyTracked, Ledger
 
 T0 = datetime(2025, 3, 15, 10, 20, tzinfo=UTC)
 BATCH = "batch_20250315"
@@ -97,8 +97,9 @@ def make_files(
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger(tmp_path / "state" / "ledger.sqlite") as opened:
+def ledger(database_url: str) -> Iterator[Ledger]:
+    """The ledger on SQLite and on PostgreSQL (`database_url` is parametrized)."""
+    with Ledger(database_url) as opened:
         yield opened
 
 
@@ -404,13 +405,14 @@ def test_dry_run_touches_nothing(tmp_path: Path, ledger: Ledger, sftp: FolderTra
 # -- persistence and concurrency -----------------------------------------------------------
 
 
-def test_ledger_survives_reopening(tmp_path: Path, sftp: FolderTransport) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_ledger_survives_reopening(
+    tmp_path: Path, database_url: str, sftp: FolderTransport
+) -> None:
     files = make_files(tmp_path / "outbox", 2)
-    with Ledger(path) as first:
+    with Ledger(database_url) as first:
         deliver_batch(files[:1], BATCH, sftp, first, QuotaLimits(), now=Clock(T0))
         first.reserve(files[1], BATCH, "sftp", T0, QuotaLimits(), run_id="dead")
-    with Ledger(sqlite_url(path)) as reopened:
+    with Ledger(database_url) as reopened:
         receipt = reopened.receipt(files[0].name)
         assert receipt is not None and receipt.uploaded_at == T0
         assert receipt.uploaded_at.tzinfo is not None
@@ -432,8 +434,8 @@ def _reserve_many(url: str, go: object, prefix: str, count: int) -> None:
     ledger.close()
 
 
-def test_concurrent_processes_never_exceed_the_hour_quota(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "shared.sqlite")
+def test_concurrent_processes_never_exceed_the_hour_quota(database_url: str) -> None:
+    url = database_url
     Ledger(url).close()  # schema first, so the race is about the quota alone
     ctx = multiprocessing.get_context("spawn")
     go = ctx.Barrier(2)  # both start reserving at the same moment

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -205,36 +205,49 @@ class StatusStore:
                 conn.execute(status_table.insert().values(**status._row()))
                 return status
             if known.status is FileState.NOT_DELIVERED and uploaded_at is not None:
-                known = replace(
-                    known,
-                    status=FileState.PENDING,
-                    uploaded_at=uploaded_at,
-                    deadline_at=deadline_at,
-                    transport=transport,
-                    bytes=nbytes,
-                    next_check_at=uploaded_at,
+                # Conditional, so a row another writer moved on since our read is left alone.
+                c = status_table.c
+                conn.execute(
+                    status_table.update()
+                    .where(c.file_name == file_name, c.status == str(FileState.NOT_DELIVERED))
+                    .values(
+                        status=str(FileState.PENDING),
+                        uploaded_at=uploaded_at,
+                        deadline_at=deadline_at,
+                        transport=transport,
+                        bytes=nbytes,
+                        next_check_at=uploaded_at,
+                    )
                 )
-                self._put(conn, known)
+                known = self._get(conn, file_name) or known
             return known
-
-    @staticmethod
-    def _put(conn: Connection, status: FileStatus) -> None:
-        row = status._row()
-        conn.execute(
-            status_table.update().where(status_table.c.file_name == status.file_name).values(**row)
-        )
 
     def save(self, status: FileStatus) -> None:
         """Write a row back after a poll; a final verdict is never overwritten by a later,
-        weaker one (two pollers racing cannot turn `accepted` back into `pending`)."""
-        with self._tx() as conn:
-            known = self._get(conn, status.file_name)
-            if known is None:
-                conn.execute(status_table.insert().values(**status._row()))
-            elif known.final and not status.final:
-                return
-            else:
-                self._put(conn, status)
+        weaker one (two pollers racing cannot turn `accepted` back into `pending`).
+
+        The rule is the UPDATE's own WHERE clause, so the database checks it against the row
+        as it is when written, not as it was read: a writer that waited for another's commit
+        re-checks the committed row (Postgres re-evaluates the condition; SQLite runs the
+        statement under its write lock). No read-then-write window on any backend.
+        """
+        row = status._row()
+        c = status_table.c
+        update = status_table.update().where(c.file_name == status.file_name).values(**row)
+        if not status.final:
+            update = update.where(c.status.not_in([str(s) for s in FINAL_STATES]))
+        try:
+            with self._tx() as conn:
+                if conn.execute(update).rowcount:
+                    return
+                if self._get(conn, status.file_name) is not None:
+                    return  # a final verdict stands
+                conn.execute(status_table.insert().values(**row))
+        except IntegrityError:
+            # Another writer inserted the row after our update found none: the conditional
+            # update now decides against theirs.
+            with self._tx() as conn:
+                conn.execute(update)
 
     def batch(self, batch: str) -> list[FileStatus]:
         """Every row of the batch, oldest attempt first."""
