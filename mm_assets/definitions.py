@@ -16,6 +16,16 @@ from mm_assets.defs.processing_log.sensors import processing_log_poller
 from mm_assets.defs.resources import default_batch_storage, default_s2s_file_settings
 from mm_assets.defs.s2s_build import assets, checks, jobs
 
+# Declarative automation: requests `upload_receipts` for a batch once its new build passed the
+# blocking checks (`DELIVERY_CONDITION`). On by default: delivery itself is gated.
+automation = dg.AutomationConditionSensorDefinition(
+    "delivery_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Delivers each batch's new build once its blocking checks passed.",
+)
+
 
 def build_definitions(export_dir: str | None = None) -> dg.Definitions:
     return dg.Definitions(
@@ -35,6 +45,7 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
         jobs=[jobs.build_s2s_files_job, delivery_sensors.deliver_s2s_files_job],
         sensors=[
             moloco_export_batches,
+            automation,
             delivery_sensors.deferred_deliveries,
             processing_log_poller,
         ],

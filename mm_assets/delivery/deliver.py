@@ -10,15 +10,18 @@ Per file, in order:
      `needs_attention`;
    - the drop does not hold it, and the row belongs to another run that started less than
      `stale_in_flight_after` ago: `in_progress` (that run may still be uploading);
-   - the drop does not hold it over "cft": objects stay in the bucket, so it never landed:
-     abandon the row and send the file again;
-   - the drop does not hold it over "sftp": MediaMath moves files away once it has read
-     them, so "absent" cannot tell "never landed" from "landed and taken". The file is
+   - the drop does not hold it and the transport's delivered files stay visible (CFT:
+     objects stay in the bucket), so it never landed: abandon the row and send it again;
+   - the drop does not hold it and delivered files do not stay (SFTP: MediaMath moves them
+     away once it has read them), so "absent" cannot tell "never landed" from "landed and
+     taken". The file is
      `needs_attention`, never re-sent blindly. The ledger does not record the instant the
      upload began, so there is no "nothing was written yet" exception: resolve by hand (see
      the message) or from the processing log (S2S-LOG).
    A reconciled receipt records the file name as its remote path: `remote_size` gives none.
-3. Otherwise reserve it in the ledger: `deferred` (with `not_before`) or `refused` when the
+3. A file the build's checks did not approve (`not_approved`, from
+   `mm_assets/delivery/gate.py`) is `not_approved` and never reserved or sent.
+4. Otherwise reserve it in the ledger: `deferred` (with `not_before`) or `refused` when the
    quota says so, else upload it.
 
 Upload error contract: the transports write a temporary name and rename it, so an upload
@@ -26,7 +29,10 @@ that raises has not written the final name. The in-flight row is then abandoned 
 is `failed` (no receipt, sent again next run). As a guard against a rename that succeeded
 just before the connection died, the drop is probed first: a file there at full size gets
 its receipt instead. `AuthenticationFailed` and `HostKeyRejected` stop the batch (the rest are
-`not_attempted`): every other file would fail the same way. An exception that is not a
+`not_attempted`): every other file would fail the same way, so they are never retried. With a
+`retry_policy`, a file failed by a retryable `DeliveryError` gets a `not_before` (bounded
+backoff, `mm_assets/delivery/retries.py`) until it has failed `max_attempts` runs, then it is
+`needs_attention`. An exception that is not a
 `DeliveryError` leaves the in-flight row in place, so the next run reconciles it.
 """
 
@@ -49,6 +55,7 @@ from mm_assets.clients.transport import (
 )
 from mm_assets.core.quota import Action, QuotaLimits, QuotaUsage, as_utc, decide
 from mm_assets.delivery.ledger import AlreadyTracked, InFlight, Ledger, Receipt
+from mm_assets.delivery.retries import RetryBook, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class Status(StrEnum):
     NEEDS_ATTENTION = "needs_attention"
     IN_PROGRESS = "in_progress"
     NOT_ATTEMPTED = "not_attempted"
+    NOT_APPROVED = "not_approved"  # the build's checks did not approve these bytes
     DRY_RUN = "dry_run"
 
 
@@ -90,6 +98,7 @@ class DeliveryEntry:
     uploaded_at: datetime | None = None
     not_before: datetime | None = None
     message: str = ""
+    retryable: bool = False  # failed for a transient reason: worth another run
 
     def to_row(self) -> dict[str, str | int | None]:
         return {
@@ -248,7 +257,7 @@ def _reconcile(
             transport.name,
             f"{since}; that run may still be uploading it; the next run checks again",
         )
-    if transport.name == "cft":
+    if transport.delivered_files_stay_visible:
         # CFT objects stay in the bucket, so absent means the upload never completed.
         ledger.abandon(file.name)
         logger.info("%s: %s, not in the bucket; sending again", file.name, since)
@@ -292,7 +301,8 @@ def _upload(
             file,
             Status.FAILED,
             transport.name,
-            f"{type(exc).__name__}: {exc}; not delivered, the next run sends it again",
+            f"{type(exc).__name__}: {exc}; not delivered",
+            retryable=exc.retryable,
         )
     except Exception as exc:  # unknown outcome: keep the row so the next run reconciles
         logger.exception("unexpected error uploading %s", file.name)
@@ -329,20 +339,26 @@ def deliver_batch(
     run_id: str = "",
     dry_run: bool = False,
     stale_in_flight_after: timedelta = DEFAULT_STALE_IN_FLIGHT_AFTER,
+    not_approved: dict[str, str] | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> DeliveryReport:
     """Deliver `files` of `batch` over `transport`, each at most once (see module docstring).
 
     `run_id` tells this run's in-flight rows from other runs' (pass the Dagster run id).
     `dry_run` touches neither the ledger nor the transport: files that would be sent are
     reported `dry_run`, the quota decisions are simulated on the current usage.
+    `not_approved`: {file name: reason} of files the build's checks did not approve; they
+    are reported `not_approved` and never sent. `retry_policy`: schedule retries of files
+    that failed for a transient reason (see the module docstring).
     """
+    not_approved = not_approved or {}
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise ValueError("the batch lists the same file name more than once")
     # The transport's own limit may be stricter (binary vs decimal GB, CFT-PUT).
     limits = replace(limits, max_file_bytes=min(limits.max_file_bytes, transport.max_file_bytes))
     if dry_run:
-        return _dry_run(files, batch, transport, ledger, limits, now())
+        return _dry_run(files, batch, transport, ledger, limits, now(), not_approved)
 
     entries: dict[str, DeliveryEntry] = {}
     to_send: list[OutgoingFile] = []
@@ -373,6 +389,9 @@ def deliver_batch(
     # Pass 2: reserve and upload, in the batch's order.
     if stopped is None:
         for file in to_send:
+            if file.name in not_approved:
+                entries[file.name] = _refused_by_gate(file, transport, not_approved)
+                continue
             try:
                 entries[file.name] = _reserve_and_send(
                     file, batch, transport, ledger, limits, now, run_id
@@ -390,11 +409,47 @@ def deliver_batch(
                     transport.name,
                     f"batch stopped: {stopped.name} failed with {stopped.message}",
                 )
+    if retry_policy is not None:
+        book = RetryBook(ledger)
+        for name, entry in entries.items():
+            entries[name] = _schedule_retry(entry, batch, book, retry_policy, now())
     return DeliveryReport(
         batch=batch,
         transport=transport.name,
         entries=[entries[f.name] for f in files],
         usage=ledger.usage(now(), limits),
+    )
+
+
+def _refused_by_gate(
+    file: OutgoingFile, transport: Transport, not_approved: dict[str, str]
+) -> DeliveryEntry:
+    return _entry(file, Status.NOT_APPROVED, transport.name, not_approved[file.name])
+
+
+def _schedule_retry(
+    entry: DeliveryEntry, batch: str, book: RetryBook, policy: RetryPolicy, at: datetime
+) -> DeliveryEntry:
+    """A transient failure gets its next try (or, out of tries, a person); a delivery
+    clears the count."""
+    if entry.status in (Status.DELIVERED, Status.RECONCILED):
+        book.cleared(entry.name)
+        return entry
+    if entry.status is not Status.FAILED or not entry.retryable:
+        return entry
+    state = book.failed(entry.name, batch, entry.message, at, policy)
+    if state.next_attempt_at is None:
+        return replace(
+            entry,
+            status=Status.NEEDS_ATTENTION,
+            message=f"{entry.message}; failed {state.failures} runs in a row, not retried "
+            f"again: fix the cause and run the delivery",
+        )
+    return replace(
+        entry,
+        not_before=state.next_attempt_at,
+        message=f"{entry.message}; retry {state.failures + 1} of {policy.max_attempts} "
+        f"after {state.next_attempt_at.isoformat()}",
     )
 
 
@@ -440,6 +495,7 @@ def _dry_run(
     ledger: Ledger,
     limits: QuotaLimits,
     at: datetime,
+    not_approved: dict[str, str],
 ) -> DeliveryReport:
     current = ledger.usage(at, limits)
     used_files, used_bytes = current.files_this_hour, current.bytes_today
@@ -460,6 +516,9 @@ def _dry_run(
                     f"first and sends it only if it provably never landed",
                 )
             )
+            continue
+        if file.name in not_approved:
+            entries.append(_refused_by_gate(file, transport, not_approved))
             continue
         decision = decide(file.size, at, used_files, used_bytes, limits)
         if decision.action is Action.DEFER:

@@ -185,6 +185,10 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
     assert {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys} == (
         EXPECTED_CHECKS
     )
+    # Per-batch verdicts: every check is partitioned like its asset.
+    for check_key in graph.asset_check_keys:
+        spec = graph.get_check_spec(check_key)
+        assert spec.partitions_def == export_batches, check_key
     build_job = defs.resolve_job_def("build_s2s_files")
     assert build_job.partitions_def == export_batches
     assert {k.to_user_string() for k in build_job.asset_layer.executable_asset_keys} == {
@@ -195,6 +199,7 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
     }
     assert {s.name for s in repo.sensor_defs} == {
         "moloco_export_batches",
+        "delivery_automation",
         "deferred_deliveries",
         "processing_log_poller",
     }
