@@ -179,6 +179,7 @@ def tick(
     result = processing_log_poller(context)
     assert isinstance(result, dg.SensorResult)
     for event in result.asset_events:
+        assert event.partition == BATCH  # the verdict belongs to its export batch
         instance.report_runless_asset_event(event)
     return result
 

@@ -100,6 +100,9 @@ class SftpDelivery(MediaMathDelivery):
     remote_dir: str = "."
     known_hosts: str = ""
     host_key: str = ""
+    # Tries within one upload (fresh connection each); the run-level retries come on top.
+    connect_attempts: int = 5
+    backoff_seconds: float = 1.0
 
     def transport_label(self) -> str:
         return "sftp"
@@ -113,6 +116,8 @@ class SftpDelivery(MediaMathDelivery):
             remote_dir=self.remote_dir,
             known_hosts=Path(self.known_hosts) if self.known_hosts else None,
             host_key=self.host_key or None,
+            max_attempts=self.connect_attempts,
+            backoff_base_seconds=self.backoff_seconds,
         )
 
 
