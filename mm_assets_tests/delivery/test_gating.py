@@ -13,8 +13,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +33,10 @@ from mm_assets_tests.delivery.test_delivery_assets import (
     BUILD_ASSETS,
     BUILD_CHECKS,
     S2S_SETTINGS,
-    SAMPLE_BATCH,
     SAMPLE_FILES,
-    SFTP_PASSWORD,
     materialize_delivery,
-    new_instance,
     receipt_check,
     receipts_metadata,
-    sftp_delivery,
 )
 
 
@@ -90,57 +84,6 @@ def break_header_and_manifest(storage: BatchStorage, name: str) -> None:
 
 def delivered_names(server: SandboxSftpServer) -> set[str]:
     return {p.name for p in Path(server.root_dir).rglob("*.log.gz")}
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("gated")
-    shutil.copytree(SAMPLE_BATCH, root / "export" / BATCH)
-    storage = BatchStorage(
-        export_dir=str(root / "export"),
-        work_dir=str(root / "work"),
-        outbox_dir=str(root / "outbox"),
-    )
-    with new_instance(root / "dagster") as instance:
-        instance.add_dynamic_partitions(export_batches.name, [BATCH])
-        result = dg.materialize(
-            [*BUILD_ASSETS, *BUILD_CHECKS],
-            selection=BUILD_ASSETS[1:],
-            partition_key=BATCH,
-            instance=instance,
-            resources=build_resources(storage),
-        )
-        assert result.success
-    return root
-
-
-@pytest.fixture
-def storage(built: Path, tmp_path: Path) -> BatchStorage:
-    shutil.copytree(built / "outbox" / BATCH, tmp_path / "outbox" / BATCH)
-    shutil.copytree(built / "work", tmp_path / "work")
-    return BatchStorage(
-        export_dir=str(built / "export"),
-        work_dir=str(tmp_path / "work"),
-        outbox_dir=str(tmp_path / "outbox"),
-    )
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[Any]:
-    with new_instance(tmp_path / "dagster") as opened:
-        opened.add_dynamic_partitions(export_batches.name, [BATCH])
-        yield opened
-
-
-@pytest.fixture
-def sftp_server(tmp_path: Path) -> Iterator[SandboxSftpServer]:
-    with SandboxSftpServer(tmp_path / "drop", password=SFTP_PASSWORD) as server:
-        yield server
-
-
-@pytest.fixture
-def delivery(sftp_server: SandboxSftpServer, tmp_path: Path) -> SftpDelivery:
-    return sftp_delivery(sftp_server, tmp_path / "known_hosts", tmp_path / "ledger.sqlite")
 
 
 def test_a_file_changed_in_the_outbox_after_its_checks_is_refused_and_the_rest_delivered(
