@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mm_assets.defs.alerts.sensors import (
+    alert_on_failed_checks,
+    alert_on_run_failure,
+    default_alert_webhook,
+)
 from mm_assets.defs.delivery import assets as delivery_assets
 from mm_assets.defs.delivery import sensors as delivery_sensors
 from mm_assets.defs.delivery.resources import default_delivery
@@ -48,6 +53,8 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             automation,
             delivery_sensors.deferred_deliveries,
             processing_log_poller,
+            alert_on_failed_checks,
+            alert_on_run_failure,
         ],
         resources={
             "storage": default_batch_storage(export_dir),
@@ -55,6 +62,7 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             "delivery": default_delivery(),
             "processing_log": default_processing_log(),
             "moloco_source": default_moloco_source(),
+            "alerts": default_alert_webhook(),
         },
     )
 

@@ -202,4 +202,6 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
         "delivery_automation",
         "deferred_deliveries",
         "processing_log_poller",
+        "alert_on_failed_checks",
+        "alert_on_run_failure",
     }
