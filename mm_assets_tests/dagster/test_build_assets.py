@@ -123,6 +123,13 @@ def test_cli_build_returns_0_on_the_sample_and_fills_the_outbox(cli_env, sample_
     files = sorted((cli_env / "outbox" / BATCH).glob("*.log.gz"))
     assert files
     assert main(["validate", *map(str, files)]) == 0
+    # An ordinary run of the code location (on the UI's timeline, re-executable), not an
+    # in-process one: it carries the workspace's origin.
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs()
+    assert run.job_name == "build_s2s_files" and run.tags["dagster/partition"] == BATCH
+    assert run.remote_job_origin is not None
+    assert run.remote_job_origin.location_name == "mm_assets.definitions:defs"
 
 
 def test_cli_build_of_a_missing_folder_returns_2(cli_env):
