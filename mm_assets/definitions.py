@@ -15,6 +15,10 @@ from mm_assets.defs.delivery.resources import default_delivery
 from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.moloco_source.resources import default_moloco_source
 from mm_assets.defs.moloco_source.sensors import moloco_export_batches
+from mm_assets.defs.moloco_source.transfer import (
+    moloco_export_discovery,
+    moloco_export_discovery_schedule,
+)
 from mm_assets.defs.processing_log.checks import every_file_accepted_by_mediamath
 from mm_assets.defs.processing_log.resources import default_processing_log
 from mm_assets.defs.processing_log.sensors import processing_log_poller
@@ -47,7 +51,12 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             delivery_assets.every_file_has_a_receipt,
             every_file_accepted_by_mediamath,
         ],
-        jobs=[jobs.build_s2s_files_job, delivery_sensors.deliver_s2s_files_job],
+        jobs=[
+            jobs.build_s2s_files_job,
+            delivery_sensors.deliver_s2s_files_job,
+            moloco_export_discovery,
+        ],
+        schedules=[moloco_export_discovery_schedule],
         sensors=[
             moloco_export_batches,
             automation,
