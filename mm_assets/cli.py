@@ -34,7 +34,9 @@ def _run(job_name: str, batch: str):
     """Launch one job run for one batch partition in the code location, and wait for it."""
     from mm_assets.defs.launch import launch_and_wait
 
-    outcome = launch_and_wait(_instance(), job_name, batch)
+    # The terminal shows the summary below; the run's own events are in the UI.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    outcome = launch_and_wait(_instance(), job_name, batch, run_config=quiet)
     print(f"batch {batch}  (run {outcome.run_id})")
     return outcome
 

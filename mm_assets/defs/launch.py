@@ -43,9 +43,13 @@ class RunOutcome:
 
 
 def launch_and_wait(
-    instance: dg.DagsterInstance, job_name: str, batch: str, tags: Mapping[str, str] | None = None
+    instance: dg.DagsterInstance,
+    job_name: str,
+    batch: str,
+    tags: Mapping[str, str] | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
-    """Submit one partition run of `job_name` and wait until it has finished."""
+    """Launch one partition run of `job_name` and wait until it has finished."""
     instance.add_dynamic_partitions(export_batches.name, [batch])
     opts = WorkspaceOpts(workspace=(str(WORKSPACE),))
     with get_workspace_from_cli_opts(instance, dagster_version, opts) as workspace:
@@ -57,7 +61,7 @@ def launch_and_wait(
             code_location=location,
             remote_repo=repo,
             remote_job=remote_job,
-            run_config={},
+            run_config=dict(run_config or {}),
             tags={"dagster/partition": batch, **(tags or {})},
             op_selection=None,
             run_id=None,
