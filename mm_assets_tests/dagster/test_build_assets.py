@@ -17,7 +17,7 @@ from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets, checks
-from mm_assets.defs.settings import SAMPLE_EXPORT_DIR
+from mm_assets.defs.settings import PROJECT_ROOT, SAMPLE_EXPORT_DIR
 
 SAMPLE_BATCH = SAMPLE_EXPORT_DIR / "batch_20261120"
 BATCH = SAMPLE_BATCH.name
@@ -130,6 +130,26 @@ def test_cli_build_returns_0_on_the_sample_and_fills_the_outbox(cli_env, sample_
     assert run.job_name == "build_s2s_files" and run.tags["dagster/partition"] == BATCH
     assert run.remote_job_origin is not None
     assert run.remote_job_origin.location_name == "mm_assets.definitions:defs"
+    # ... and the UI sees it so: GraphQL reads its repository origin back.
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    query = (
+        "{ runsOrError { ... on Runs { results { runId "
+        "repositoryOrigin { repositoryLocationName } } } } }"
+    )
+    workspace = WorkspaceFileTarget([str(PROJECT_ROOT / "workspace.yaml")])
+    with (
+        dg.DagsterInstance.get() as instance,
+        WorkspaceProcessContext(instance, workspace) as process,
+    ):
+        data = execute_dagster_graphql(process.create_request_context(), query).data
+    [seen] = data["runsOrError"]["results"]
+    assert seen == {
+        "runId": run.run_id,
+        "repositoryOrigin": {"repositoryLocationName": "mm_assets.definitions:defs"},
+    }
 
 
 def test_cli_build_of_a_missing_folder_returns_2(cli_env):
