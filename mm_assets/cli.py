@@ -1,10 +1,12 @@
 """The `mm-assets` command.
 
-mm-assets build BATCH_DIR     materialise raw_audiences -> merged_segment_loads -> s2s_files
-                              for one batch folder through Dagster, print a summary
+mm-assets build BATCH_DIR     launch a run of build_s2s_files (raw_audiences ->
+                              merged_segment_loads -> s2s_files) for one batch folder in the
+                              code location, wait for it, print a summary
 mm-assets validate FILE...    check built S2S files against every S2S-* rule
-mm-assets deliver BATCH       materialise upload_receipts: send the built files (quotas,
-                              receipts, exactly once) and print what happened
+mm-assets deliver BATCH       launch a run of deliver_s2s_files (upload_receipts): send the
+                              built files the checks approved (quotas, receipts, exactly
+                              once) and print what happened
 mm-assets attention [BATCH]   list files whose delivery needs a person (in flight, unknown)
 mm-assets attention --settle FILE --as delivered|not-delivered
                               record what MediaMath has: a receipt, or "send it again"
@@ -49,48 +51,42 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def _run(job_name: str, batch: str, export_dir: str | None = None):
-    """Materialise one job's assets for one batch partition, in process, on the instance."""
-    from mm_assets.definitions import build_definitions
-    from mm_assets.defs.partitions import export_batches
+def _run(job_name: str, batch: str):
+    """Launch one job run for one batch partition in the code location, and wait for it."""
+    from mm_assets.defs.launch import launch_and_wait
 
-    defs = build_definitions(export_dir=export_dir)
-    instance = _instance()
-    instance.add_dynamic_partitions(export_batches.name, [batch])
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance,
-        partition_key=batch,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
-    print(f"batch {batch}  (run {result.run_id})")
-    return defs, result
+    # The terminal shows the summary below; the run's own events are in the UI.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    outcome = launch_and_wait(_instance(), job_name, batch, run_config=quiet)
+    print(f"batch {batch}  (run {outcome.run_id})")
+    return outcome
 
 
-def _report_failures_and_checks(result) -> int:
+def _report_failures_and_checks(outcome) -> int:
     import dagster as dg
 
-    for event in result.all_events:
-        error = getattr(event.event_specific_data, "error", None) if event.is_failure else None
-        if error is not None:
-            print(f"  failed: {error.message.strip()}", file=sys.stderr)
-    evaluations = result.get_asset_check_evaluations()
+    for message in outcome.failures:
+        print(f"  failed: {message}", file=sys.stderr)
+    evaluations = outcome.check_evaluations
     for evaluation in evaluations:
         state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
         print(f"  check {evaluation.check_name}: {state}")
     # A warning (files deferred by the quota, MediaMath still processing) is not a failure.
     failed = [e for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
-    return 0 if result.success and not failed else 1
+    return 0 if outcome.success and not failed else 1
 
 
 # `mm-assets build` exit codes (README): 0 built and every check passed; 1 a check or a step
-# failed; 2 not a batch folder; 3 the batch is incomplete (a file could not be read).
+# failed; 2 not a batch folder, or another build of it is running; 3 the batch is incomplete
+# (a file could not be read).
 EXIT_BATCH_INCOMPLETE = 3
 
 
 def build(batch_dir: Path) -> int:
     import dagster as dg
 
+    from mm_assets.core.s2s_writer import BuildInProgress, batch_build_lock, delegated_build_lock
+    from mm_assets.defs.resources import default_batch_storage
     from mm_assets.defs.s2s_build.assets import REPORT, load_report
     from mm_assets.defs.s2s_build.jobs import build_s2s_files_job
 
@@ -98,22 +94,28 @@ def build(batch_dir: Path) -> int:
     if not batch_dir.is_dir():
         print(f"mm-assets build: {batch_dir} is not a folder", file=sys.stderr)
         return 2
-    from mm_assets.core.s2s_writer import BuildInProgress, batch_build_lock
-
     batch = batch_dir.name
     if error := _batch_error(batch):
         print(f"mm-assets build: {error}", file=sys.stderr)
         return 2
     outbox_root = Path(_resource("storage").outbox_dir)
+    # The run reads its settings from the environment (the code server inherits it).
+    previous = os.environ.get("MM_ASSETS_EXPORT_DIR")
+    os.environ["MM_ASSETS_EXPORT_DIR"] = str(batch_dir.parent)
     try:
-        # Held for the whole run: a second build of the batch refuses instead of racing.
-        with batch_build_lock(outbox_root, batch):
-            defs, result = _run(build_s2s_files_job.name, batch, str(batch_dir.parent))
+        # Held for the whole run (all its step processes): a second build of the batch
+        # refuses instead of racing; the run's own steps inherit the right to it.
+        with batch_build_lock(outbox_root, batch), delegated_build_lock(outbox_root, batch):
+            outcome = _run(build_s2s_files_job.name, batch)
+        storage = default_batch_storage().process_config_and_initialize()
     except BuildInProgress as exc:
         print(f"mm-assets build: {exc}", file=sys.stderr)
         return 2
-    # Resolved as in the run (its settings may be dg.EnvVar).
-    storage = defs.resources["storage"].process_config_and_initialize()
+    finally:
+        if previous is None:
+            del os.environ["MM_ASSETS_EXPORT_DIR"]
+        else:
+            os.environ["MM_ASSETS_EXPORT_DIR"] = previous
     raw_report = storage.work(batch, "raw_audiences") / REPORT
     if raw_report.exists():
         raw = load_report(raw_report)
@@ -129,16 +131,17 @@ def build(batch_dir: Path) -> int:
         for name, message, blocks in raw["file_issues"]:
             kind = "unreadable file " if blocks else "empty file      "
             print(f"  {kind} {name}: {message}")
-    for mat in result.asset_materializations_for_node("s2s_files"):
-        meta = mat.metadata
+    files = outcome.materializations.get("s2s_files")
+    if files is not None:
+        meta = files.metadata
         print(f"  users            {meta['users'].value:>12,}")
         print(f"  files            {meta['files'].value:>12,}")
         print(f"  gz bytes         {meta['gz_bytes'].value:>12,}")
         print(f"  outbox           {meta['outbox'].value}")
-    status = _report_failures_and_checks(result)
+    status = _report_failures_and_checks(outcome)
     incomplete = [
         e
-        for e in result.get_asset_check_evaluations()
+        for e in outcome.check_evaluations
         if e.check_name == "batch_is_complete"
         and not e.passed
         and e.severity == dg.AssetCheckSeverity.ERROR
@@ -169,9 +172,10 @@ def deliver(batch: str) -> int:
             file=sys.stderr,
         )
         return 2
-    _, result = _run(deliver_s2s_files_job.name, batch)
-    for mat in result.asset_materializations_for_node("upload_receipts"):
-        meta = {k: v.value for k, v in mat.metadata.items()}
+    outcome = _run(deliver_s2s_files_job.name, batch)
+    receipts = outcome.materializations.get("upload_receipts")
+    if receipts is not None:
+        meta = {k: v.value for k, v in receipts.metadata.items()}
         counts = ", ".join(f"{k[6:]}={v}" for k, v in meta.items() if k.startswith("files_"))
         print(f"  transport {meta['transport']}: {counts}")
         for status, names in (meta.get("names_by_status") or {}).items():
@@ -182,8 +186,8 @@ def deliver(batch: str) -> int:
             f"{meta['quota_bytes_left_today']:,} bytes today"
         )
         if meta["next_send_after"]:
-            print(f"  deferred files go after {meta['next_send_after']}")
-    return _report_failures_and_checks(result)
+            print(f"  deferred or retried files go after {meta['next_send_after']}")
+    return _report_failures_and_checks(outcome)
 
 
 def attention(batch: str | None, settle: str | None, settle_as: str | None) -> int:

@@ -4,17 +4,36 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mm_assets.defs.alerts.sensors import (
+    alert_on_failed_checks,
+    alert_on_run_failure,
+    default_alert_webhook,
+)
 from mm_assets.defs.delivery import assets as delivery_assets
 from mm_assets.defs.delivery import sensors as delivery_sensors
 from mm_assets.defs.delivery.resources import default_delivery
 from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.moloco_source.resources import default_moloco_source
 from mm_assets.defs.moloco_source.sensors import moloco_export_batches
+from mm_assets.defs.moloco_source.transfer import (
+    moloco_export_discovery,
+    moloco_export_discovery_schedule,
+)
 from mm_assets.defs.processing_log.checks import every_file_accepted_by_mediamath
 from mm_assets.defs.processing_log.resources import default_processing_log
 from mm_assets.defs.processing_log.sensors import processing_log_poller
 from mm_assets.defs.resources import default_batch_storage, default_s2s_file_settings
 from mm_assets.defs.s2s_build import assets, checks, completeness, jobs
+
+# Declarative automation: requests `upload_receipts` for a batch once its new build passed the
+# blocking checks (`DELIVERY_CONDITION`). On by default: delivery itself is gated.
+automation = dg.AutomationConditionSensorDefinition(
+    "delivery_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Delivers each batch's new build once its blocking checks passed.",
+)
 
 
 def build_definitions(export_dir: str | None = None) -> dg.Definitions:
@@ -33,11 +52,19 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             delivery_assets.every_file_has_a_receipt,
             every_file_accepted_by_mediamath,
         ],
-        jobs=[jobs.build_s2s_files_job, delivery_sensors.deliver_s2s_files_job],
+        jobs=[
+            jobs.build_s2s_files_job,
+            delivery_sensors.deliver_s2s_files_job,
+            moloco_export_discovery,
+        ],
+        schedules=[moloco_export_discovery_schedule],
         sensors=[
             moloco_export_batches,
+            automation,
             delivery_sensors.deferred_deliveries,
             processing_log_poller,
+            alert_on_failed_checks,
+            alert_on_run_failure,
         ],
         resources={
             "storage": default_batch_storage(export_dir),
@@ -45,6 +72,7 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             "delivery": default_delivery(),
             "processing_log": default_processing_log(),
             "moloco_source": default_moloco_source(),
+            "alerts": default_alert_webhook(),
         },
     )
 

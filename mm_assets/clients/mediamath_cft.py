@@ -344,6 +344,7 @@ class MediaMathCft:
     """`Transport` into MediaMath's CFT bucket (CFT-CRED, CFT-PUT)."""
 
     name = "cft"
+    delivered_files_stay_visible = True  # objects stay in the bucket (CFT-PUT)
 
     def __init__(
         self,

@@ -141,6 +141,7 @@ class MediaMathSftp:
     """`Transport` into MediaMath's SFTP drop (S2S-SFTP)."""
 
     name = "sftp"
+    delivered_files_stay_visible = False  # MediaMath moves files away once read
 
     def __init__(
         self,

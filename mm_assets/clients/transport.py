@@ -83,7 +83,11 @@ class Transport(Protocol):
     """One way into MediaMath's drop (S2S-SFTP or CFT-PUT)."""
 
     name: str  # "sftp" or "cft"
-    max_file_bytes: int  # 4 GB for SFTP (S2S-QUOTA), 5 GB for CFT (CFT-PUT)
+    # The transport's own ceiling; delivery applies S2S-QUOTA's 4 GB to every transport.
+    max_file_bytes: int
+    # Capability: a delivered file stays listed in the drop (CFT's bucket), so "absent" means
+    # "never landed". False for SFTP, where MediaMath moves files away once it has read them.
+    delivered_files_stay_visible: bool
 
     def upload(self, file: OutgoingFile) -> UploadResult:
         """Send the file so it only ever appears complete under `file.name`."""

@@ -250,6 +250,31 @@ _HELD: dict[str, int] = {}
 _HELD_GUARD = threading.Lock()
 
 
+# Set by a holder of a batch's build lock for the processes it starts (a launched run's code
+# server and step workers inherit it): they build under the holder's lock.
+DELEGATED_BUILD_LOCK_ENV = "MM_ASSETS_DELEGATED_BUILD_LOCK"
+
+
+def _build_lock_path(outbox_root: Path, batch: str) -> str:
+    locks = outbox_root / LOCKS
+    locks.mkdir(parents=True, exist_ok=True)
+    return str((locks / f"{batch}.lock").resolve())
+
+
+@contextlib.contextmanager
+def delegated_build_lock(outbox_root: Path, batch: str) -> Iterator[None]:
+    """Hand the batch's build lock, held by this process, to the processes it starts."""
+    previous = os.environ.get(DELEGATED_BUILD_LOCK_ENV)
+    os.environ[DELEGATED_BUILD_LOCK_ENV] = _build_lock_path(outbox_root, batch)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(DELEGATED_BUILD_LOCK_ENV, None)
+        else:
+            os.environ[DELEGATED_BUILD_LOCK_ENV] = previous
+
+
 @contextlib.contextmanager
 def batch_build_lock(outbox_root: Path, batch: str) -> Iterator[None]:
     """Exclusive right to build `batch` (fcntl lock, shared by every process on the machine).
@@ -257,9 +282,11 @@ def batch_build_lock(outbox_root: Path, batch: str) -> Iterator[None]:
     Raises BuildInProgress at once when another process builds the batch: a second build
     started alongside would read and replace the first one's half-written work.
     """
-    locks = outbox_root / LOCKS
-    locks.mkdir(parents=True, exist_ok=True)
-    path = str((locks / f"{batch}.lock").resolve())
+    path = _build_lock_path(outbox_root, batch)
+    if os.environ.get(DELEGATED_BUILD_LOCK_ENV) == path:
+        # An ancestor process (`mm-assets build`) holds the lock for this run's steps.
+        yield
+        return
     with _HELD_GUARD:
         if path in _HELD:
             _HELD[path] += 1

@@ -18,7 +18,9 @@ Per file, in order:
    - otherwise (SFTP: absent, no log record yet) MediaMath may have taken it: the file is
      `needs_attention`, never re-sent blindly; `mm-assets attention --settle` records what a
      person found out, or a later run finds the processing-log record.
-3. Otherwise reserve it in the ledger: `deferred` (with `not_before`) or `refused` when the
+3. A file the build's checks did not approve (`not_approved`, from
+   `mm_assets/delivery/gate.py`) is `not_approved` and never reserved or sent.
+4. Otherwise reserve it in the ledger: `deferred` (with `not_before`) or `refused` when the
    quota says so. Before uploading, ask the same places (the ledger may have been lost):
    a name MediaMath already has gets its receipt (`already_delivered`) and is not sent.
    Today's quota use is rebuilt from the processing log first (`reconcile.rebuild_usage`).
@@ -29,7 +31,10 @@ is `failed` (no receipt, sent again next run). As a guard against a rename that 
 just before the connection died, the drop is probed first: a file there at full size gets
 its receipt instead. `AuthenticationFailed`, `HostKeyRejected` and `ServiceDown` (the CFT
 credentials endpoint down) stop the batch (the rest are `not_attempted`, sent by a later run):
-every other file would fail the same way. An exception that is not a
+every other file would fail the same way; the first two are never retried. With a
+`retry_policy`, a file failed by a retryable `DeliveryError` gets a `not_before` (bounded
+backoff, `mm_assets/delivery/retries.py`) until it has failed `max_attempts` runs, then it is
+`needs_attention`. An exception that is not a
 `DeliveryError` leaves the in-flight row in place, so the next run reconciles it.
 """
 
@@ -55,6 +60,7 @@ from mm_assets.clients.transport import (
 from mm_assets.core.quota import Action, QuotaLimits, QuotaUsage, as_utc, decide
 from mm_assets.delivery.ledger import AlreadyTracked, InFlight, Ledger, Receipt, owner_is_dead
 from mm_assets.delivery.reconcile import Finding, ProcessingLog, Verdict, find, rebuild_usage
+from mm_assets.delivery.retries import RetryBook, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,7 @@ class Status(StrEnum):
     NEEDS_ATTENTION = "needs_attention"
     IN_PROGRESS = "in_progress"
     NOT_ATTEMPTED = "not_attempted"
+    NOT_APPROVED = "not_approved"  # the build's checks did not approve these bytes
     DRY_RUN = "dry_run"
 
 
@@ -96,6 +103,7 @@ class DeliveryEntry:
     uploaded_at: datetime | None = None
     not_before: datetime | None = None
     message: str = ""
+    retryable: bool = False  # failed for a transient reason: worth another run
 
     def to_row(self) -> dict[str, str | int | None]:
         return {
@@ -346,7 +354,8 @@ def _upload(
             file,
             Status.FAILED,
             transport.name,
-            f"{type(exc).__name__}: {exc}; not delivered, the next run sends it again",
+            f"{type(exc).__name__}: {exc}; not delivered",
+            retryable=exc.retryable,
         )
     except Exception as exc:  # unknown outcome: keep the row so the next run reconciles
         logger.exception("unexpected error uploading %s", file.name)
@@ -384,6 +393,8 @@ def deliver_batch(
     dry_run: bool = False,
     stale_in_flight_after: timedelta = DEFAULT_STALE_IN_FLIGHT_AFTER,
     processing_log: ProcessingLog | None = None,
+    not_approved: dict[str, str] | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> DeliveryReport:
     """Deliver `files` of `batch` over `transport`, each at most once (see module docstring).
 
@@ -392,14 +403,18 @@ def deliver_batch(
     reported `dry_run`, the quota decisions are simulated on the current usage.
     `processing_log` (S2S-LOG) is asked, with the transport, about every file the ledger
     cannot vouch for (see `reconcile`), and rebuilds today's quota use.
+    `not_approved`: {file name: reason} of files the build's checks did not approve; they
+    are reported `not_approved` and never sent. `retry_policy`: schedule retries of files
+    that failed for a transient reason (see the module docstring).
     """
+    not_approved = not_approved or {}
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise ValueError("the batch lists the same file name more than once")
     # The transport's own limit may be stricter (binary vs decimal GB, CFT-PUT).
     limits = replace(limits, max_file_bytes=min(limits.max_file_bytes, transport.max_file_bytes))
     if dry_run:
-        return _dry_run(files, batch, transport, ledger, limits, now())
+        return _dry_run(files, batch, transport, ledger, limits, now(), not_approved)
 
     entries: dict[str, DeliveryEntry] = {}
     to_send: list[OutgoingFile] = []
@@ -442,6 +457,9 @@ def deliver_batch(
     # Pass 2: reserve and upload, in the batch's order.
     if stopped is None:
         for file in to_send:
+            if file.name in not_approved:
+                entries[file.name] = _refused_by_gate(file, transport, not_approved)
+                continue
             try:
                 entries[file.name] = _reserve_and_send(
                     file, batch, transport, ledger, limits, now, run_id, processing_log
@@ -459,11 +477,47 @@ def deliver_batch(
                     transport.name,
                     f"batch stopped: {stopped.name} failed with {stopped.message}",
                 )
+    if retry_policy is not None:
+        book = RetryBook(ledger)
+        for name, entry in entries.items():
+            entries[name] = _schedule_retry(entry, batch, book, retry_policy, now())
     return DeliveryReport(
         batch=batch,
         transport=transport.name,
         entries=[entries[f.name] for f in files],
         usage=ledger.usage(now(), limits),
+    )
+
+
+def _refused_by_gate(
+    file: OutgoingFile, transport: Transport, not_approved: dict[str, str]
+) -> DeliveryEntry:
+    return _entry(file, Status.NOT_APPROVED, transport.name, not_approved[file.name])
+
+
+def _schedule_retry(
+    entry: DeliveryEntry, batch: str, book: RetryBook, policy: RetryPolicy, at: datetime
+) -> DeliveryEntry:
+    """A transient failure gets its next try (or, out of tries, a person); a delivery
+    clears the count."""
+    if entry.status in (Status.DELIVERED, Status.RECONCILED):
+        book.cleared(entry.name)
+        return entry
+    if entry.status is not Status.FAILED or not entry.retryable:
+        return entry
+    state = book.failed(entry.name, batch, entry.message, at, policy)
+    if state.next_attempt_at is None:
+        return replace(
+            entry,
+            status=Status.NEEDS_ATTENTION,
+            message=f"{entry.message}; failed {state.failures} runs in a row, not retried "
+            f"again: fix the cause and run the delivery",
+        )
+    return replace(
+        entry,
+        not_before=state.next_attempt_at,
+        message=f"{entry.message}; retry {state.failures + 1} of {policy.max_attempts} "
+        f"after {state.next_attempt_at.isoformat()}",
     )
 
 
@@ -519,6 +573,7 @@ def _dry_run(
     ledger: Ledger,
     limits: QuotaLimits,
     at: datetime,
+    not_approved: dict[str, str],
 ) -> DeliveryReport:
     current = ledger.usage(at, limits)
     used_files, used_bytes = current.files_this_hour, current.bytes_today
@@ -539,6 +594,9 @@ def _dry_run(
                     f"first and sends it only if it provably never landed",
                 )
             )
+            continue
+        if file.name in not_approved:
+            entries.append(_refused_by_gate(file, transport, not_approved))
             continue
         decision = decide(file.size, at, used_files, used_bytes, limits)
         if decision.action is Action.DEFER:

@@ -112,7 +112,10 @@ def _sighting(transport: Transport, name: str) -> Sighting:
     # A transport written before `lookup` (e.g. a test double): its size only; CFT keeps
     # every object, an SFTP drop does not.
     return Sighting(
-        name, transport.remote_size(name), None, absent_is_proof=transport.name == "cft"
+        name,
+        transport.remote_size(name),
+        None,
+        absent_is_proof=transport.delivered_files_stay_visible,
     )
 
 

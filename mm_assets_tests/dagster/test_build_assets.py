@@ -17,7 +17,7 @@ from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets, checks
-from mm_assets.defs.settings import SAMPLE_EXPORT_DIR
+from mm_assets.defs.settings import PROJECT_ROOT, SAMPLE_EXPORT_DIR
 
 SAMPLE_BATCH = SAMPLE_EXPORT_DIR / "batch_20261120"
 BATCH = SAMPLE_BATCH.name
@@ -123,6 +123,33 @@ def test_cli_build_returns_0_on_the_sample_and_fills_the_outbox(cli_env, sample_
     files = sorted((cli_env / "outbox" / BATCH).glob("*.log.gz"))
     assert files
     assert main(["validate", *map(str, files)]) == 0
+    # An ordinary run of the code location (on the UI's timeline, re-executable), not an
+    # in-process one: it carries the workspace's origin.
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs()
+    assert run.job_name == "build_s2s_files" and run.tags["dagster/partition"] == BATCH
+    assert run.remote_job_origin is not None
+    assert run.remote_job_origin.location_name == "mm_assets.definitions:defs"
+    # ... and the UI sees it so: GraphQL reads its repository origin back.
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    query = (
+        "{ runsOrError { ... on Runs { results { runId "
+        "repositoryOrigin { repositoryLocationName } } } } }"
+    )
+    workspace = WorkspaceFileTarget([str(PROJECT_ROOT / "workspace.yaml")])
+    with (
+        dg.DagsterInstance.get() as instance,
+        WorkspaceProcessContext(instance, workspace) as process,
+    ):
+        data = execute_dagster_graphql(process.create_request_context(), query).data
+    [seen] = data["runsOrError"]["results"]
+    assert seen == {
+        "runId": run.run_id,
+        "repositoryOrigin": {"repositoryLocationName": "mm_assets.definitions:defs"},
+    }
 
 
 def test_cli_build_of_a_missing_folder_returns_2(cli_env):
@@ -186,6 +213,10 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
     assert {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys} == (
         EXPECTED_CHECKS
     )
+    # Per-batch verdicts: every check is partitioned like its asset.
+    for check_key in graph.asset_check_keys:
+        spec = graph.get_check_spec(check_key)
+        assert spec.partitions_def == export_batches, check_key
     build_job = defs.resolve_job_def("build_s2s_files")
     assert build_job.partitions_def == export_batches
     assert {k.to_user_string() for k in build_job.asset_layer.executable_asset_keys} == {
@@ -196,6 +227,9 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
     }
     assert {s.name for s in repo.sensor_defs} == {
         "moloco_export_batches",
+        "delivery_automation",
         "deferred_deliveries",
         "processing_log_poller",
+        "alert_on_failed_checks",
+        "alert_on_run_failure",
     }

@@ -40,7 +40,7 @@ from mm_assets.defs.delivery.assets import (
     outgoing_files,
     upload_receipts,
 )
-from mm_assets.defs.delivery.resources import MediaMathDelivery
+from mm_assets.defs.delivery.resources import CftDelivery, MediaMathDelivery, SftpDelivery
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
@@ -166,7 +166,6 @@ def sftp_delivery(
 ) -> MediaMathDelivery:
     known_hosts.write_text(server.known_hosts_line + "\n")
     settings: dict[str, Any] = {
-        "transport": "sftp",
         "sftp_host": server.host,
         "sftp_port": server.port,
         "username": server.username,
@@ -175,12 +174,11 @@ def sftp_delivery(
         "ledger_url": ledger_url(ledger),
     }
     settings.update(overrides)
-    return MediaMathDelivery(**settings)
+    return SftpDelivery(**settings)
 
 
 def cft_delivery(sandbox: SandboxCft, ledger: Path, **overrides: Any) -> MediaMathDelivery:
     settings: dict[str, Any] = {
-        "transport": "cft",
         "username": sandbox.username,
         "password": sandbox.password,
         "cft_credentials_url": sandbox.credentials_url,
@@ -190,7 +188,7 @@ def cft_delivery(sandbox: SandboxCft, ledger: Path, **overrides: Any) -> MediaMa
         "ledger_url": ledger_url(ledger),
     }
     settings.update(overrides)
-    return MediaMathDelivery(**settings)
+    return CftDelivery(**settings)
 
 
 def cft_puts(sandbox: SandboxCft) -> list[str]:
@@ -405,7 +403,7 @@ def test_quota_defers_to_the_next_hour_and_a_later_run_sends_the_rest_once(
             BATCH,
             transport,
             ledger,
-            delivery.quota_limits(transport.max_file_bytes),
+            delivery.quota_limits(),
             now=lambda: later,
             run_id="next-hour",
         )

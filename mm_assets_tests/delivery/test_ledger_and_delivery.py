@@ -42,6 +42,8 @@ class FolderTransport:
         self.root.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.max_file_bytes = max_file_bytes
+        # Like the real clients: a CFT bucket keeps delivered objects, an SFTP drop does not.
+        self.delivered_files_stay_visible = name == "cft"
         self.uploads: Counter[str] = Counter()
         self.fail: dict[str, DeliveryError] = {}
         self.fail_after_rename: dict[str, DeliveryError] = {}

@@ -163,3 +163,48 @@ def test_two_processes_take_turns(dkr_world, tmp_path):
     assert all(status == 200 for _, status in mgmt.calls)
     assert "unknown" not in s3.refused  # no request ever used a deleted key
     assert time.time() - mgmt.rotations[0] < 30
+
+
+def test_dkr_discovery_lists_in_a_run_and_the_sensor_never_rotates(dkr_world, tmp_path):
+    """MCM-DKR: a sensor tick never rotates a key nor waits for one to activate; the
+    discovery run does both and leaves a listing the next tick turns into a build request."""
+    import dagster as dg
+
+    from mm_assets.defs.moloco_source.resources import MolocoExportSource
+    from mm_assets.defs.moloco_source.sensors import moloco_export_batches
+    from mm_assets.defs.moloco_source.transfer import moloco_export_discovery
+    from mm_assets.defs.resources import BatchStorage
+
+    mgmt, s3 = dkr_world
+    source = MolocoExportSource(
+        method="dkr",
+        bucket=BUCKET,
+        prefix="export",
+        api_base=mgmt.url,
+        platform_id=PLATFORM,
+        api_key=API_KEY,
+        s3_endpoint=s3.url,
+        state_dir=str(tmp_path / "moloco"),
+        rotation_spacing="1",
+        key_activation_deadline="10",
+    )
+    storage = BatchStorage(
+        export_dir=str(tmp_path / "export"), work_dir=str(tmp_path / "w"), outbox_dir=str(tmp_path)
+    )
+    resources = {"moloco_source": source, "storage": storage}
+    with dg.instance_for_test() as instance:
+
+        def tick():
+            return moloco_export_batches(
+                dg.build_sensor_context(instance=instance, resources=resources)
+            )
+
+        assert isinstance(tick(), dg.SkipReason)  # no listing yet, and no rotation for it
+        assert mgmt.rotations == []
+        assert moloco_export_discovery.execute_in_process(
+            instance=instance, resources=resources
+        ).success
+        assert len(mgmt.rotations) == 1
+        found = tick()
+        assert [r.partition_key for r in found.run_requests] == ["b1"]
+        assert len(mgmt.rotations) == 1  # the tick read the run's listing

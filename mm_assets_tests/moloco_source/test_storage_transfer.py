@@ -78,3 +78,36 @@ def test_access_denied_names_the_service_agent(gcs):
             runner.run()
     assert "project-123456789012@storage-transfer-service.iam.gserviceaccount.com" in str(err.value)
     assert "MCM-STS" in str(err.value)
+
+
+def test_the_scheduled_transfer_lets_the_sensor_find_the_new_batch(gcs, tmp_path):
+    """MCM-STS discovery: the sensor lists our own bucket without waiting on anything; the
+    scheduled transfer run copies the export there, and the next tick requests the build."""
+    from mm_assets.defs.moloco_source.sensors import moloco_export_batches
+    from mm_assets.defs.moloco_source.transfer import moloco_export_discovery
+
+    storage = BatchStorage(
+        export_dir=str(tmp_path / "export"),
+        work_dir=str(tmp_path / "w"),
+        outbox_dir=str(tmp_path / "o"),
+    )
+    with (
+        StorageTransferStandIn(gcs, PROJECT, polls_until_done=2) as sts,
+        dg.instance_for_test() as instance,
+    ):
+        resources = {"moloco_source": _source(gcs, sts), "storage": storage}
+
+        def tick():
+            return moloco_export_batches(
+                dg.build_sensor_context(instance=instance, resources=resources)
+            )
+
+        assert isinstance(tick(), dg.SkipReason)  # our bucket is still empty: nothing yet
+        assert not sts.requests  # and the tick started no transfer, nor waited on one
+        assert moloco_export_discovery.execute_in_process(
+            instance=instance, resources=resources
+        ).success
+        found = tick()
+        assert [r.partition_key for r in found.run_requests] == ["b1"]
+        [added] = found.dynamic_partitions_requests
+        assert list(added.partition_keys) == ["b1"]

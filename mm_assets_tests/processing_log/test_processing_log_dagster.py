@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 
 from mm_assets.core.s2s_writer import MANIFEST, NAME_REGISTER, read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
-from mm_assets.defs.delivery.resources import MediaMathDelivery
+from mm_assets.defs.delivery.resources import MediaMathDelivery, SftpDelivery
 from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
@@ -33,6 +33,9 @@ from mm_assets.defs.processing_log.sensors import processing_log_poller
 from mm_assets.defs.processing_log.status_store import FileState, StatusStore
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets as build_assets
+from mm_assets.defs.s2s_build import checks as build_checks
+from mm_assets.delivery import gate
+from mm_assets.sandbox.delivery_resource import SandboxDelivery
 from mm_assets.sandbox.processing_log_server import SandboxProcessingLog
 from mm_assets.sandbox.sftp_server import SandboxSftpServer
 
@@ -52,11 +55,12 @@ S2S_SETTINGS = S2sFileSettings(
     partner_name="ExamplePartner", segment_namespace="ep", hashed_taxonomies="SportsDaily"
 )
 CHECK_KEY = dg.AssetCheckKey(upload_receipts.key, CHECK_NAME)
+BUILD_CHECKS = [build_checks.files_conform_to_s2s_spec, build_checks.outbox_matches_manifest]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample batch built once through Dagster (build assets only)."""
+    """The sample batch built once through Dagster, with the build checks (delivery's gate)."""
     root = tmp_path_factory.mktemp("built")
     shutil.copytree(SAMPLE_BATCH, root / "export" / BATCH)
     storage = BatchStorage(
@@ -68,7 +72,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
         instance.add_dynamic_partitions(export_batches.name, [BATCH])
         assert dg.materialize(
-            BUILD_ASSETS,
+            [*BUILD_ASSETS, *BUILD_CHECKS],
             selection=BUILD_ASSETS[1:],
             partition_key=BATCH,
             instance=instance,
@@ -112,8 +116,7 @@ def sftp_server(tmp_path: Path) -> Iterator[SandboxSftpServer]:
 def delivery(sftp_server: SandboxSftpServer, tmp_path: Path) -> MediaMathDelivery:
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(sftp_server.known_hosts_line + "\n")
-    return MediaMathDelivery(
-        transport="sftp",
+    return SftpDelivery(
         sftp_host=sftp_server.host,
         sftp_port=sftp_server.port,
         username=sftp_server.username,
@@ -176,6 +179,7 @@ def tick(
     result = processing_log_poller(context)
     assert isinstance(result, dg.SensorResult)
     for event in result.asset_events:
+        assert event.partition == BATCH  # the verdict belongs to its export batch
         instance.report_runless_asset_event(event)
     return result
 
@@ -185,8 +189,8 @@ def meta(evaluation: dg.AssetCheckEvaluation) -> dict[str, Any]:
 
 
 def break_header(storage: BatchStorage, name: str) -> None:
-    """Rewrite one built file with its header out of order (S2S-HDR) and fix the manifest, as
-    if the writer had a bug the blocking build check did not stop (it was not run)."""
+    """Rewrite one built file with its header out of order (S2S-HDR) and fix the manifest and
+    the checks' approvals, as if writer and validator shared a bug the checks did not see."""
     outbox = storage.outbox(BATCH)
     path = outbox / name
     head, _, body = gzip.decompress(path.read_bytes()).partition(b"\n\n")
@@ -199,6 +203,16 @@ def break_header(storage: BatchStorage, name: str) -> None:
         if entry["name"] == name:
             entry["bytes"], entry["md5"] = len(data), hashlib.md5(data).hexdigest()
     (outbox / MANIFEST).write_text(json.dumps(manifest))
+    for check in gate.REQUIRED_CHECKS:
+        gate.record_approval(
+            outbox,
+            check,
+            passed=True,
+            manifest_digest=gate.manifest_sha256(outbox),
+            files={f.name: f.md5 for f in read_manifest(outbox)},
+            run_id="validator-shares-the-bug",
+            now=datetime.now(UTC),
+        )
 
 
 def all_event_text(instance: dg.DagsterInstance) -> str:
@@ -240,7 +254,7 @@ def test_a_broken_header_fails_with_invalid_headers_and_a_rebuild_passes(
 
         # On purpose: rebuild (new file names, FileIdentifier stays unique) and re-send.
         assert dg.materialize(
-            BUILD_ASSETS,
+            [*BUILD_ASSETS, *BUILD_CHECKS],
             selection=[build_assets.s2s_files],
             partition_key=BATCH,
             instance=instance,
@@ -386,12 +400,12 @@ def test_sandbox_transport_reads_the_log_url_and_credentials_from_the_sandbox_st
             }
         )
     )
-    delivery = MediaMathDelivery(transport="sandbox", sandbox_state_dir=str(state))
+    delivery = SandboxDelivery(sandbox_state_dir=str(state))
     with MediaMathProcessingLog().client(delivery) as client:
         assert client.base_url == "http://127.0.0.1:5056"
         assert client.username == "mm_partner"
         assert SFTP_PASSWORD not in repr(client)
-    real = MediaMathDelivery(transport="sftp", username="u", password="p")
+    real = SftpDelivery(username="u", password="p")
     with MediaMathProcessingLog().client(real) as client:
         assert client.base_url == "https://s2s-api.datasvc.mediamath.com"
 
@@ -405,7 +419,7 @@ def test_the_check_runs_with_the_delivery_job_and_the_definitions_load() -> None
         resources={
             "storage": BatchStorage(export_dir="e", work_dir="w", outbox_dir="o"),
             "s2s": S2S_SETTINGS,
-            "delivery": MediaMathDelivery(),
+            "delivery": SftpDelivery(),
             "moloco_source": MolocoExportSource(),
             "processing_log": MediaMathProcessingLog(),
         },

@@ -1,4 +1,10 @@
-"""Deliver a batch's S2S files to MediaMath exactly once, within the quotas, with receipts."""
+"""Deliver a batch's S2S files to MediaMath exactly once, within the quotas, with receipts.
+
+Gated by construction: whoever starts it (automation, the UI, the CLI), `upload_receipts`
+sends only the files the build checks approved on this exact build, with these exact bytes
+(`mm_assets/delivery/gate.py`). Automation requests it for a batch as soon as `s2s_files` has
+a new build whose blocking checks passed.
+"""
 
 import dagster as dg
 
@@ -9,7 +15,16 @@ from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage
 from mm_assets.defs.s2s_build.assets import s2s_files
 from mm_assets.defs.s2s_build.metadata import md_table
+from mm_assets.delivery import gate
 from mm_assets.delivery.deliver import DONE_STATUSES, Status, deliver_batch
+
+# A new build of the batch whose blocking checks (spec, manifest) passed is delivered with no
+# command typed; the gate inside the asset holds for runs started any other way.
+DELIVERY_CONDITION = (
+    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+)
+# Statuses a person must look at: the receipt check fails with ERROR for them.
+HARD_STATUSES = (Status.FAILED, Status.NEEDS_ATTENTION, Status.REFUSED, Status.NOT_APPROVED)
 
 RECEIPT_COLUMNS = [
     "name",
@@ -40,23 +55,29 @@ def outgoing_files(storage: BatchStorage, batch: str) -> list[OutgoingFile]:
     partitions_def=export_batches,
     group_name="delivery",
     kinds={"sftp", "s3"},
+    automation_condition=DELIVERY_CONDITION,
     description="One receipt per file delivered to MediaMath (S2S-SFTP or CFT-PUT), each file "
-    "sent at most once; files over the hour's or day's quota (S2S-QUOTA) wait, visibly.",
+    "sent at most once and only if the build checks approved its bytes; files over the hour's "
+    "or day's quota (S2S-QUOTA) wait, visibly; failed uploads are retried with backoff.",
 )
 def upload_receipts(
     context: dg.AssetExecutionContext, storage: BatchStorage, delivery: MediaMathDelivery
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     files = outgoing_files(storage, batch)
+    # Hashed here, just before the sends: what leaves is what the checks approved.
+    not_approved = gate.refusals(storage.outbox(batch), files)
     with delivery.session() as (transport, ledger):
         report = deliver_batch(
             files,
             batch,
             transport,
             ledger,
-            delivery.quota_limits(transport.max_file_bytes),
+            delivery.quota_limits(),
             run_id=context.run_id,
             dry_run=delivery.is_dry_run,
+            not_approved=not_approved,
+            retry_policy=delivery.retry_policy(),
         )
     for entry in report.entries:
         if entry.status not in DONE_STATUSES or entry.message:
@@ -92,6 +113,7 @@ def upload_receipts(
 
 @dg.asset_check(
     asset=upload_receipts,
+    partitions_def=export_batches,
     description="Every built file of the batch has a receipt (deferred files warn "
     "until a later run sends them; failures and files needing attention fail).",
 )
@@ -110,11 +132,7 @@ def every_file_has_a_receipt(
     ).records
     materialization = records[0].asset_materialization if records else None
     metadata = materialization.metadata if materialization else {}
-    hard = sum(
-        int(metadata[f"files_{s}"].value)
-        for s in (Status.FAILED, Status.NEEDS_ATTENTION, Status.REFUSED)
-        if f"files_{s}" in metadata
-    )
+    hard = sum(int(metadata[f"files_{s}"].value) for s in HARD_STATUSES if f"files_{s}" in metadata)
     return dg.AssetCheckResult(
         passed=not missing,
         severity=dg.AssetCheckSeverity.ERROR if hard else dg.AssetCheckSeverity.WARN,

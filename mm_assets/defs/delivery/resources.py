@@ -1,62 +1,69 @@
-"""The delivery resource: which transport carries files to MediaMath, the ledger and quotas."""
+"""The delivery resources: one per transport into MediaMath, behind one base.
+
+`MediaMathDelivery` holds what every transport shares (ledger, quotas, retries, dry run);
+`SftpDelivery` (S2S-SFTP) and `CftDelivery` (CFT-CRED, CFT-PUT) each build their client. The
+definitions choose one when they load, from `MM_DELIVERY_TRANSPORT` (`default_delivery`);
+the local sandbox's resource lives in `mm_assets/sandbox/` and is imported only when the
+sandbox is chosen, so production code never imports the sandbox.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 
 from mm_assets.clients.mediamath_cft import MediaMathCft
+from mm_assets.clients.mediamath_processing_log import DEFAULT_BASE_URL
 from mm_assets.clients.mediamath_sftp import MediaMathSftp
 from mm_assets.clients.transport import Transport
 from mm_assets.core.build_settings import parse_size
 from mm_assets.core.quota import QuotaLimits
 from mm_assets.defs.settings import STATE_DIR, int_setting, is_true, setting
 from mm_assets.delivery.ledger import Ledger
-from mm_assets.sandbox.run_sandbox import SandboxState
+from mm_assets.delivery.retries import RetryPolicy
 
 TRANSPORTS = ("sandbox", "sftp", "cft")
 
 
 class MediaMathDelivery(dg.ConfigurableResource):
-    """Delivery to MediaMath (S2S-SFTP, CFT-CRED/CFT-PUT) under S2S-QUOTA, with a ledger.
+    """Delivery to MediaMath under S2S-QUOTA, with a ledger; subclasses pick the transport."""
 
-    `transport`: `sandbox` (the local sandbox's SFTP drop, the default), `sftp` or `cft`.
-    """
-
-    transport: str = "sandbox"
-    sftp_host: str = "sftp.datasvc.mediamath.com"
-    sftp_port: int = 2222
     username: str = ""
     password: str = ""
-    remote_dir: str = "."
-    known_hosts: str = ""
-    host_key: str = ""
-    cft_credentials_url: str = ""
-    cft_bucket: str = "prod-default-cft"
-    cft_integration: str = ""
-    cft_endpoint_url: str = ""  # empty = AWS S3
     ledger_url: str = ""  # empty = SQLite file under the state folder
     files_per_hour: int = 20
     bytes_per_day: str = "5GB"
     dry_run: str = "false"  # "true": build and validate, upload nothing
-    sandbox_state_dir: str = str(STATE_DIR / "sandbox")
+    retry_attempts: int = 5  # failed runs of a file before it needs a person
+    retry_first_delay_seconds: int = 60  # doubles per failed run
+    retry_max_delay_seconds: int = 3600
 
-    def quota_limits(self, max_file_bytes: int) -> QuotaLimits:
+    def quota_limits(self) -> QuotaLimits:
+        # The per-file limit is S2S-QUOTA's 4 GB for every transport (CFT-SAME): QuotaLimits'.
         return QuotaLimits(
-            files_per_hour=self.files_per_hour,
-            bytes_per_day=parse_size(self.bytes_per_day),
-            max_file_bytes=max_file_bytes,
+            files_per_hour=self.files_per_hour, bytes_per_day=parse_size(self.bytes_per_day)
         )
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.retry_attempts,
+            first_delay=timedelta(seconds=self.retry_first_delay_seconds),
+            max_delay=timedelta(seconds=self.retry_max_delay_seconds),
+        )
+
+    def state_dir(self) -> Path:
+        """Where the default SQLite ledger lives."""
+        return STATE_DIR
 
     def get_ledger(self) -> Ledger:
         if self.ledger_url:
             return Ledger(self.ledger_url)
-        # The sandbox is a throwaway MediaMath: its receipts and quota use live with it.
-        folder = Path(self.sandbox_state_dir) if self.transport == "sandbox" else STATE_DIR
-        path = folder / "ledger.sqlite"
+        path = self.state_dir() / "ledger.sqlite"
         path.parent.mkdir(parents=True, exist_ok=True)
         return Ledger(path)
 
@@ -65,43 +72,15 @@ class MediaMathDelivery(dg.ConfigurableResource):
         return is_true(self.dry_run)
 
     def transport_label(self) -> str:
-        return "sftp" if self.transport == "sandbox" else self.transport
+        """The transport's name as receipts record it ("sftp" or "cft")."""
+        raise NotImplementedError
 
     def get_transport(self) -> Transport:
-        if self.transport not in TRANSPORTS:
-            raise dg.Failure(
-                f"MM_DELIVERY_TRANSPORT must be one of {', '.join(TRANSPORTS)}, "
-                f"not {self.transport!r}"
-            )
-        if self.transport == "cft":
-            return MediaMathCft(
-                credentials_url=self.cft_credentials_url,
-                username=self.username,
-                password=self.password,
-                integration=self.cft_integration,
-                bucket=self.cft_bucket,
-                endpoint_url=self.cft_endpoint_url or None,
-            )
-        if self.transport == "sftp":
-            return MediaMathSftp(
-                host=self.sftp_host,
-                port=self.sftp_port,
-                username=self.username,
-                password=self.password,
-                remote_dir=self.remote_dir,
-                known_hosts=Path(self.known_hosts) if self.known_hosts else None,
-                host_key=self.host_key or None,
-            )
-        sandbox = SandboxState.load(Path(self.sandbox_state_dir))
-        return MediaMathSftp(
-            host="127.0.0.1",
-            port=sandbox.sftp_port,
-            username=sandbox.sftp_username,
-            password=sandbox.sftp_password(),
-            known_hosts=sandbox.known_hosts,
-            max_attempts=2,
-            backoff_base_seconds=0.2,
-        )
+        raise NotImplementedError
+
+    def processing_log_endpoint(self, url: str) -> tuple[str, str, str]:
+        """(base URL, username, password) of the processing log (S2S-LOG: the SFTP login)."""
+        return url or DEFAULT_BASE_URL, self.username, self.password
 
     @contextmanager
     def session(self) -> Iterator[tuple[Transport, Ledger]]:
@@ -113,23 +92,99 @@ class MediaMathDelivery(dg.ConfigurableResource):
             ledger.close()
 
 
+class SftpDelivery(MediaMathDelivery):
+    """MediaMath's SFTP drop (S2S-SFTP), host key pinned by `known_hosts` or `host_key`."""
+
+    sftp_host: str = "sftp.datasvc.mediamath.com"
+    sftp_port: int = 2222
+    remote_dir: str = "."
+    known_hosts: str = ""
+    host_key: str = ""
+    # Tries within one upload (fresh connection each); the run-level retries come on top.
+    connect_attempts: int = 5
+    backoff_seconds: float = 1.0
+
+    def transport_label(self) -> str:
+        return "sftp"
+
+    def get_transport(self) -> Transport:
+        return MediaMathSftp(
+            host=self.sftp_host,
+            port=self.sftp_port,
+            username=self.username,
+            password=self.password,
+            remote_dir=self.remote_dir,
+            known_hosts=Path(self.known_hosts) if self.known_hosts else None,
+            host_key=self.host_key or None,
+            max_attempts=self.connect_attempts,
+            backoff_base_seconds=self.backoff_seconds,
+        )
+
+
+class CftDelivery(MediaMathDelivery):
+    """MediaMath Cloud File Transfer: temporary credentials (CFT-CRED), one PUT (CFT-PUT)."""
+
+    cft_credentials_url: str = ""
+    cft_bucket: str = "prod-default-cft"
+    cft_integration: str = ""
+    cft_endpoint_url: str = ""  # empty = AWS S3
+
+    def transport_label(self) -> str:
+        return "cft"
+
+    def get_transport(self) -> Transport:
+        return MediaMathCft(
+            credentials_url=self.cft_credentials_url,
+            username=self.username,
+            password=self.password,
+            integration=self.cft_integration,
+            bucket=self.cft_bucket,
+            endpoint_url=self.cft_endpoint_url or None,
+        )
+
+
+def _shared_settings() -> dict[str, object]:
+    return {
+        "username": setting("MM_SFTP_USERNAME", ""),
+        "password": setting("MM_SFTP_PASSWORD", ""),
+        "ledger_url": setting("MM_DELIVERY_LEDGER_URL", ""),
+        "files_per_hour": int_setting("MM_QUOTA_FILES_PER_HOUR", 20),
+        "bytes_per_day": setting("MM_QUOTA_BYTES_PER_DAY", "5GB"),
+        "dry_run": setting("MM_DELIVERY_DRY_RUN", "false"),
+        "retry_attempts": int_setting("MM_DELIVERY_RETRY_ATTEMPTS", 5),
+        "retry_first_delay_seconds": int_setting("MM_DELIVERY_RETRY_FIRST_DELAY_SECONDS", 60),
+    }
+
+
 def default_delivery() -> MediaMathDelivery:
-    return MediaMathDelivery(
-        transport=setting("MM_DELIVERY_TRANSPORT", "sandbox"),
-        sftp_host=setting("MM_SFTP_HOST", "sftp.datasvc.mediamath.com"),
-        sftp_port=int_setting("MM_SFTP_PORT", 2222),
-        username=setting("MM_SFTP_USERNAME", ""),
-        password=setting("MM_SFTP_PASSWORD", ""),
-        remote_dir=setting("MM_SFTP_REMOTE_DIR", "."),
-        known_hosts=setting("MM_SFTP_KNOWN_HOSTS", ""),
-        host_key=setting("MM_SFTP_HOST_KEY", ""),
-        cft_credentials_url=setting("MM_CFT_CREDENTIALS_URL", ""),
-        cft_bucket=setting("MM_CFT_BUCKET", "prod-default-cft"),
-        cft_integration=setting("MM_CFT_INTEGRATION", ""),
-        cft_endpoint_url=setting("MM_CFT_S3_ENDPOINT_URL", ""),
-        ledger_url=setting("MM_DELIVERY_LEDGER_URL", ""),
-        files_per_hour=int_setting("MM_QUOTA_FILES_PER_HOUR", 20),
-        bytes_per_day=setting("MM_QUOTA_BYTES_PER_DAY", "5GB"),
-        dry_run=setting("MM_DELIVERY_DRY_RUN", "false"),
-        sandbox_state_dir=setting("MM_SANDBOX_STATE_DIR", str(STATE_DIR / "sandbox")),
+    """The delivery resource `MM_DELIVERY_TRANSPORT` names, read once when definitions load."""
+    transport = os.environ.get("MM_DELIVERY_TRANSPORT", "sandbox") or "sandbox"
+    shared = _shared_settings()
+    if transport == "sftp":
+        return SftpDelivery(
+            sftp_host=setting("MM_SFTP_HOST", "sftp.datasvc.mediamath.com"),
+            sftp_port=int_setting("MM_SFTP_PORT", 2222),
+            remote_dir=setting("MM_SFTP_REMOTE_DIR", "."),
+            known_hosts=setting("MM_SFTP_KNOWN_HOSTS", ""),
+            host_key=setting("MM_SFTP_HOST_KEY", ""),
+            **shared,
+        )
+    if transport == "cft":
+        return CftDelivery(
+            cft_credentials_url=setting("MM_CFT_CREDENTIALS_URL", ""),
+            cft_bucket=setting("MM_CFT_BUCKET", "prod-default-cft"),
+            cft_integration=setting("MM_CFT_INTEGRATION", ""),
+            cft_endpoint_url=setting("MM_CFT_S3_ENDPOINT_URL", ""),
+            **shared,
+        )
+    if transport == "sandbox":
+        # Only here: the sandbox is a development stand-in, never loaded in production.
+        from mm_assets.sandbox.delivery_resource import SandboxDelivery
+
+        return SandboxDelivery(
+            sandbox_state_dir=setting("MM_SANDBOX_STATE_DIR", str(STATE_DIR / "sandbox")),
+            **{k: v for k, v in shared.items() if k not in ("username", "password")},
+        )
+    raise dg.DagsterInvalidDefinitionError(
+        f"MM_DELIVERY_TRANSPORT must be one of {', '.join(TRANSPORTS)}, not {transport!r}"
     )

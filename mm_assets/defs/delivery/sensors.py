@@ -1,4 +1,5 @@
-"""Send deferred files once their quota window opens (S2S-QUOTA)."""
+"""Send deferred files once their quota window opens (S2S-QUOTA), and retry failed uploads once
+their backoff is over: both show as the latest delivery's `next_send_after`."""
 
 from datetime import UTC, datetime
 
@@ -22,8 +23,9 @@ deliver_s2s_files_job = dg.define_asset_job(
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def deferred_deliveries(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    """Re-run `upload_receipts` for each batch whose latest delivery deferred files whose
-    `next_send_after` has passed; the run key makes one run per deferral."""
+    """Re-run `upload_receipts` for each batch whose latest delivery deferred files (quota) or
+    scheduled a retry (transient failure) whose `next_send_after` has passed; the run key
+    makes one run per deferral."""
     now = datetime.now(UTC)
     requests = []
     for batch in context.instance.get_dynamic_partitions(export_batches.name):

@@ -149,8 +149,21 @@ def moloco_export_batches(
     storage: BatchStorage,
 ) -> dg.SensorResult | dg.SkipReason:
     """One run per new complete batch version of the Moloco export (see module docstring)."""
+    # Imported here: transfer.py defines a job over the same resources.
+    from mm_assets.defs.moloco_source.transfer import SNAPSHOT_METHODS, read_listing_snapshot
+
     try:
-        batches = moloco_source.list_batches(storage.export_dir)
+        if moloco_source.normalised_method in SNAPSHOT_METHODS:
+            # dkr: listing needs a key rotation (up to 60 s): a discovery run lists, not a tick.
+            snapshot = read_listing_snapshot(moloco_source)
+            if snapshot is None:
+                return dg.SkipReason(
+                    "no listing yet: the moloco_export_discovery job lists the export "
+                    "(turn its schedule on)"
+                )
+            batches = snapshot
+        else:
+            batches = moloco_source.list_batches(storage.export_dir)
     except TransientSourceError as exc:
         return dg.SkipReason(
             f"listing the export failed, retrying next tick: "

@@ -24,6 +24,7 @@ from mm_assets.clients.mediamath_processing_log import ProcessingLogCredentialsE
 from mm_assets.core.s2s_writer import MANIFEST, read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery
+from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.polling import (
     TABLE_COLUMNS,
     BatchVerdict,
@@ -85,6 +86,7 @@ def register_batch(
 @dg.asset_check(
     asset=upload_receipts,
     name=CHECK_NAME,
+    partitions_def=export_batches,
     description="MediaMath's processing log (S2S-LOG) said OK for every delivered file of the "
     "batch. Fails (ERROR) with MediaMath's message when a file is rejected or gets no answer "
     "before the deadline; warns while files wait. Re-evaluated by the processing_log_poller "

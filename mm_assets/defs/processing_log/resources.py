@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
-
 import dagster as dg
 
-from mm_assets.clients.mediamath_processing_log import DEFAULT_BASE_URL, ProcessingLogClient
+from mm_assets.clients.mediamath_processing_log import ProcessingLogClient
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.processing_log.polling import PollSettings, parse_duration
 from mm_assets.defs.processing_log.status_store import StatusStore
 from mm_assets.defs.settings import setting
-from mm_assets.sandbox.run_sandbox import STATE_FILE, SandboxState
-
-SANDBOX_URL_KEY = "processing_log_url"
 
 
 class MediaMathProcessingLog(dg.ConfigurableResource):
     """MediaMath's processing-log API (S2S-LOG), read with the delivery's SFTP credentials.
 
-    `url`: empty = `https://s2s-api.datasvc.mediamath.com`, or for the `sandbox` transport the
+    `url`: empty = `https://s2s-api.datasvc.mediamath.com`, or for the `sandbox` delivery the
     sandbox's own log (from its state file). `deadline`: how long after upload a file may stay
     unanswered before it is reported timed out. `poll_interval`: first spacing between polls of
     one file, doubling up to `max_poll_interval`.
@@ -46,30 +39,8 @@ class MediaMathProcessingLog(dg.ConfigurableResource):
             max_poll_interval=parse_duration(self.max_poll_interval),
         )
 
-    def _endpoint(self, delivery: MediaMathDelivery) -> tuple[str, str, str]:
-        """(base URL, username, password) for this deployment."""
-        if delivery.transport != "sandbox":
-            return self.url or DEFAULT_BASE_URL, delivery.username, delivery.password
-        state_dir = Path(delivery.sandbox_state_dir)
-        path = state_dir / STATE_FILE
-        if not path.exists():
-            raise dg.Failure(
-                f"no sandbox state in {state_dir}: start the sandbox with `mm-assets sandbox`"
-            )
-        data = json.loads(path.read_text())
-        # Only the fields SandboxState knows: the state file may carry newer keys than it.
-        known = {f.name for f in dataclasses.fields(SandboxState)} - {"state_dir"}
-        sandbox = SandboxState(state_dir=state_dir, **{k: v for k, v in data.items() if k in known})
-        url = self.url or data.get(SANDBOX_URL_KEY)
-        if not url:
-            raise dg.Failure(
-                f"the sandbox in {state_dir} does not serve a processing log: "
-                f"restart it with `mm-assets sandbox`"
-            )
-        return url, sandbox.sftp_username, sandbox.sftp_password()
-
     def client(self, delivery: MediaMathDelivery) -> ProcessingLogClient:
-        url, username, password = self._endpoint(delivery)
+        url, username, password = delivery.processing_log_endpoint(self.url)
         return ProcessingLogClient(
             url,
             username,

@@ -1,7 +1,11 @@
-"""Checks on `s2s_files` before anything leaves the machine (blocking: a failing file is never
-uploaded). They re-read the files with the independent validator, not the writer's code."""
+"""Checks on `s2s_files` before anything leaves the machine. They re-read the files with the
+independent validator, not the writer's code, one evaluation per export batch.
 
-import hashlib
+Blocking stops the rest of their own run; every later delivery is gated too: each check
+records its verdict on this exact build in the outbox (`mm_assets/delivery/gate.py`), and
+`upload_receipts` refuses any file they did not approve.
+"""
+
 from collections import Counter
 
 import dagster as dg
@@ -9,28 +13,47 @@ import dagster as dg
 from mm_assets.core.s2s_format import SUFFIX
 from mm_assets.core.s2s_validator import validate_file
 from mm_assets.core.s2s_writer import read_manifest
+from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.assets import REPORT, load_report, s2s_files
 from mm_assets.defs.s2s_build.metadata import md_table
+from mm_assets.delivery import gate
+from mm_assets.delivery.deliver import utc_now
 
 
 @dg.asset_check(
     asset=s2s_files,
+    name=gate.SPEC_CHECK,
     blocking=True,
-    description="Every built file passes every S2S-* rule (independent validator).",
+    partitions_def=export_batches,
+    description="Every built file passes every S2S-* rule (independent validator). "
+    "Delivery sends only files this check approved on their build.",
 )
 def files_conform_to_s2s_spec(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.AssetCheckResult:
-    batch = context.partition_key if context.has_partition_key else None
-    outbox = storage.outbox(batch)
+    outbox = storage.outbox(context.partition_key)
+    digest = gate.manifest_sha256(outbox)
     limit = s2s.build_settings().max_file_bytes
     counts: Counter[str] = Counter()
     rows = []
+    approved = {}
     for built in read_manifest(outbox):
         report = validate_file(outbox / built.name, max_file_bytes=limit)
         counts.update(report.violation_counts)
         rows += [[built.name, v.rule, v.line, v.message] for v in report.violations[:10]]
+        if not report.violations:
+            approved[built.name] = built.md5
+    gate.record_approval(
+        outbox,
+        gate.SPEC_CHECK,
+        passed=not counts,
+        manifest_digest=digest,
+        files=approved,
+        run_id=context.run.run_id,
+        now=utc_now(),
+        summary=", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())),
+    )
     return dg.AssetCheckResult(
         passed=not counts,
         metadata={
@@ -45,25 +68,31 @@ def files_conform_to_s2s_spec(
 
 @dg.asset_check(
     asset=s2s_files,
+    name=gate.MANIFEST_CHECK,
     blocking=True,
+    partitions_def=export_batches,
     description="The outbox holds exactly the manifest's files, with its sizes and "
-    "MD5s, and they carry every merged user and load (nothing lost on the way).",
+    "MD5s, and they carry every merged user and load (nothing lost on the way). Delivery "
+    "sends a file only while its bytes still have the md5 this check approved.",
 )
 def outbox_matches_manifest(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
     outbox = storage.outbox(batch)
+    digest = gate.manifest_sha256(outbox)
     manifest = read_manifest(outbox)
     problems = []
+    approved = {}
     for built in manifest:
         path = outbox / built.name
         if not path.is_file():
             problems.append([built.name, "missing from the outbox"])
             continue
-        data = path.read_bytes()
-        if len(data) != built.bytes or hashlib.md5(data).hexdigest() != built.md5:
+        if path.stat().st_size != built.bytes or gate.file_md5(path) != built.md5:
             problems.append([built.name, "bytes or md5 differ from the manifest"])
+            continue
+        approved[built.name] = built.md5
     listed = {b.name for b in manifest}
     problems += [
         [p.name, "in the outbox but not in the manifest"]
@@ -74,6 +103,16 @@ def outbox_matches_manifest(
     written_loads = sum(b.loads for b in manifest)
     if written_loads != merged["loads_out"]:
         problems.append(["(batch)", f"{written_loads} loads written, {merged['loads_out']} merged"])
+    gate.record_approval(
+        outbox,
+        gate.MANIFEST_CHECK,
+        passed=not problems,
+        manifest_digest=digest,
+        files=approved,
+        run_id=context.run.run_id,
+        now=utc_now(),
+        summary="; ".join(f"{name}: {problem}" for name, problem in problems[:5]),
+    )
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
