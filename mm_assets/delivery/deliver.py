@@ -223,6 +223,7 @@ def _look(
             Status.FAILED,
             transport.name,
             f"{since}could not check the drop ({exc}); not sent, the next run checks again",
+            retryable=exc.retryable,
         )
 
 
@@ -423,7 +424,16 @@ def deliver_batch(
         try:
             rebuild_usage(ledger, processing_log, as_utc(now()))
         except ProcessingLogError as exc:
-            logger.warning("could not rebuild today's quota use from the processing log: %s", exc)
+            # Asked once per batch: an unreachable log is not asked again for every file, and
+            # the drop or bucket alone is asked (an SFTP file it cannot vouch for then needs
+            # attention rather than a blind re-send).
+            logger.warning(
+                "the processing log could not be read (%s): today's quota use is the ledger's, "
+                "and only the %s drop is asked about files without a receipt",
+                exc,
+                transport.name,
+            )
+            processing_log = None
 
     # Pass 1: receipts and leftovers first; leftover rows hold quota the sends need.
     for file in files:

@@ -43,6 +43,7 @@ from mm_assets.defs.delivery.assets import (
 from mm_assets.defs.delivery.resources import CftDelivery, MediaMathDelivery, SftpDelivery
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets as build_assets
 from mm_assets.defs.s2s_build import checks as build_checks
@@ -77,6 +78,11 @@ S2S_SETTINGS = S2sFileSettings(
 # -- helpers -------------------------------------------------------------------------------
 
 
+# These tests run no processing-log server: a closed local port, so delivery learns at once
+# that the log cannot be read and asks only the drop or bucket.
+UNREACHABLE_PROCESSING_LOG = MediaMathProcessingLog(url="http://127.0.0.1:1", max_attempts=1)
+
+
 def new_instance(root: Path) -> Any:
     """A persistent test instance (SQLite storages on disk) with the batch's partition."""
     root.mkdir(parents=True, exist_ok=True)
@@ -100,6 +106,7 @@ def materialize_build_and_delivery(
             "storage": storage,
             "s2s": S2S_SETTINGS,
             "delivery": delivery,
+            "processing_log": UNREACHABLE_PROCESSING_LOG,
             "moloco_source": MolocoExportSource(),
         },
         raise_on_error=False,
@@ -113,7 +120,11 @@ def materialize_delivery(
         [upload_receipts, every_file_has_a_receipt],
         partition_key=BATCH,
         instance=instance,
-        resources={"storage": storage, "delivery": delivery},
+        resources={
+            "storage": storage,
+            "delivery": delivery,
+            "processing_log": UNREACHABLE_PROCESSING_LOG,
+        },
         raise_on_error=False,
     )
 

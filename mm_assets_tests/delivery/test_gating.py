@@ -34,6 +34,7 @@ from mm_assets_tests.delivery.test_delivery_assets import (
     BUILD_CHECKS,
     S2S_SETTINGS,
     SAMPLE_FILES,
+    UNREACHABLE_PROCESSING_LOG,
     materialize_delivery,
     receipt_check,
     receipts_metadata,
@@ -157,7 +158,11 @@ def test_automation_requests_delivery_only_after_the_blocking_checks_passed(
     defs = dg.Definitions(
         assets=[*BUILD_ASSETS, upload_receipts],
         asset_checks=[checks.files_conform_to_s2s_spec, checks.outbox_matches_manifest],
-        resources={**build_resources(storage), "delivery": delivery},
+        resources={
+            **build_resources(storage),
+            "delivery": delivery,
+            "processing_log": UNREACHABLE_PROCESSING_LOG,
+        },
     )
     only_delivery = dg.AssetSelection.assets(upload_receipts)
 

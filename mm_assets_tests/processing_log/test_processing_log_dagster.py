@@ -450,3 +450,36 @@ def test_durations(text: str, seconds: int) -> None:
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
+
+
+# -- a lost ledger, with the drop already emptied by MediaMath -------------------------------
+
+
+def test_a_lost_ledger_resends_nothing_the_processing_log_knows_although_the_drop_is_empty(
+    instance: dg.DagsterInstance,
+    storage: BatchStorage,
+    delivery: MediaMathDelivery,
+    sftp_server: SandboxSftpServer,
+    tmp_path: Path,
+) -> None:
+    """upload_receipts asks MediaMath's processing log (S2S-LOG) before sending a file the
+    ledger cannot vouch for: FileIdentifiers must stay unique (S2S-HDR)."""
+    names = sorted(f.name for f in read_manifest(storage.outbox(BATCH)))
+    with log_server(sftp_server) as server:
+        log = processing_log(server)
+        assert deliver(instance, storage, delivery, log).passed
+        # MediaMath read and moved every file away; then the ledger file is lost.
+        for path in sftp_server.root_dir.iterdir():
+            path.unlink()
+        (tmp_path / "ledger.sqlite").unlink()
+        result = dg.materialize(
+            [upload_receipts],
+            partition_key=BATCH,
+            instance=instance,
+            resources={"storage": storage, "delivery": delivery, "processing_log": log},
+        )
+    [materialization] = result.asset_materializations_for_node("upload_receipts")
+    by_status = materialization.metadata["names_by_status"].value
+    assert sorted(by_status.get("already_delivered", [])) == names
+    assert "delivered" not in by_status
+    assert list(sftp_server.root_dir.iterdir()) == []  # nothing was sent a second time

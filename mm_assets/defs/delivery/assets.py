@@ -12,6 +12,7 @@ from mm_assets.clients.transport import OutgoingFile
 from mm_assets.core.s2s_writer import read_manifest
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.resources import BatchStorage
 from mm_assets.defs.s2s_build.assets import s2s_files
 from mm_assets.defs.s2s_build.metadata import md_table
@@ -26,6 +27,7 @@ DELIVERY_CONDITION = (
 # Statuses a person must look at: the receipt check fails with ERROR for them.
 HARD_STATUSES = (Status.FAILED, Status.NEEDS_ATTENTION, Status.REFUSED, Status.NOT_APPROVED)
 
+RECONCILE_LOG_ATTEMPTS = 2
 RECEIPT_COLUMNS = [
     "name",
     "status",
@@ -61,7 +63,10 @@ def outgoing_files(storage: BatchStorage, batch: str) -> list[OutgoingFile]:
     "or day's quota (S2S-QUOTA) wait, visibly; failed uploads are retried with backoff.",
 )
 def upload_receipts(
-    context: dg.AssetExecutionContext, storage: BatchStorage, delivery: MediaMathDelivery
+    context: dg.AssetExecutionContext,
+    storage: BatchStorage,
+    delivery: MediaMathDelivery,
+    processing_log: MediaMathProcessingLog,
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     files = outgoing_files(storage, batch)
@@ -78,6 +83,9 @@ def upload_receipts(
             dry_run=delivery.is_dry_run,
             not_approved=not_approved,
             retry_policy=delivery.retry_policy(),
+            # Asked about files the ledger cannot vouch for (a lost ledger, a killed run) and
+            # for today's quota use; few attempts: an unreachable log only narrows what is known.
+            processing_log=processing_log.client(delivery, max_attempts=RECONCILE_LOG_ATTEMPTS),
         )
     for entry in report.entries:
         if entry.status not in DONE_STATUSES or entry.message:

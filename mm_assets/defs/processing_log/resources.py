@@ -39,14 +39,16 @@ class MediaMathProcessingLog(dg.ConfigurableResource):
             max_poll_interval=parse_duration(self.max_poll_interval),
         )
 
-    def client(self, delivery: MediaMathDelivery) -> ProcessingLogClient:
+    def client(
+        self, delivery: MediaMathDelivery, max_attempts: int | None = None
+    ) -> ProcessingLogClient:
         url, username, password = delivery.processing_log_endpoint(self.url)
         return ProcessingLogClient(
             url,
             username,
             password,
             timeout=self.timeout_seconds,
-            max_attempts=self.max_attempts,
+            max_attempts=min(max_attempts or self.max_attempts, self.max_attempts),
             backoff=self.backoff_seconds,
             max_total_wait=self.max_total_wait_seconds,
             ca_bundle=self.ca_bundle or None,
