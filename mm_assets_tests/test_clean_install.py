@@ -16,13 +16,6 @@ from packaging.utils import canonicalize_name
 PROJECT = Path(__file__).resolve().parents[1]
 SANDBOX_DISTRIBUTIONS = {"moto", "asyncssh", "gcp-storage-emulator"}
 SANDBOX_MODULES = ("moto", "asyncssh", "gcp_storage_emulator", "mm_assets.sandbox")
-# Production modules that still import `mm_assets.sandbox` at module level (only its stdlib
-# `run_sandbox` state file reader). Being removed by the unattended-flow work (issue 9); this
-# set may only shrink: a new module-level sandbox import anywhere else fails the test.
-SANDBOX_IMPORTS_BEING_REMOVED = {
-    "mm_assets/defs/delivery/resources.py",
-    "mm_assets/defs/processing_log/resources.py",
-}
 
 
 def _closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> set[str]:
@@ -84,11 +77,8 @@ def test_production_modules_import_no_sandbox_at_module_level() -> None:
             hits = {m for m in _module_level_imports(path) if _is_sandbox(m)}
             if hits:
                 offenders[rel] = hits
-    beyond_state_reader = {
-        rel: hits for rel, hits in offenders.items() if hits - {"mm_assets.sandbox.run_sandbox"}
-    }
-    assert beyond_state_reader == {}
-    assert set(offenders) <= SANDBOX_IMPORTS_BEING_REMOVED, offenders
+    # The sandbox's delivery resource is imported lazily, and only when it is chosen.
+    assert offenders == {}
 
 
 BLOCK_AND_LOAD = """
