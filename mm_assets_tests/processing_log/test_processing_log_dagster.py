@@ -370,7 +370,9 @@ def test_refused_credentials_fail_the_check_without_showing_the_password(
 ) -> None:
     with log_server(sftp_server, password=WRONG_PASSWORD) as server:
         evaluation = deliver(instance, storage, delivery, processing_log(server))
-        assert server.auth_failures == 1  # not retried
+        # Asked once by the delivery (what MediaMath already has, S2S-QUOTA use) and once by
+        # the check: a refusal is never retried.
+        assert server.auth_failures == 2
     assert not evaluation.passed and evaluation.severity is dg.AssetCheckSeverity.ERROR
     assert "refused the credentials" in (evaluation.description or "")
     text = all_event_text(instance)
