@@ -172,3 +172,42 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return sqlite_url(tmp_path / "state" / "ledger.sqlite")
     server: LocalPostgres = request.getfixturevalue("postgres_server")
     return server.new_database()
+
+
+def break_s2s_header(outbox: Path, name: str) -> None:
+    """Rewrite one built file with its header out of order (S2S-HDR: FileIdentifier before
+    Version) and keep the manifest consistent with the new bytes."""
+    import hashlib
+    import json
+
+    from mm_assets.core.s2s_writer import MANIFEST
+
+    path = outbox / name
+    head, _, body = gzip.decompress(path.read_bytes()).partition(b"\n\n")
+    lines = head.split(b"\n")
+    lines[0], lines[1] = lines[1], lines[0]
+    data = gzip.compress(b"\n".join(lines) + b"\n\n" + body)
+    path.write_bytes(data)
+    manifest = json.loads((outbox / MANIFEST).read_text())
+    for entry in manifest["files"]:
+        if entry["name"] == name:
+            entry["bytes"], entry["md5"] = len(data), hashlib.md5(data).hexdigest()
+    (outbox / MANIFEST).write_text(json.dumps(manifest))
+
+
+def approve_outbox(outbox: Path, run_id: str) -> None:
+    """Record the outbox's files as approved by every build check, as passing checks record
+    them (delivery's gate, `mm_assets/delivery/gate.py`)."""
+    from mm_assets.core.s2s_writer import read_manifest
+    from mm_assets.delivery import gate
+
+    for check in gate.REQUIRED_CHECKS:
+        gate.record_approval(
+            outbox,
+            check,
+            passed=True,
+            manifest_digest=gate.manifest_sha256(outbox),
+            files={f.name: f.md5 for f in read_manifest(outbox)},
+            run_id=run_id,
+            now=datetime.now(UTC),
+        )

@@ -11,8 +11,6 @@ build that made it passed).
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import dagster as dg
 import pytest
 
 from mm_assets import cli
-from mm_assets.core.s2s_writer import MANIFEST, read_manifest
+from mm_assets.core.s2s_writer import read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import SftpDelivery
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
@@ -28,6 +26,7 @@ from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage
 from mm_assets.delivery import gate
 from mm_assets.sandbox.sftp_server import SandboxSftpServer
+from mm_assets_tests.conftest import break_s2s_header
 from mm_assets_tests.delivery.test_delivery_assets import (
     BATCH,
     BUILD_ASSETS,
@@ -69,18 +68,7 @@ def rerun_build_checks(instance: Any, storage: BatchStorage) -> list[dg.AssetChe
 
 def break_header_and_manifest(storage: BatchStorage, name: str) -> None:
     """A build whose file breaks S2S-HDR (header out of order), its manifest consistent."""
-    outbox = storage.outbox(BATCH)
-    path = outbox / name
-    head, _, body = gzip.decompress(path.read_bytes()).partition(b"\n\n")
-    lines = head.split(b"\n")
-    lines[0], lines[1] = lines[1], lines[0]
-    data = gzip.compress(b"\n".join(lines) + b"\n\n" + body)
-    path.write_bytes(data)
-    manifest = json.loads((outbox / MANIFEST).read_text())
-    for entry in manifest["files"]:
-        if entry["name"] == name:
-            entry["bytes"], entry["md5"] = len(data), hashlib.md5(data).hexdigest()
-    (outbox / MANIFEST).write_text(json.dumps(manifest))
+    break_s2s_header(storage.outbox(BATCH), name)
 
 
 def delivered_names(server: SandboxSftpServer) -> set[str]:

@@ -314,7 +314,7 @@ def test_deliver_of_a_never_built_batch_is_one_line_and_registers_nothing(world:
 
 def test_cli_deliver_names_the_files_and_a_lost_ledger_resends_nothing(world: World) -> None:
     from mm_assets.core.s2s_writer import write_s2s_files
-    from mm_assets_tests.conftest import make_settings
+    from mm_assets_tests.conftest import approve_outbox, make_settings
     from mm_assets_tests.faults.test_build_faults import _merged
 
     built = write_s2s_files(
@@ -324,7 +324,8 @@ def test_cli_deliver_names_the_files_and_a_lost_ledger_resends_nothing(world: Wo
         batch=BATCH,
     )
     names = sorted(f.name for f in built)
-    _approve_as_the_build_checks_would(world.root / "outbox-root" / BATCH)
+    # Written by the core directly: approved as the build checks would (delivery's gate).
+    approve_outbox(world.root / "outbox-root" / BATCH, run_id="built-by-the-core")
 
     first = _cli(world, "deliver", BATCH)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -341,23 +342,3 @@ def test_cli_deliver_names_the_files_and_a_lost_ledger_resends_nothing(world: Wo
     # DAGSTER_HOME (run storage, compute logs), the outbox, the ledger: all under the root.
     assert (world.root / "storage").is_dir()
     assert not secret_free(world.sftp.password, output, world.root)
-
-
-def _approve_as_the_build_checks_would(outbox: Path) -> None:
-    """Delivery sends only what the build's checks approved (issue 9's gate); this outbox was
-    written by the core directly, so its approvals are recorded as passing checks record them."""
-    from datetime import UTC, datetime
-
-    from mm_assets.core.s2s_writer import read_manifest
-    from mm_assets.delivery import gate
-
-    for check in gate.REQUIRED_CHECKS:
-        gate.record_approval(
-            outbox,
-            check,
-            passed=True,
-            manifest_digest=gate.manifest_sha256(outbox),
-            files={f.name: f.md5 for f in read_manifest(outbox)},
-            run_id="built-by-the-core",
-            now=datetime.now(UTC),
-        )

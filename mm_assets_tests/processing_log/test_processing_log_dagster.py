@@ -7,20 +7,18 @@ sandbox processing log reads and judges with the independent validator.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 
-from mm_assets.core.s2s_writer import MANIFEST, NAME_REGISTER, read_manifest
+from mm_assets.core.s2s_writer import NAME_REGISTER, read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery, SftpDelivery
 from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
@@ -34,10 +32,10 @@ from mm_assets.defs.processing_log.status_store import FileState, StatusStore
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets as build_assets
 from mm_assets.defs.s2s_build import checks as build_checks
-from mm_assets.delivery import gate
 from mm_assets.sandbox.delivery_resource import SandboxDelivery
 from mm_assets.sandbox.processing_log_server import SandboxProcessingLog
 from mm_assets.sandbox.sftp_server import SandboxSftpServer
+from mm_assets_tests.conftest import approve_outbox, break_s2s_header
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_BATCH = PROJECT_ROOT / "data" / "export" / "batch_20261120"
@@ -192,27 +190,8 @@ def break_header(storage: BatchStorage, name: str) -> None:
     """Rewrite one built file with its header out of order (S2S-HDR) and fix the manifest and
     the checks' approvals, as if writer and validator shared a bug the checks did not see."""
     outbox = storage.outbox(BATCH)
-    path = outbox / name
-    head, _, body = gzip.decompress(path.read_bytes()).partition(b"\n\n")
-    lines = head.split(b"\n")
-    lines[0], lines[1] = lines[1], lines[0]  # FileIdentifier before Version
-    data = gzip.compress(b"\n".join(lines) + b"\n\n" + body)
-    path.write_bytes(data)
-    manifest = json.loads((outbox / MANIFEST).read_text())
-    for entry in manifest["files"]:
-        if entry["name"] == name:
-            entry["bytes"], entry["md5"] = len(data), hashlib.md5(data).hexdigest()
-    (outbox / MANIFEST).write_text(json.dumps(manifest))
-    for check in gate.REQUIRED_CHECKS:
-        gate.record_approval(
-            outbox,
-            check,
-            passed=True,
-            manifest_digest=gate.manifest_sha256(outbox),
-            files={f.name: f.md5 for f in read_manifest(outbox)},
-            run_id="validator-shares-the-bug",
-            now=datetime.now(UTC),
-        )
+    break_s2s_header(outbox, name)
+    approve_outbox(outbox, run_id="validator-shares-the-bug")
 
 
 def all_event_text(instance: dg.DagsterInstance) -> str:
