@@ -134,3 +134,65 @@ def test_cli_build_refuses_clearly_while_another_build_of_the_batch_runs(tmp_pat
     assert "another build of batch batch_20261120 is running" in done.stderr
     assert "users" not in done.stdout  # no summary of an empty build
     assert not (outbox_root / batch.name).exists()
+
+
+def test_a_build_step_started_beside_another_build_refuses_and_leaves_its_work(
+    tmp_path: Path,
+) -> None:
+    """A build started from the UI while `mm-assets build` runs the batch: its steps take the
+    batch's build lock too, so it fails clearly instead of replacing the other's work."""
+    import dagster as dg
+
+    from mm_assets.defs.moloco_source.resources import MolocoExportSource
+    from mm_assets.defs.partitions import export_batches
+    from mm_assets.defs.resources import BatchStorage, S2sFileSettings
+    from mm_assets.defs.s2s_build import assets as build_assets
+
+    write_batch(tmp_path, {"a.csv": csv_bytes([["u1", "1", "0", "", ""]])})
+    storage = BatchStorage(
+        export_dir=str(tmp_path / "export"),
+        work_dir=str(tmp_path / "work"),
+        outbox_dir=str(tmp_path / "outbox"),
+    )
+    earlier_work = Path(storage.work("batch_1", "raw_audiences")) / "kept"
+    earlier_work.parent.mkdir(parents=True)
+    earlier_work.write_text("the running build's work")
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from mm_assets.core.s2s_writer import batch_build_lock\n"
+            "with batch_build_lock(Path(sys.argv[1]), 'batch_1'):\n"
+            "    Path(sys.argv[2]).touch()\n"
+            "    time.sleep(600)\n",
+            storage.outbox_dir,
+            str(ready),
+        ],
+        cwd=PROJECT,
+        text=True,
+    )
+    try:
+        _wait(ready, holder)
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(export_batches.name, ["batch_1"])
+            result = dg.materialize(
+                [build_assets.moloco_export_objects, build_assets.raw_audiences],
+                selection=[build_assets.raw_audiences],
+                partition_key="batch_1",
+                instance=instance,
+                resources={
+                    "storage": storage,
+                    "s2s": S2sFileSettings(partner_name="P", segment_namespace="ep"),
+                    "moloco_source": MolocoExportSource(),
+                },
+                raise_on_error=False,
+            )
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        assert "another build of batch batch_1 is running" in str(failure.event_specific_data)
+        assert earlier_work.read_text() == "the running build's work"
+    finally:
+        sigkill(holder)

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from mm_assets.core.export_reader import read_export_batch
-from mm_assets.core.s2s_writer import write_s2s_files
+from mm_assets.core.s2s_writer import batch_build_lock, write_s2s_files
 from mm_assets.core.segment_merge import merge_segment_loads
 from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.partitions import export_batches
@@ -37,9 +37,13 @@ def raw_audiences(
     context: dg.AssetExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.MaterializeResult:
     batch = context.partition_key
-    report = read_export_batch(
-        storage.batch_dir(batch), storage.work(batch, "raw_audiences"), s2s.build_settings()
-    )
+    # Each build step holds the batch's build lock (s2s_files' writer holds it too): a second
+    # build of the batch started alongside (UI next to the CLI) refuses instead of replacing
+    # this one's work under it.
+    with batch_build_lock(Path(storage.outbox_dir), batch):
+        report = read_export_batch(
+            storage.batch_dir(batch), storage.work(batch, "raw_audiences"), s2s.build_settings()
+        )
     save_report(
         storage.work(batch, "raw_audiences") / REPORT,
         {
@@ -116,9 +120,10 @@ def merged_segment_loads(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     out = storage.work(batch, "merged_segment_loads")
-    report = merge_segment_loads(
-        storage.work(batch, "raw_audiences") / "loads", out, s2s.build_settings()
-    )
+    with batch_build_lock(Path(storage.outbox_dir), batch):
+        report = merge_segment_loads(
+            storage.work(batch, "raw_audiences") / "loads", out, s2s.build_settings()
+        )
     families = [
         [
             k.agency or "(global)",
