@@ -388,15 +388,17 @@ def test_a_gzip_bomb_line_is_quarantined_as_overlong_and_counted(tmp_path, suffi
 
 
 def test_a_gzip_bomb_fails_in_bounded_memory(tmp_path):
-    """256 MiB lines (DuckDB drops lines past ~64 MiB silently: they must still be counted).
+    """1 GiB lines (DuckDB drops lines past ~64 MiB silently: they must still be counted).
 
-    Memory measured in a child process (its own peak RSS); no timing asserted.
+    Memory measured in a child process (its own peak RSS); no timing asserted. Alone it peaks
+    at 220-300 MB; inside the full suite it was seen at 520-555 MB (not explained yet), so the
+    bound is set where a reader that held one whole line (1 GiB) would fail it.
     """
     batch = write_batch(
         tmp_path,
         {
-            "bomb.csv.gz": _bomb(CSV_HEADER.encode() + b"u1,1,0,,\n", 256),
-            "bomb.jsonl.gz": _bomb(b'{"user_id": "u1", "segment": 1}\n', 256),
+            "bomb.csv.gz": _bomb(CSV_HEADER.encode() + b"u1,1,0,,\n", 1024),
+            "bomb.jsonl.gz": _bomb(b'{"user_id": "u1", "segment": 1}\n', 1024),
         },
     )
     script = textwrap.dedent(
@@ -419,7 +421,7 @@ def test_a_gzip_bomb_fails_in_bounded_memory(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])  # after DuckDB's progress bar
-    assert result["rss_mb"] < 450
+    assert result["rss_mb"] < 800
     # Each bomb is one line too long to be a row: quarantined (and counted), or the file refused.
     lost = {name for name, _, blocks in result["issues"] if blocks}
     assert result["quarantined"] + len(lost) >= 2
