@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from mm_assets.clients.mediamath_processing_log import LogRecord, ProcessingLogError
-from mm_assets.clients.transport import OutgoingFile, Sighting, Transport
+from mm_assets.clients.transport import OutgoingFile, Transport
 from mm_assets.core.quota import day_window
 from mm_assets.core.s2s_format import SUFFIX
 from mm_assets.delivery.ledger import Ledger
@@ -60,7 +60,7 @@ class Finding:
 
 def find(file: OutgoingFile, transport: Transport, log: ProcessingLog | None) -> Finding:
     """What MediaMath has of `file` (raises the transport's DeliveryError when it cannot look)."""
-    seen = _sighting(transport, file.name)
+    seen = transport.lookup(file.name)
     drop = "the CFT bucket" if seen.absent_is_proof else f"the {transport.name} drop"
     if seen.size == file.size:
         return Finding(Verdict.HAS_IT, drop, f"in {drop} at full size", seen.landed_at)
@@ -102,20 +102,6 @@ def find(file: OutgoingFile, transport: Transport, log: ProcessingLog | None) ->
         drop,
         f"not in {drop}{asked}; MediaMath empties the drop after reading, so it may still "
         f"have landed{log_problem}",
-    )
-
-
-def _sighting(transport: Transport, name: str) -> Sighting:
-    lookup = getattr(transport, "lookup", None)
-    if lookup is not None:
-        return lookup(name)
-    # A transport written before `lookup` (e.g. a test double): its size only; CFT keeps
-    # every object, an SFTP drop does not.
-    return Sighting(
-        name,
-        transport.remote_size(name),
-        None,
-        absent_is_proof=transport.delivered_files_stay_visible,
     )
 
 
