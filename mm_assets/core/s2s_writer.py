@@ -16,6 +16,9 @@ A build replaces a batch's outbox atomically. The outbox layout:
     OUTBOX/.locks/<batch>.lock      held by the build of that batch (flock)
     OUTBOX/.issued_names            every name ever issued (FileIdentifier is unique)
 
+(The last two only without a shared database; with one, both are rows in it: see
+`mm_assets/state/`.)
+
 A build writes a new folder and, once files and manifest are complete and synced, swaps the
 symlink with one rename: readers see the old build or the new one, never a mix, and a build
 killed mid-write leaves the old outbox intact. The previous build is kept (a delivery that
@@ -26,14 +29,11 @@ Two builds of one batch never run at once: the second gets `BuildInProgress`.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -46,14 +46,24 @@ import pyarrow.parquet as pq
 from zlib_ng import zlib_ng
 
 from mm_assets.core.build_settings import BuildSettings
-from mm_assets.core.s2s_format import SUFFIX, FileHeader, FileNameAllocator, FormatError
+from mm_assets.core.s2s_format import FileHeader, FormatError
 from mm_assets.core.segment_merge import GLOBAL_KEY, FileKey
+from mm_assets.state.build_lock import (  # noqa: F401 - the build lock's home for its callers
+    DELEGATED_BUILD_LOCK_ENV,
+    LOCKS,
+    BuildInProgress,
+    batch_build_lock,
+    delegated_build_lock,
+)
+from mm_assets.state.name_register import (  # noqa: F401 - NAME_REGISTER: the outbox's file
+    NAME_REGISTER,
+    IssuesNames,
+    open_name_register,
+)
 
 CHUNK_ROWS = 32_768
 MANIFEST = "manifest.json"
-NAME_REGISTER = ".issued_names"
 BUILDS = ".builds"
-LOCKS = ".locks"
 # Bytes a gzip member may still add after our last sync flush: final block and trailer.
 GZIP_CLOSE_BYTES = 32
 
@@ -76,26 +86,6 @@ class BuiltFile:
 def worst_case_deflate(raw: int) -> int:
     """Most bytes deflate can emit for `raw` input plus a sync flush (stored blocks)."""
     return raw + 5 * (raw // 16_000 + 2)
-
-
-class NameRegister:
-    """Every file name ever issued by this outbox, shared by concurrent builds (file lock)."""
-
-    def __init__(self, outbox: Path) -> None:
-        self.path = outbox / NAME_REGISTER
-        outbox.mkdir(parents=True, exist_ok=True)
-        self.path.touch(exist_ok=True)
-        self._lock = threading.Lock()
-
-    def allocate(self, partner: str, agency: str | None, now: datetime) -> str:
-        with self._lock, open(self.path, "r+", encoding="ascii") as register:
-            fcntl.flock(register, fcntl.LOCK_EX)
-            taken = {line.strip() for line in register}
-            taken |= {p.name for p in self.path.parent.rglob("*" + SUFFIX)}
-            name = FileNameAllocator(partner, taken, now).allocate(agency)
-            register.write(name + "\n")
-            register.flush()
-            return name
 
 
 class _FilePart:
@@ -149,7 +139,7 @@ class _FamilyWriter:
         key: FileKey,
         folder: Path,
         settings: BuildSettings,
-        register: NameRegister,
+        register: IssuesNames,
         now: datetime,
     ) -> None:
         self.key, self.folder, self.settings = key, folder, settings
@@ -240,79 +230,6 @@ def family_folders(merged_dir: Path) -> dict[FileKey, Path]:
     return families
 
 
-class BuildInProgress(RuntimeError):
-    """Another build of the same batch holds its lock."""
-
-
-# Locks this process holds, by lock path: the CLI holds a batch's lock for the whole run and
-# the writer takes it again inside (flock would refuse a second descriptor of one process).
-_HELD: dict[str, int] = {}
-_HELD_GUARD = threading.Lock()
-
-
-# Set by a holder of a batch's build lock for the processes it starts (a launched run's code
-# server and step workers inherit it): they build under the holder's lock.
-DELEGATED_BUILD_LOCK_ENV = "MM_ASSETS_DELEGATED_BUILD_LOCK"
-
-
-def _build_lock_path(outbox_root: Path, batch: str) -> str:
-    locks = outbox_root / LOCKS
-    locks.mkdir(parents=True, exist_ok=True)
-    return str((locks / f"{batch}.lock").resolve())
-
-
-@contextlib.contextmanager
-def delegated_build_lock(outbox_root: Path, batch: str) -> Iterator[None]:
-    """Hand the batch's build lock, held by this process, to the processes it starts."""
-    previous = os.environ.get(DELEGATED_BUILD_LOCK_ENV)
-    os.environ[DELEGATED_BUILD_LOCK_ENV] = _build_lock_path(outbox_root, batch)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(DELEGATED_BUILD_LOCK_ENV, None)
-        else:
-            os.environ[DELEGATED_BUILD_LOCK_ENV] = previous
-
-
-@contextlib.contextmanager
-def batch_build_lock(outbox_root: Path, batch: str) -> Iterator[None]:
-    """Exclusive right to build `batch` (fcntl lock, shared by every process on the machine).
-
-    Raises BuildInProgress at once when another process builds the batch: a second build
-    started alongside would read and replace the first one's half-written work.
-    """
-    path = _build_lock_path(outbox_root, batch)
-    if os.environ.get(DELEGATED_BUILD_LOCK_ENV) == path:
-        # An ancestor process (`mm-assets build`) holds the lock for this run's steps.
-        yield
-        return
-    with _HELD_GUARD:
-        if path in _HELD:
-            _HELD[path] += 1
-            fd = None
-        else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise BuildInProgress(
-                    f"another build of batch {batch} is running (lock {path}); "
-                    f"wait for it to finish, then build again if needed"
-                ) from None
-            _HELD[path] = 1
-    try:
-        yield
-    finally:
-        with _HELD_GUARD:
-            _HELD[path] -= 1
-            if not _HELD[path]:
-                del _HELD[path]
-                if fd is not None:
-                    os.close(fd)
-
-
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -358,7 +275,7 @@ def write_s2s_files(
         build_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
         build_dir = root / BUILDS / batch_outbox.name / build_id
         build_dir.mkdir(parents=True)
-        register = NameRegister(root)
+        register = open_name_register(root)
 
         def write_family(item: tuple[FileKey, Path]) -> list[BuiltFile]:
             writer = _FamilyWriter(item[0], build_dir, settings, register, now)

@@ -3,12 +3,14 @@
 Rules from the export document and how they are kept:
 
 * Call RotateDataExportKey before every access session, and each call deletes all earlier
-  keys. So rotate + use happen inside one cross-process lock (`fcntl.flock` on a lock file):
+  keys. So rotate + use happen inside one cross-process lock (`fcntl.flock` on a lock file,
+  or a lease row in the shared database when one is configured, `DatabaseRotationLock`):
   no other run or sensor can rotate (and so invalidate our key) while we read. In Dagster the
   staging asset also sits in the concurrency pool `moloco_key_rotation` (limit 1); the file lock
   covers what the pool does not (sensors, other code locations, `dagster asset materialize`).
-* At least one minute between calls: the time of the last rotation is kept in a small file
-  next to the lock, and the next holder waits out the rest of the spacing. A 429 from the API
+* At least one minute between calls: the time of the last rotation is kept next to the lock
+  (a small file, or a row), and the next holder waits out the rest of the spacing. A 429 from
+  the API
   (someone rotated outside our lock) is waited out too, never turned into a failure.
 * New keys may take up to 60 s to become active: a probe (list one object) is retried while it
   answers 403 until it works or the activation deadline passes.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import time
@@ -36,6 +39,7 @@ from mm_assets.clients.moloco_export.errors import (
     TransientSourceError,
     redact,
 )
+from mm_assets.state.leases import Lease, last_time, record_time
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +148,7 @@ class RotationLock:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise TransientSourceError(
-                            "another process has held the key-rotation lock for "
-                            f"{wait_timeout_s:.0f} s"
-                        ) from None
+                        raise _lock_timeout(wait_timeout_s, None) from None
                     self.sleep(0.05)
             try:
                 yield
@@ -177,6 +178,57 @@ class RotationLock:
             self.sleep(wait)
             return wait
         return 0.0
+
+
+def _lock_timeout(wait_timeout_s: float, holder: str | None) -> TransientSourceError:
+    who = f" ({holder})" if holder else ""
+    return TransientSourceError(
+        f"another process{who} has held the key-rotation lock for {wait_timeout_s:.0f} s"
+    )
+
+
+class DatabaseRotationLock(RotationLock):
+    """The same lock and last-rotation time as rows of the shared database (`mm_assets.state`),
+    so workers on several machines rotate one at a time and at most once per spacing
+    (MCM-DKR). A killed holder's lease expires (`leases.lease_seconds()`)."""
+
+    LEASE = "moloco_key_rotation"
+
+    def __init__(
+        self,
+        url: str,
+        spacing_s: float = DEFAULT_SPACING_S,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        lease_s: float | None = None,
+    ) -> None:
+        super().__init__("", spacing_s, clock=clock, sleep=sleep)
+        self.url = url
+        self.lease_s = lease_s
+
+    @contextlib.contextmanager
+    def held(self, wait_timeout_s: float = 3600.0) -> Iterator[None]:
+        lease = Lease(self.url, self.LEASE, ttl_s=self.lease_s, clock=self.clock)
+        timeout = functools.partial(_lock_timeout, wait_timeout_s)
+        with lease.held(wait_timeout_s, on_timeout=timeout, sleep=self.sleep):
+            yield
+
+    def last_rotation(self) -> float:
+        return last_time(self.url, self.LEASE)
+
+    def record_rotation(self, when: float) -> None:
+        record_time(self.url, self.LEASE, when)
+
+
+def rotation_lock(
+    state_dir: str | os.PathLike[str], spacing_s: float, database_url: str | None
+) -> RotationLock:
+    """The rotation lock of this deployment: in the shared database when one is configured,
+    else files in `state_dir`."""
+    if database_url:
+        return DatabaseRotationLock(database_url, spacing_s)
+    return RotationLock(state_dir, spacing_s)
 
 
 def is_not_yet_active(exc: Exception) -> bool:

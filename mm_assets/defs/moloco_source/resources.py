@@ -30,7 +30,7 @@ from mm_assets.clients.moloco_export.key_rotation import (
     DEFAULT_S3_ENDPOINT,
     KeyRotationClient,
     KeyRotationSession,
-    RotationLock,
+    rotation_lock,
 )
 from mm_assets.clients.moloco_export.listing import (
     DEFAULT_PAGE_SIZE,
@@ -45,6 +45,7 @@ from mm_assets.clients.moloco_export.listing import (
 )
 from mm_assets.clients.moloco_export.staging import StageReport, stage_batch
 from mm_assets.defs.settings import STATE_DIR, int_setting, setting
+from mm_assets.state.database import DATABASE_URL_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class MolocoExportSource(dg.ConfigurableResource):
     rotation_spacing: str = "60"  # seconds, MCM-DKR: at least 1 minute
     key_activation_deadline: str = "90"  # seconds, MCM-DKR: up to 60 s to become active
     state_dir: str = str(STATE_DIR / "moloco")  # rotation lock + last rotation time
+    # The shared database (the ledger's): when set, the rotation lock and time live there.
+    state_database_url: str = ""
     sts_project: str = ""
     sts_destination_bucket: str = ""
     sts_endpoint: str = ""  # override of the transfer API endpoint; empty = Google
@@ -173,7 +176,9 @@ class MolocoExportSource(dg.ConfigurableResource):
             self._need("MM_MOLOCO_BUCKET", self.bucket)
             session = KeyRotationSession(
                 KeyRotationClient(self.api_base, self.platform_id, self.api_key),
-                RotationLock(self.state_dir, float(self.rotation_spacing)),
+                rotation_lock(
+                    self.state_dir, float(self.rotation_spacing), self.state_database_url or None
+                ),
                 activation_deadline_s=float(self.key_activation_deadline),
             )
             with session.open(self.s3_endpoint, self.bucket) as (key, client):
@@ -274,6 +279,7 @@ def default_moloco_source() -> MolocoExportSource:
         rotation_spacing=setting("MM_MOLOCO_ROTATION_SPACING", "60"),
         key_activation_deadline=setting("MM_MOLOCO_KEY_ACTIVATION_DEADLINE", "90"),
         state_dir=setting("MM_MOLOCO_STATE_DIR", str(STATE_DIR / "moloco")),
+        state_database_url=setting(DATABASE_URL_ENV, ""),
         sts_project=setting("MM_MOLOCO_STS_PROJECT", ""),
         sts_destination_bucket=setting("MM_MOLOCO_STS_DESTINATION_BUCKET", ""),
         sts_endpoint=setting("MM_MOLOCO_STS_ENDPOINT", ""),

@@ -1,0 +1,113 @@
+"""The shared-state database: which one is configured and how its transactions are opened.
+
+The same database as the delivery ledger (one URL to configure, one to back up). SQLite by
+default in the ledger's case; for the register and the locks, no URL means their local-file
+implementations, so a laptop keeps working with no database at all.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+# The ledger's setting: the register and the locks live where the receipts and quota use do.
+DATABASE_URL_ENV = "MM_DELIVERY_LEDGER_URL"
+# Long enough to wait out another process's short write transaction.
+SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
+
+_ENGINES: dict[tuple[int, str], Engine] = {}
+_CREATED: set[tuple[int, str, int]] = set()  # (pid, url, id(metadata)) whose tables exist
+_ENGINES_GUARD = threading.Lock()
+
+
+def configured_url() -> str | None:
+    """The shared database's URL when one is configured, else None (local files)."""
+    return os.environ.get(DATABASE_URL_ENV) or None
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of a SQLite database file at `path`."""
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+def normalise_url(url: str | Path) -> str:
+    """A SQLAlchemy URL; a bare path is a SQLite file."""
+    if isinstance(url, Path) or "://" not in url:
+        return sqlite_url(url)
+    return url
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.url.get_backend_name() == "sqlite"
+
+
+def engine_for(url: str | Path, metadata: sa.MetaData) -> Engine:
+    """One engine per database and process, its `metadata` tables created.
+
+    On SQLite, transactions are begun by us (pysqlite's implicit BEGIN is deferred, so two
+    processes could both read and then both write): `write()` begins with BEGIN IMMEDIATE.
+    """
+    url = normalise_url(url)
+    key = (os.getpid(), url)  # an engine's pool must not cross a fork
+    with _ENGINES_GUARD:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            parsed = sa.engine.make_url(url)
+            sqlite = parsed.get_backend_name() == "sqlite"
+            if sqlite and parsed.database not in (None, "", ":memory:"):
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(
+                url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {}
+            )
+            if sqlite:
+                _take_over_sqlite_transactions(engine)
+            _ENGINES[key] = engine
+        created = (*key, id(metadata))
+        if created not in _CREATED:
+            _create_tables(engine, metadata)
+            _CREATED.add(created)
+    return engine
+
+
+def _take_over_sqlite_transactions(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("state_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _create_tables(engine: Engine, metadata: sa.MetaData) -> None:
+    try:
+        with write(engine) as conn:
+            metadata.create_all(conn)
+    except sa.exc.SQLAlchemyError:
+        # Another process created them at the same moment; now they are there.
+        with write(engine) as conn:
+            metadata.create_all(conn)
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction; on SQLite it excludes every other writer from its start.
+
+    On PostgreSQL, callers lock the rows they read-then-write (`SELECT ... FOR UPDATE`) or
+    rely on a unique key.
+    """
+    with engine.connect().execution_options(state_write=True) as conn, conn.begin():
+        yield conn
