@@ -111,3 +111,12 @@ def write(engine: Engine) -> Iterator[Connection]:
     """
     with engine.connect().execution_options(state_write=True) as conn, conn.begin():
         yield conn
+
+
+def dispose_engines() -> None:
+    """Close every engine this process opened (their pooled connections with them)."""
+    with _ENGINES_GUARD:
+        for engine in _ENGINES.values():
+            engine.dispose()
+        _ENGINES.clear()
+        _CREATED.clear()
