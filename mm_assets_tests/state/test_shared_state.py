@@ -35,6 +35,7 @@ from mm_assets.state.name_register import (
     issued_names_table,
     open_name_register,
 )
+from mm_assets_tests.conftest import csv_bytes, make_settings, run_build, write_batch
 from mm_assets_tests.faults.world import sigkill
 from mm_assets_tests.state.state_worker import NOW
 
@@ -252,3 +253,27 @@ def test_without_a_database_the_state_stays_in_local_files(
     with batch_build_lock(outbox, "batch_1"):
         assert (outbox / ".locks" / "batch_1.lock").exists()
     assert type(rotation_lock(tmp_path / "moloco", 60, None)) is RotationLock
+
+
+def test_a_build_with_a_database_keeps_its_names_and_lock_there(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's own register and lock: rows in the database, nothing beside the outbox
+    but the files; two builds at the same second still get names of their own."""
+    monkeypatch.setenv(database.DATABASE_URL_ENV, database_url)
+    rows = [["u1", "1", "0", "", ""], ["u2", "2", "0", "Acme", "idfa"]]
+    built = []
+    for name in ("batch_1", "batch_2"):
+        batch = write_batch(tmp_path, {"part.csv": csv_bytes(rows)}, name=name)
+        result = run_build(
+            batch, tmp_path / "work" / name, make_settings(), outbox_root=tmp_path / "outbox"
+        )
+        built += [f.name for f in result.built]
+    assert len(built) == 4 and len(set(built)) == 4
+    with database.engine_for(database_url, sa.MetaData()).connect() as conn:
+        stored = set(conn.execute(sa.select(issued_names_table.c.name)).scalars())
+    assert stored == set(built)
+    outbox = tmp_path / "outbox"
+    assert not (outbox / NAME_REGISTER).exists()
+    assert not (outbox / ".locks").exists()
+    assert {p.name for p in outbox.glob("*/*.log.gz")} == set(built)
