@@ -98,11 +98,6 @@ class FileNameAllocator:
         return name
 
 
-def segment_code_is_32bit(code: str) -> bool:
-    """S2S-SEG: a base-10 integer from 0 to 2,147,483,647."""
-    return code.isascii() and code.isdigit() and int(code) <= MAX_SEGMENT_CODE
-
-
 def split_user_line(user_id: str, loads: list[str]) -> Iterator[str]:
     """Lay one user's loads out on as few lines as S2S-LINE allows (S2S-EFF).
 

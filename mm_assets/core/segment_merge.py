@@ -34,10 +34,6 @@ class FileKey:
     agency: str  # "" for global data
     mobile: bool
 
-    @property
-    def folder(self) -> str:
-        return f"taxonomy={self.agency or GLOBAL_KEY}/mobile={int(self.mobile)}"
-
 
 @dataclass
 class FileKeyStats:

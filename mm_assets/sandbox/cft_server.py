@@ -26,20 +26,17 @@ run in a process at a time; `stop()` restores the previous enforcement setting a
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import json
 import logging
 import re
 import secrets
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs
@@ -545,59 +542,3 @@ def _drain(environ: _Environ) -> None:
         if not chunk:
             break
         remaining -= len(chunk)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the sandbox CFT in the foreground for the local demo."""
-    parser = argparse.ArgumentParser(description="Local stand-in for MediaMath CFT (S3 + STS)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5055)
-    parser.add_argument("--integration", default="sandbox_partner")
-    parser.add_argument("--username", default="cft_partner")
-    parser.add_argument("--lifetime", type=float, default=3600.0, help="credential lifetime, s")
-    parser.add_argument("--max-put-bytes", type=int, default=DEFAULT_MAX_PUT_BYTES)
-    parser.add_argument(
-        "--state-dir", required=True, type=Path, help="keeps the password file here"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    state: Path = args.state_dir
-    state.mkdir(parents=True, exist_ok=True)
-    password_file = state / "cft_password"
-    # Reuse the password across restarts so the demo's configuration stays valid.
-    if password_file.exists():
-        password = password_file.read_text().strip()
-    else:
-        password = secrets.token_urlsafe(18)
-        password_file.write_text(password + "\n")
-        password_file.chmod(0o600)
-
-    sandbox = SandboxCft(
-        host=args.host,
-        port=args.port,
-        integration=args.integration,
-        username=args.username,
-        password=password,
-        lifetime_seconds=args.lifetime,
-        max_put_bytes=args.max_put_bytes,
-    )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    with sandbox:
-        print(f"S3 endpoint:          {sandbox.s3_endpoint_url}")
-        print(f"credentials endpoint: {sandbox.credentials_url}")
-        print(f"bucket/prefix:        s3://{sandbox.bucket}/{sandbox.integration}/")
-        print(f"username:             {sandbox.username}")
-        print(f"password file:        {password_file}")
-        stop.wait()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -25,13 +25,11 @@ The answer's JSON shape is the sandbox's own guess (the document gives none):
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
 import logging
 import secrets
-import signal
 import tempfile
 import threading
 import time
@@ -407,34 +405,3 @@ class SandboxProcessingLog:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Serve the processing log for a drop folder in the foreground."""
-    parser = argparse.ArgumentParser(description="Local stand-in for MediaMath's processing log")
-    parser.add_argument("--dir", required=True, type=Path, action="append", help="drop folder")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--username", default="mm_partner")
-    parser.add_argument("--password-file", required=True, type=Path)
-    parser.add_argument("--delay", type=float, default=10.0, help="processing delay, seconds")
-    parser.add_argument("--namespace", action="append", default=None)
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    server = SandboxProcessingLog(
-        args.dir,
-        args.username,
-        args.password_file.read_text().strip(),
-        processing_delay_seconds=args.delay,
-        port=args.port,
-        allowed_namespaces=args.namespace or ["ep"],
-    )
-    with server:
-        print(f"processing log on {server.url}/logs", flush=True)
-        stop.wait()
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -7,12 +7,10 @@ client's retry path without mocking it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import logging
 import secrets
-import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -353,57 +351,3 @@ class SandboxSftpServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the sandbox server in the foreground for the local demo."""
-    parser = argparse.ArgumentParser(description="Local stand-in for MediaMath's SFTP drop")
-    parser.add_argument("--dir", required=True, type=Path, help="drop folder (chroot)")
-    parser.add_argument("--port", type=int, default=2222)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--username", default="mm_partner")
-    parser.add_argument(
-        "--state-dir",
-        required=True,
-        type=Path,
-        help="keeps the host key and writes known_hosts and the password here",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    state: Path = args.state_dir
-    state.mkdir(parents=True, exist_ok=True)
-    password_file = state / "password"
-    # Reuse the password across restarts so the demo's configuration stays valid.
-    if password_file.exists():
-        password = password_file.read_text().strip()
-    else:
-        password = secrets.token_urlsafe(18)
-        password_file.write_text(password + "\n")
-        password_file.chmod(0o600)
-
-    server = SandboxSftpServer(
-        args.dir,
-        host=args.host,
-        port=args.port,
-        username=args.username,
-        password=password,
-        host_key_path=state / "ssh_host_ed25519_key",
-    )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    with server:
-        (state / "known_hosts").write_text(server.known_hosts_line + "\n")
-        print(f"SFTP sandbox on {server.host}:{server.port} user={server.username}", flush=True)
-        print(f"known_hosts: {state / 'known_hosts'}  password file: {password_file}", flush=True)
-        stop.wait()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,6 @@ from mm_assets.core.s2s_format import (
     file_name,
     require_name_part,
     sanitise_name_part,
-    segment_code_is_32bit,
     split_user_line,
 )
 from mm_assets.core.s2s_validator import validate_file
@@ -180,23 +179,6 @@ def test_allocator_refuses_an_invalid_partner_name():
 
 
 # --- S2S-SEG -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("code", "ok"),
-    [
-        ("0", True),
-        ("2147483647", True),
-        ("2147483648", False),
-        ("-1", False),
-        ("", False),
-        ("1.5", False),
-        ("abc", False),
-        ("١٢", False),
-    ],
-)
-def test_segment_code_is_32bit(code, ok):
-    assert segment_code_is_32bit(code) is ok
 
 
 # --- S2S-LINE / S2S-EFF --------------------------------------------------------------------
