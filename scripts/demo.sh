@@ -47,7 +47,7 @@ echo "dropped $batch into $flow_export; waiting for MediaMath's verdict (a few m
 .venv/bin/python - "$batch" <<'PY'
 import sys, time
 from mm_assets.definitions import defs
-from mm_assets.defs.processing_log.status_store import FINAL_STATES
+from mm_assets.processing_log.status_store import FINAL_STATES
 
 batch = sys.argv[1]
 delivery = defs.resources["delivery"].process_config_and_initialize()

@@ -48,6 +48,7 @@ from mm_assets.clients.transport import (
     TransientDeliveryError,
     UploadResult,
 )
+from mm_assets.core.clock import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +150,6 @@ def _install_redaction() -> None:
             target.addFilter(_REDACTOR)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class CftCredentials:
     """Temporary S3 credentials from the CFT credentials endpoint (CFT-CRED)."""
@@ -224,7 +221,7 @@ class CftCredentialsClient:
         self.credentials_lifetime = credentials_lifetime
         self.fetch_count = 0
         # What "now" is for expiry decisions, here and in botocore's refresh.
-        self.clock: Callable[[], datetime] = clock or _utc_now
+        self.clock: Callable[[], datetime] = clock or utc_now
         self._session = requests.Session()
         _REDACTOR.add(password)
 

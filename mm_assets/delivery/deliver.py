@@ -44,7 +44,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from mm_assets.clients.mediamath_processing_log import ProcessingLogError
@@ -57,6 +57,7 @@ from mm_assets.clients.transport import (
     Transport,
     UploadResult,
 )
+from mm_assets.core.clock import utc_now
 from mm_assets.core.quota import Action, QuotaLimits, QuotaUsage, as_utc, decide
 from mm_assets.delivery.ledger import AlreadyTracked, InFlight, Ledger, Receipt, owner_is_dead
 from mm_assets.delivery.reconcile import Finding, ProcessingLog, Verdict, find, rebuild_usage
@@ -67,10 +68,6 @@ logger = logging.getLogger(__name__)
 # Long enough for a 4 GB upload with retries over a slow line; a younger in-flight row of
 # another run is presumed alive.
 DEFAULT_STALE_IN_FLIGHT_AFTER = timedelta(hours=2)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Status(StrEnum):

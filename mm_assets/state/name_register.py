@@ -22,6 +22,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from mm_assets.core.clock import utc_now
 from mm_assets.core.s2s_format import SUFFIX, FileNameAllocator, FormatError, file_name
 from mm_assets.state import database
 
@@ -104,7 +105,7 @@ class DatabaseNameRegister:
                 with database.write(self.engine) as conn:
                     conn.execute(
                         issued_names_table.insert().values(
-                            name=name, issued_at=datetime.now(UTC).replace(tzinfo=None)
+                            name=name, issued_at=utc_now().replace(tzinfo=None)
                         )
                     )
                 return name

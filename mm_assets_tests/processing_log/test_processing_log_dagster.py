@@ -25,13 +25,13 @@ from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.checks import CHECK_NAME, every_file_accepted_by_mediamath
-from mm_assets.defs.processing_log.polling import parse_duration
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.processing_log.sensors import processing_log_poller
-from mm_assets.defs.processing_log.status_store import FileState, StatusStore
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets as build_assets
 from mm_assets.defs.s2s_build import checks as build_checks
+from mm_assets.processing_log.polling import parse_duration
+from mm_assets.processing_log.status_store import FileState, StatusStore
 from mm_assets.sandbox.delivery_resource import SandboxDelivery
 from mm_assets.sandbox.processing_log_server import SandboxProcessingLog
 from mm_assets.sandbox.sftp_server import SandboxSftpServer

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from mm_assets.defs.processing_log.status_store import (
+from mm_assets.processing_log.status_store import (
     FileState,
     FileStatus,
     StatusStore,

@@ -21,21 +21,21 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from mm_assets.clients.mediamath_processing_log import ProcessingLogCredentialsError
+from mm_assets.core.clock import utc_now
 from mm_assets.core.s2s_writer import MANIFEST, read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.partitions import export_batches
-from mm_assets.defs.processing_log.polling import (
+from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
+from mm_assets.defs.resources import BatchStorage
+from mm_assets.defs.s2s_build.metadata import md_table
+from mm_assets.processing_log.polling import (
     TABLE_COLUMNS,
     BatchVerdict,
     batch_verdict,
     poll_files,
 )
-from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
-from mm_assets.defs.processing_log.status_store import FileState, StatusStore
-from mm_assets.defs.resources import BatchStorage
-from mm_assets.defs.s2s_build.metadata import md_table
-from mm_assets.delivery.deliver import utc_now
+from mm_assets.processing_log.status_store import FileState, StatusStore
 
 CHECK_NAME = "every_file_accepted_by_mediamath"
 # Raw records in metadata are for reading, not archiving (the store keeps them all).

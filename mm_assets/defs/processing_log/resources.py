@@ -6,9 +6,9 @@ import dagster as dg
 
 from mm_assets.clients.mediamath_processing_log import ProcessingLogClient
 from mm_assets.defs.delivery.resources import MediaMathDelivery
-from mm_assets.defs.processing_log.polling import PollSettings, parse_duration
-from mm_assets.defs.processing_log.status_store import StatusStore
 from mm_assets.defs.settings import setting
+from mm_assets.processing_log.polling import PollSettings, parse_duration
+from mm_assets.processing_log.status_store import StatusStore
 
 
 class MediaMathProcessingLog(dg.ConfigurableResource):

@@ -10,11 +10,11 @@ import time
 
 import dagster as dg
 
+from mm_assets.core.clock import utc_now
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.processing_log.checks import evaluation_for
-from mm_assets.defs.processing_log.polling import batch_verdict, poll_files
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
-from mm_assets.delivery.deliver import utc_now
+from mm_assets.processing_log.polling import batch_verdict, poll_files
 
 # Each tick is cheap when nothing is due (one indexed query); the per-file spacing comes from
 # the resource's poll_interval, not from this.

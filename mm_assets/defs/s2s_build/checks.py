@@ -10,6 +10,7 @@ from collections import Counter
 
 import dagster as dg
 
+from mm_assets.core.clock import utc_now
 from mm_assets.core.s2s_format import SUFFIX
 from mm_assets.core.s2s_validator import validate_file
 from mm_assets.core.s2s_writer import read_manifest
@@ -18,7 +19,6 @@ from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.assets import REPORT, load_report, s2s_files
 from mm_assets.defs.s2s_build.metadata import md_table
 from mm_assets.delivery import gate
-from mm_assets.delivery.deliver import utc_now
 
 
 @dg.asset_check(

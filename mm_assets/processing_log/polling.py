@@ -16,7 +16,7 @@ from mm_assets.clients.mediamath_processing_log import (
     ProcessingLogClient,
     ProcessingLogUnavailable,
 )
-from mm_assets.defs.processing_log.status_store import FileState, FileStatus, StatusStore
+from mm_assets.processing_log.status_store import FileState, FileStatus, StatusStore
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
