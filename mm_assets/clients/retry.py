@@ -23,11 +23,13 @@ _RNG = random.Random()
 class Backoff:
     base_seconds: float
     max_seconds: float = math.inf
+    # False where a single caller retries alone (e.g. under a lock): nothing to spread out.
+    jitter: bool = True
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """The wait after failed attempt `attempt` (1-based)."""
         full = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
-        return full * (0.5 + (rng or _RNG).random() / 2)
+        return full * (0.5 + (rng or _RNG).random() / 2) if self.jitter else full
 
 
 class RetriesExhausted(Exception):

@@ -39,6 +39,7 @@ from mm_assets.clients.moloco_export.errors import (
     TransientSourceError,
     redact,
 )
+from mm_assets.clients.retry import Backoff, retry
 from mm_assets.state.leases import Lease, last_time, record_time
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_S3_ENDPOINT = "https://storage.googleapis.com"
 DEFAULT_SPACING_S = 60.0  # MCM-DKR: at least 1 minute between calls
 DEFAULT_ACTIVATION_DEADLINE_S = 90.0  # MCM-DKR: up to 60 s to propagate, plus margin
+# Probes of a new key: from 0.2 s, doubling up to 5 s between them, until the deadline; no
+# jitter: one prober at a time (it holds the rotation lock).
+ACTIVATION_BACKOFF = Backoff(0.2, 5.0, jitter=False)
+MAX_TRIES = 10_000  # a ceiling for loops that a deadline ends
 LOCK_FILE = "moloco_key_rotation.lock"
 LAST_ROTATION_FILE = "moloco_key_rotation.last"
 
@@ -287,6 +292,14 @@ def botocore_debug_muted() -> Iterator[None]:
             log.setLevel(level)
 
 
+class _RateLimited(Exception):
+    """RotateDataExportKey answered 429; `retry_after_s` is the server's wait."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"rate-limited for {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
+
+
 class KeyRotationSession:
     """`with session.open() as key:` rotate (spaced, locked), wait until active, use, release."""
 
@@ -309,47 +322,69 @@ class KeyRotationSession:
     def _rotate(self) -> HmacKey:
         self.waited_for_spacing_s += self.lock.wait_for_spacing()
         deadline = time.monotonic() + self.rate_limit_deadline_s
-        while True:
+
+        def call(_: int) -> HmacKey:
             result = self.client.rotate_once()
-            if isinstance(result, HmacKey):
-                self.lock.record_rotation(self.lock.clock())
-                self.rotations += 1
-                logger.info("rotated the data-export key (new key %s)", result)
-                return result
+            if not isinstance(result, HmacKey):
+                raise _RateLimited(result)
+            return result
+
+        def wait_out_429(_: int, exc: Exception, _delay: float) -> float:
             # 429: a rotation we did not record (another host, another tool) is too recent.
+            wait = exc.retry_after_s if isinstance(exc, _RateLimited) else 0.0
             self.lock.record_rotation(self.lock.clock())
-            if time.monotonic() + result > deadline:
+            if time.monotonic() + wait > deadline:
                 raise TransientSourceError(
                     "key rotation still rate-limited (429) after "
                     f"{self.rate_limit_deadline_s:.0f} s"
                 )
-            logger.info("key rotation answered 429: waiting %.1f s (MCM-DKR spacing)", result)
-            self.waited_for_spacing_s += result
-            self.lock.sleep(result)
+            logger.info("key rotation answered 429: waiting %.1f s (MCM-DKR spacing)", wait)
+            self.waited_for_spacing_s += wait
+            return wait
+
+        key = retry(
+            call,
+            attempts=MAX_TRIES,  # the deadline stops it first
+            backoff=Backoff(0.0),  # the server's Retry-After is the wait
+            retryable=lambda exc: isinstance(exc, _RateLimited),
+            before_retry=wait_out_429,
+            sleep=self.lock.sleep,
+        )
+        self.lock.record_rotation(self.lock.clock())
+        self.rotations += 1
+        logger.info("rotated the data-export key (new key %s)", key)
+        return key
 
     def wait_until_active(self, probe: Callable[[], object], secrets: tuple[str, ...]) -> None:
         start = time.monotonic()
-        delay = 0.2
-        while True:
-            try:
-                probe()
-                self.waited_for_activation_s = time.monotonic() - start
-                return
-            except Exception as exc:
-                if not is_not_yet_active(exc):
-                    from mm_assets.clients.moloco_export.listing import s3_error
 
-                    raise s3_error(exc, "probing the export bucket", secrets) from None
-                if time.monotonic() - start > self.activation_deadline_s:
-                    raise KeyNotActiveError(
-                        "the rotated key was still refused (403) after "
-                        f"{self.activation_deadline_s:.0f} s: MCM-DKR allows up to 60 s to "
-                        "propagate; check the bucket name and that MOLOCO enabled the "
-                        "platform's export"
-                    ) from None
-                logger.info("new key not active yet (403): retrying in %.1f s", delay)
-                self.lock.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        def until_the_deadline(_: int, _exc: Exception, delay: float) -> float:
+            if time.monotonic() - start > self.activation_deadline_s:
+                raise KeyNotActiveError(
+                    "the rotated key was still refused (403) after "
+                    f"{self.activation_deadline_s:.0f} s: MCM-DKR allows up to 60 s to "
+                    "propagate; check the bucket name and that MOLOCO enabled the "
+                    "platform's export"
+                )
+            logger.info("new key not active yet (403): retrying in %.1f s", delay)
+            return delay
+
+        try:
+            retry(
+                lambda _: probe(),
+                attempts=MAX_TRIES,  # the deadline stops it first
+                backoff=ACTIVATION_BACKOFF,
+                retryable=is_not_yet_active,
+                before_retry=until_the_deadline,
+                sleep=self.lock.sleep,
+            )
+        except KeyNotActiveError:
+            raise
+        except Exception as exc:
+            from mm_assets.clients.moloco_export.listing import s3_error
+
+            raise s3_error(exc, "probing the export bucket", secrets) from None
+        self.waited_for_activation_s = time.monotonic() - start
 
     @contextlib.contextmanager
     def open(
