@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from mm_assets.clients.retry import Backoff
 from mm_assets.core.quota import as_utc
 from mm_assets.delivery.ledger import Ledger, UtcDateTime
 
@@ -42,7 +43,11 @@ class RetryPolicy:
 
     def delay(self, failures: int) -> timedelta:
         """Wait before the next try after `failures` failed runs (1, 2, ...)."""
-        return min(self.first_delay * 2 ** max(failures - 1, 0), self.max_delay)
+        # The clients' one backoff formula; no jitter: runs are already spread by the schedule.
+        backoff = Backoff(
+            self.first_delay.total_seconds(), self.max_delay.total_seconds(), jitter=False
+        )
+        return timedelta(seconds=backoff.delay(max(failures, 1)))
 
 
 @dataclass(frozen=True)
