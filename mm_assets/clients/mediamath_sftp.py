@@ -37,13 +37,14 @@ from mm_assets.clients.transport import (
     TransientDeliveryError,
     UploadResult,
 )
+from mm_assets.core.quota import MAX_FILE_BYTES
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_HOST = "sftp.datasvc.mediamath.com"
 DEFAULT_PORT = 2222
-DEFAULT_MAX_FILE_BYTES = 4 * 1024**3  # S2S-QUOTA: at most 4 GB gzipped per file
+DEFAULT_MAX_FILE_BYTES = MAX_FILE_BYTES  # S2S-QUOTA: at most 4 GB gzipped per file
 
 # paramiko only sizes our *receive* window with these; a big one keeps the server's status
 # replies to pipelined writes from ever stalling on window adjusts.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mm_assets.core.quota import MAX_FILE_BYTES
 from mm_assets.core.s2s_format import require_name_part
 
 GLOBAL_TAXONOMY = "@global"  # names the global data in `hashed_taxonomies`
@@ -66,7 +67,7 @@ class BuildSettings:
     hashed_taxonomies: frozenset[str] = frozenset()
     hash_ids: bool = False
     # S2S-QUOTA: 4 GB per gzipped file; "GB" read as 10**9 bytes, the stricter reading.
-    max_file_bytes: int = 4 * 10**9
+    max_file_bytes: int = MAX_FILE_BYTES
     memory_budget_bytes: int = 1 * 2**30
     column_map: dict[str, str] = field(default_factory=dict)
     gzip_level: int = 4  # zlib-ng 4: ~1 % fewer bytes than zlib 6 at ~3x its speed (measured)

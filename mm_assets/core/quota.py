@@ -16,6 +16,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 GB = 10**9  # decimal on purpose: see the module docstring
+# S2S-QUOTA's limits, defined here once and used by every unit (writer, clients, resources).
+MAX_FILE_BYTES = 4 * GB  # per gzipped file
+BYTES_PER_DAY = 5 * GB  # gzipped, per UTC day
+FILES_PER_HOUR = 20  # per UTC clock hour
 
 # Rule names the messages cite, so an operator can look them up in spec/README.md.
 RULE = "S2S-QUOTA"
@@ -30,9 +34,9 @@ class QuotaLimits:
     one set of limits serves both transports.
     """
 
-    files_per_hour: int = 20
-    bytes_per_day: int = 5 * GB
-    max_file_bytes: int = 4 * GB
+    files_per_hour: int = FILES_PER_HOUR
+    bytes_per_day: int = BYTES_PER_DAY
+    max_file_bytes: int = MAX_FILE_BYTES
 
     def __post_init__(self) -> None:
         for field in ("files_per_hour", "bytes_per_day", "max_file_bytes"):

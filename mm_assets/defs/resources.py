@@ -7,15 +7,16 @@ from pathlib import Path
 import dagster as dg
 
 from mm_assets.core.build_settings import BuildSettings, parse_column_map, parse_size
-from mm_assets.defs.settings import SAMPLE_EXPORT_DIR, STATE_DIR, is_true, setting
+from mm_assets.core.quota import GB, MAX_FILE_BYTES
+from mm_assets.defs.settings import SAMPLE_EXPORT_DIR, STATE_DIR, env_settings, is_true
 
 
 class BatchStorage(dg.ConfigurableResource):
     """The local export folder (one sub-folder per batch), the work area and the outbox."""
 
-    export_dir: str
-    work_dir: str
-    outbox_dir: str
+    export_dir: str = str(SAMPLE_EXPORT_DIR)
+    work_dir: str = str(STATE_DIR / "work")
+    outbox_dir: str = str(STATE_DIR / "outbox")
 
     def batch_dir(self, batch: str) -> Path:
         return Path(self.export_dir) / batch
@@ -44,7 +45,7 @@ class S2sFileSettings(dg.ConfigurableResource):
     user_table_id: str = ""
     hashed_taxonomies: str = ""  # comma-separated agency names; "@global" for the global file
     hash_ids: str = "false"  # "true" only with MediaMath's permission (S2S-HDR HashIDs)
-    max_file_bytes: str = "4GB"
+    max_file_bytes: str = f"{MAX_FILE_BYTES // GB}GB"  # S2S-QUOTA
     memory_budget: str = "1GiB"
     column_map: str = ""  # e.g. "user_id=uid,segment=seg_code"
     gzip_level: str = "4"
@@ -72,24 +73,38 @@ class S2sFileSettings(dg.ConfigurableResource):
 
 
 def default_batch_storage(export_dir: str | None = None) -> BatchStorage:
-    return BatchStorage(
-        export_dir=export_dir or setting("MM_ASSETS_EXPORT_DIR", str(SAMPLE_EXPORT_DIR)),
-        work_dir=setting("MM_ASSETS_WORK_DIR", str(STATE_DIR / "work")),
-        outbox_dir=setting("MM_ASSETS_OUTBOX_DIR", str(STATE_DIR / "outbox")),
+    found = env_settings(
+        BatchStorage,
+        export_dir="MM_ASSETS_EXPORT_DIR",
+        work_dir="MM_ASSETS_WORK_DIR",
+        outbox_dir="MM_ASSETS_OUTBOX_DIR",
     )
+    if export_dir:
+        found["export_dir"] = export_dir
+    return BatchStorage(**found)
+
+
+# The embedded defaults of the sample export in data/ (its hashed taxonomy included).
+SAMPLE_PARTNER = {
+    "partner_name": "ExamplePartner",
+    "segment_namespace": "ep",
+    "hashed_taxonomies": "SportsDaily",
+}
 
 
 def default_s2s_file_settings() -> S2sFileSettings:
-    return S2sFileSettings(
-        partner_name=setting("MM_PARTNER_NAME", "ExamplePartner"),
-        segment_namespace=setting("MM_SEGMENT_NAMESPACE", "ep"),
-        user_namespace=setting("MM_USER_NAMESPACE", "mm"),
-        user_table_id=setting("MM_USER_TABLE_ID", ""),
-        hashed_taxonomies=setting("MM_HASHED_TAXONOMIES", "SportsDaily"),
-        hash_ids=setting("MM_HASH_IDS", "false"),
-        max_file_bytes=setting("MM_MAX_FILE_BYTES", "4GB"),
-        memory_budget=setting("MM_ASSETS_MEMORY_BUDGET", "1GiB"),
-        column_map=setting("MM_ASSETS_COLUMN_MAP", ""),
-        gzip_level=setting("MM_ASSETS_GZIP_LEVEL", "4"),
-        accept_partial_batches=setting("MM_ACCEPT_PARTIAL_BATCHES", "false"),
+    found = env_settings(
+        S2sFileSettings,
+        partner_name="MM_PARTNER_NAME",
+        segment_namespace="MM_SEGMENT_NAMESPACE",
+        user_namespace="MM_USER_NAMESPACE",
+        user_table_id="MM_USER_TABLE_ID",
+        hashed_taxonomies="MM_HASHED_TAXONOMIES",
+        hash_ids="MM_HASH_IDS",
+        max_file_bytes="MM_MAX_FILE_BYTES",
+        memory_budget="MM_ASSETS_MEMORY_BUDGET",
+        column_map="MM_ASSETS_COLUMN_MAP",
+        gzip_level="MM_ASSETS_GZIP_LEVEL",
+        accept_partial_batches="MM_ACCEPT_PARTIAL_BATCHES",
     )
+    return S2sFileSettings(**{**SAMPLE_PARTNER, **found})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -27,3 +28,17 @@ def int_setting(name: str, default: int) -> int | dg.EnvVar:
 
 def is_true(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes")
+
+
+def env_settings(resource: type[dg.ConfigurableResource], **variables: str) -> dict[str, Any]:
+    """The fields of `resource` whose environment variable is set, as `dg.EnvVar` (so the UI
+    shows their source); the others are left out and keep their default, which is defined
+    once, on the field. `variables` maps field names to variable names."""
+    fields = resource.model_fields
+    found: dict[str, Any] = {}
+    for name, variable in variables.items():
+        if not os.environ.get(variable):
+            continue
+        is_int = fields[name].annotation is int
+        found[name] = dg.EnvVar.int(variable) if is_int else dg.EnvVar(variable)
+    return found

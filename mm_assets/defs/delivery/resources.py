@@ -19,11 +19,11 @@ import dagster as dg
 
 from mm_assets.clients.mediamath_cft import MediaMathCft
 from mm_assets.clients.mediamath_processing_log import DEFAULT_BASE_URL
-from mm_assets.clients.mediamath_sftp import MediaMathSftp
+from mm_assets.clients.mediamath_sftp import DEFAULT_HOST, DEFAULT_PORT, MediaMathSftp
 from mm_assets.clients.transport import Transport
 from mm_assets.core.build_settings import parse_size
-from mm_assets.core.quota import QuotaLimits
-from mm_assets.defs.settings import STATE_DIR, int_setting, is_true, setting
+from mm_assets.core.quota import BYTES_PER_DAY, FILES_PER_HOUR, GB, QuotaLimits
+from mm_assets.defs.settings import STATE_DIR, env_settings, is_true
 from mm_assets.delivery.ledger import Ledger
 from mm_assets.delivery.retries import RetryPolicy
 
@@ -36,8 +36,8 @@ class MediaMathDelivery(dg.ConfigurableResource):
     username: str = ""
     password: str = ""
     ledger_url: str = ""  # empty = SQLite file under the state folder
-    files_per_hour: int = 20
-    bytes_per_day: str = "5GB"
+    files_per_hour: int = FILES_PER_HOUR
+    bytes_per_day: str = f"{BYTES_PER_DAY // GB}GB"
     dry_run: str = "false"  # "true": build and validate, upload nothing
     retry_attempts: int = 5  # failed runs of a file before it needs a person
     retry_first_delay_seconds: int = 60  # doubles per failed run
@@ -95,8 +95,8 @@ class MediaMathDelivery(dg.ConfigurableResource):
 class SftpDelivery(MediaMathDelivery):
     """MediaMath's SFTP drop (S2S-SFTP), host key pinned by `known_hosts` or `host_key`."""
 
-    sftp_host: str = "sftp.datasvc.mediamath.com"
-    sftp_port: int = 2222
+    sftp_host: str = DEFAULT_HOST
+    sftp_port: int = DEFAULT_PORT
     remote_dir: str = "."
     known_hosts: str = ""
     host_key: str = ""
@@ -143,47 +143,55 @@ class CftDelivery(MediaMathDelivery):
         )
 
 
-def _shared_settings() -> dict[str, object]:
-    return {
-        "username": setting("MM_SFTP_USERNAME", ""),
-        "password": setting("MM_SFTP_PASSWORD", ""),
-        "ledger_url": setting("MM_DELIVERY_LEDGER_URL", ""),
-        "files_per_hour": int_setting("MM_QUOTA_FILES_PER_HOUR", 20),
-        "bytes_per_day": setting("MM_QUOTA_BYTES_PER_DAY", "5GB"),
-        "dry_run": setting("MM_DELIVERY_DRY_RUN", "false"),
-        "retry_attempts": int_setting("MM_DELIVERY_RETRY_ATTEMPTS", 5),
-        "retry_first_delay_seconds": int_setting("MM_DELIVERY_RETRY_FIRST_DELAY_SECONDS", 60),
-    }
+# Settings of every transport: field name -> environment variable.
+SHARED_VARIABLES = {
+    "username": "MM_SFTP_USERNAME",
+    "password": "MM_SFTP_PASSWORD",
+    "ledger_url": "MM_DELIVERY_LEDGER_URL",
+    "files_per_hour": "MM_QUOTA_FILES_PER_HOUR",
+    "bytes_per_day": "MM_QUOTA_BYTES_PER_DAY",
+    "dry_run": "MM_DELIVERY_DRY_RUN",
+    "retry_attempts": "MM_DELIVERY_RETRY_ATTEMPTS",
+    "retry_first_delay_seconds": "MM_DELIVERY_RETRY_FIRST_DELAY_SECONDS",
+}
 
 
 def default_delivery() -> MediaMathDelivery:
     """The delivery resource `MM_DELIVERY_TRANSPORT` names, read once when definitions load."""
     transport = os.environ.get("MM_DELIVERY_TRANSPORT", "sandbox") or "sandbox"
-    shared = _shared_settings()
     if transport == "sftp":
         return SftpDelivery(
-            sftp_host=setting("MM_SFTP_HOST", "sftp.datasvc.mediamath.com"),
-            sftp_port=int_setting("MM_SFTP_PORT", 2222),
-            remote_dir=setting("MM_SFTP_REMOTE_DIR", "."),
-            known_hosts=setting("MM_SFTP_KNOWN_HOSTS", ""),
-            host_key=setting("MM_SFTP_HOST_KEY", ""),
-            **shared,
+            **env_settings(
+                SftpDelivery,
+                sftp_host="MM_SFTP_HOST",
+                sftp_port="MM_SFTP_PORT",
+                remote_dir="MM_SFTP_REMOTE_DIR",
+                known_hosts="MM_SFTP_KNOWN_HOSTS",
+                host_key="MM_SFTP_HOST_KEY",
+                **SHARED_VARIABLES,
+            )
         )
     if transport == "cft":
         return CftDelivery(
-            cft_credentials_url=setting("MM_CFT_CREDENTIALS_URL", ""),
-            cft_bucket=setting("MM_CFT_BUCKET", "prod-default-cft"),
-            cft_integration=setting("MM_CFT_INTEGRATION", ""),
-            cft_endpoint_url=setting("MM_CFT_S3_ENDPOINT_URL", ""),
-            **shared,
+            **env_settings(
+                CftDelivery,
+                cft_credentials_url="MM_CFT_CREDENTIALS_URL",
+                cft_bucket="MM_CFT_BUCKET",
+                cft_integration="MM_CFT_INTEGRATION",
+                cft_endpoint_url="MM_CFT_S3_ENDPOINT_URL",
+                **SHARED_VARIABLES,
+            )
         )
     if transport == "sandbox":
         # Only here: the sandbox is a development stand-in, never loaded in production.
         from mm_assets.sandbox.delivery_resource import SandboxDelivery
 
+        shared = {k: v for k, v in SHARED_VARIABLES.items() if k not in ("username", "password")}
         return SandboxDelivery(
-            sandbox_state_dir=setting("MM_SANDBOX_STATE_DIR", str(STATE_DIR / "sandbox")),
-            **{k: v for k, v in shared.items() if k not in ("username", "password")},
+            **{
+                "sandbox_state_dir": str(STATE_DIR / "sandbox"),
+                **env_settings(SandboxDelivery, sandbox_state_dir="MM_SANDBOX_STATE_DIR", **shared),
+            }
         )
     raise dg.DagsterInvalidDefinitionError(
         f"MM_DELIVERY_TRANSPORT must be one of {', '.join(TRANSPORTS)}, not {transport!r}"

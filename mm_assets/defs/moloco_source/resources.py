@@ -44,7 +44,7 @@ from mm_assets.clients.moloco_export.listing import (
     normalise_prefix,
 )
 from mm_assets.clients.moloco_export.staging import StageReport, stage_batch
-from mm_assets.defs.settings import STATE_DIR, int_setting, setting
+from mm_assets.defs.settings import STATE_DIR, env_settings
 from mm_assets.state.database import DATABASE_URL_ENV
 
 logger = logging.getLogger(__name__)
@@ -266,27 +266,30 @@ def default_moloco_source() -> MolocoExportSource:
         os.environ.get("MM_MOLOCO_CREDENTIALS_FILE", ""),
     )
     return MolocoExportSource(
-        method=setting("MM_MOLOCO_METHOD", "local"),
-        bucket=setting("MM_MOLOCO_BUCKET", ""),
-        prefix=setting("MM_MOLOCO_PREFIX", ""),
-        credentials_file=setting("MM_MOLOCO_CREDENTIALS_FILE", ""),
-        gcp_project=setting("MM_MOLOCO_GCP_PROJECT", ""),
-        gcs_endpoint=setting("MM_MOLOCO_GCS_ENDPOINT", ""),
-        api_base=setting("MM_MOLOCO_API_BASE", ""),
-        platform_id=setting("MM_MOLOCO_PLATFORM_ID", ""),
-        api_key=setting("MM_MOLOCO_API_KEY", ""),
-        s3_endpoint=setting("MM_MOLOCO_S3_ENDPOINT", DEFAULT_S3_ENDPOINT),
-        rotation_spacing=setting("MM_MOLOCO_ROTATION_SPACING", "60"),
-        key_activation_deadline=setting("MM_MOLOCO_KEY_ACTIVATION_DEADLINE", "90"),
-        state_dir=setting("MM_MOLOCO_STATE_DIR", str(STATE_DIR / "moloco")),
-        state_database_url=setting(DATABASE_URL_ENV, ""),
-        sts_project=setting("MM_MOLOCO_STS_PROJECT", ""),
-        sts_destination_bucket=setting("MM_MOLOCO_STS_DESTINATION_BUCKET", ""),
-        sts_endpoint=setting("MM_MOLOCO_STS_ENDPOINT", ""),
-        sts_poll_interval=setting("MM_MOLOCO_STS_POLL_INTERVAL", "10"),
-        sts_timeout=setting("MM_MOLOCO_STS_TIMEOUT", "21600"),
-        quiet_period=setting("MM_MOLOCO_QUIET_PERIOD", "600"),
-        retry_deadline=setting("MM_MOLOCO_RETRY_DEADLINE", "120"),
-        list_page_size=int_setting("MM_MOLOCO_LIST_PAGE_SIZE", DEFAULT_PAGE_SIZE),
-        max_runs_per_tick=int_setting("MM_MOLOCO_MAX_RUNS_PER_TICK", 20),
+        **env_settings(
+            MolocoExportSource,
+            method="MM_MOLOCO_METHOD",
+            bucket="MM_MOLOCO_BUCKET",
+            prefix="MM_MOLOCO_PREFIX",
+            credentials_file="MM_MOLOCO_CREDENTIALS_FILE",
+            gcp_project="MM_MOLOCO_GCP_PROJECT",
+            gcs_endpoint="MM_MOLOCO_GCS_ENDPOINT",
+            api_base="MM_MOLOCO_API_BASE",
+            platform_id="MM_MOLOCO_PLATFORM_ID",
+            api_key="MM_MOLOCO_API_KEY",
+            s3_endpoint="MM_MOLOCO_S3_ENDPOINT",
+            rotation_spacing="MM_MOLOCO_ROTATION_SPACING",
+            key_activation_deadline="MM_MOLOCO_KEY_ACTIVATION_DEADLINE",
+            state_dir="MM_MOLOCO_STATE_DIR",
+            state_database_url=DATABASE_URL_ENV,
+            sts_project="MM_MOLOCO_STS_PROJECT",
+            sts_destination_bucket="MM_MOLOCO_STS_DESTINATION_BUCKET",
+            sts_endpoint="MM_MOLOCO_STS_ENDPOINT",
+            sts_poll_interval="MM_MOLOCO_STS_POLL_INTERVAL",
+            sts_timeout="MM_MOLOCO_STS_TIMEOUT",
+            quiet_period="MM_MOLOCO_QUIET_PERIOD",
+            retry_deadline="MM_MOLOCO_RETRY_DEADLINE",
+            list_page_size="MM_MOLOCO_LIST_PAGE_SIZE",
+            max_runs_per_tick="MM_MOLOCO_MAX_RUNS_PER_TICK",
+        )
     )

@@ -6,7 +6,7 @@ import dagster as dg
 
 from mm_assets.clients.mediamath_processing_log import ProcessingLogClient
 from mm_assets.defs.delivery.resources import MediaMathDelivery
-from mm_assets.defs.settings import setting
+from mm_assets.defs.settings import env_settings
 from mm_assets.processing_log.polling import PollSettings, parse_duration
 from mm_assets.processing_log.status_store import StatusStore
 
@@ -67,8 +67,11 @@ class MediaMathProcessingLog(dg.ConfigurableResource):
 
 def default_processing_log() -> MediaMathProcessingLog:
     return MediaMathProcessingLog(
-        url=setting("MM_PROCESSING_LOG_URL", ""),
-        deadline=setting("MM_PROCESSING_LOG_DEADLINE", "6h"),
-        poll_interval=setting("MM_PROCESSING_LOG_POLL_INTERVAL", "1m"),
-        ca_bundle=setting("MM_PROCESSING_LOG_CA_BUNDLE", ""),
+        **env_settings(
+            MediaMathProcessingLog,
+            url="MM_PROCESSING_LOG_URL",
+            deadline="MM_PROCESSING_LOG_DEADLINE",
+            poll_interval="MM_PROCESSING_LOG_POLL_INTERVAL",
+            ca_bundle="MM_PROCESSING_LOG_CA_BUNDLE",
+        )
     )
