@@ -23,7 +23,7 @@ from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.export_reader import ReadReport, read_export_batch
 from mm_assets.core.s2s_writer import BuiltFile, write_s2s_files
 from mm_assets.core.segment_merge import MergeReport, merge_segment_loads
-from mm_assets.delivery.ledger import sqlite_url
+from mm_assets.state.database import sqlite_url
 from mm_assets_tests.postgres.server import LocalPostgres, postgres_bin_dir
 
 FIELDS = ("user_id", "segment", "timestamp", "client", "device_type")

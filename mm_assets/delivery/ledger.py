@@ -27,10 +27,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from mm_assets.clients.transport import OutgoingFile, UploadResult
@@ -44,15 +43,9 @@ from mm_assets.core.quota import (
     hour_window,
 )
 from mm_assets.core.quota import usage as quota_usage
+from mm_assets.state.database import Database
 
 DEFAULT_LEDGER_URL = "sqlite:///ledger.sqlite"
-# Long enough to wait out another process's reserve/complete, which take milliseconds.
-SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
-
-
-def sqlite_url(path: str | Path) -> str:
-    """The SQLAlchemy URL of a SQLite ledger file at `path`."""
-    return f"sqlite:///{Path(path).expanduser().resolve()}"
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -188,50 +181,17 @@ class AlreadyTracked(Exception):
         self.state = state  # "receipt" or "in_flight"
 
 
-class Ledger:
+class Ledger(Database):
     """Delivery state shared by every run that delivers to MediaMath."""
 
     def __init__(self, url: str | Path = DEFAULT_LEDGER_URL, *, echo: bool = False) -> None:
         """Open (and create if needed) the ledger at a SQLAlchemy URL or a SQLite file path."""
-        if isinstance(url, Path) or "://" not in url:
-            url = sqlite_url(url)
-        parsed = sa.engine.make_url(url)
-        self._sqlite = parsed.get_backend_name() == "sqlite"
-        if self._sqlite and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        connect_args: dict[str, Any] = {}
-        if self._sqlite:
-            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_SECONDS
-        self.url = parsed
+        super().__init__(url, echo=echo)
+        self._sqlite = self.is_sqlite
         self._lock_row_ready = False
-        self.engine: Engine = sa.create_engine(url, echo=echo, connect_args=connect_args)
-        if self._sqlite:
-            self._take_over_sqlite_transactions()
         self._create_schema()
 
-    def __repr__(self) -> str:
-        # render_as_string hides a Postgres password by default.
-        return f"Ledger({self.url.render_as_string(hide_password=True)!r})"
-
     # -- setup -----------------------------------------------------------------------------
-
-    def _take_over_sqlite_transactions(self) -> None:
-        # pysqlite's own implicit BEGIN is deferred: two processes could both read the counts
-        # and then both insert. Emitting BEGIN ourselves lets writers use BEGIN IMMEDIATE.
-        @sa.event.listens_for(self.engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            try:
-                # WAL lets readers (usage display) proceed while a writer holds the lock.
-                cursor.execute("PRAGMA journal_mode=WAL")
-            finally:
-                cursor.close()
-
-        @sa.event.listens_for(self.engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            immediate = conn.get_execution_options().get("ledger_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     def _create_schema(self) -> None:
         for attempt in range(2):
@@ -251,7 +211,7 @@ class Ledger:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A transaction that excludes every other writer until it ends."""
-        conn = self.engine.connect().execution_options(ledger_write=True)
+        conn = self.engine.connect().execution_options(state_write=True)
         with conn, conn.begin():
             if not self._sqlite and self._lock_row_ready:
                 conn.execute(
@@ -263,15 +223,6 @@ class Ledger:
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():
             yield conn
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- quota -----------------------------------------------------------------------------
 

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from mm_assets.delivery.ledger import SQLITE_BUSY_TIMEOUT_SECONDS, UtcDateTime, sqlite_url
+from mm_assets.delivery.ledger import UtcDateTime
+from mm_assets.state.database import Database
 
 
 class FileState(StrEnum):
@@ -104,33 +105,12 @@ class FileStatus:
         return cls(**data)
 
 
-class StatusStore:
+class StatusStore(Database):
     """Read and write per-file processing-log status."""
 
     def __init__(self, url: str | Path) -> None:
-        if isinstance(url, Path) or "://" not in url:
-            url = sqlite_url(url)
-        parsed = sa.engine.make_url(url)
-        sqlite = parsed.get_backend_name() == "sqlite"
-        if sqlite and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.url = parsed
-        self.engine = sa.create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {}
-        )
+        super().__init__(url)
         _metadata.create_all(self.engine, checkfirst=True)
-
-    def __repr__(self) -> str:
-        return f"StatusStore({self.url.render_as_string(hide_password=True)!r})"
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -48,32 +48,65 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.url.get_backend_name() == "sqlite"
 
 
-def engine_for(url: str | Path, metadata: sa.MetaData) -> Engine:
-    """One engine per database and process, its `metadata` tables created.
+def open_engine(url: str | Path, *, echo: bool = False) -> Engine:
+    """A new engine for `url` (a bare path is a SQLite file, its folder created).
 
-    On SQLite, transactions are begun by us (pysqlite's implicit BEGIN is deferred, so two
-    processes could both read and then both write): `write()` begins with BEGIN IMMEDIATE.
+    On SQLite, transactions are begun by us: pysqlite's own implicit BEGIN is deferred, so two
+    processes could both read and then both write; `write()` begins with BEGIN IMMEDIATE.
     """
+    parsed = sa.engine.make_url(normalise_url(url))
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        parsed,
+        echo=echo,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {},
+    )
+    if sqlite:
+        _take_over_sqlite_transactions(engine)
+    return engine
+
+
+def engine_for(url: str | Path, metadata: sa.MetaData) -> Engine:
+    """One engine per database and process, its `metadata` tables created."""
     url = normalise_url(url)
     key = (os.getpid(), url)  # an engine's pool must not cross a fork
     with _ENGINES_GUARD:
         engine = _ENGINES.get(key)
         if engine is None:
-            parsed = sa.engine.make_url(url)
-            sqlite = parsed.get_backend_name() == "sqlite"
-            if sqlite and parsed.database not in (None, "", ":memory:"):
-                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(
-                url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {}
-            )
-            if sqlite:
-                _take_over_sqlite_transactions(engine)
-            _ENGINES[key] = engine
+            engine = _ENGINES[key] = open_engine(url)
         created = (*key, id(metadata))
         if created not in _CREATED:
             _create_tables(engine, metadata)
             _CREATED.add(created)
     return engine
+
+
+class Database:
+    """An open database: its engine, its URL (shown without password), `close()`, and use as
+    a context manager. The ledger and the processing-log status store are ones."""
+
+    def __init__(self, url: str | Path, *, echo: bool = False) -> None:
+        self.engine = open_engine(url, echo=echo)
+        self.url = self.engine.url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return is_sqlite(self.engine)
+
+    def __repr__(self) -> str:
+        # render_as_string hides a Postgres password by default.
+        return f"{type(self).__name__}({self.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _take_over_sqlite_transactions(engine: Engine) -> None:
@@ -82,6 +115,7 @@ def _take_over_sqlite_transactions(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
+            # WAL lets readers (usage display) proceed while a writer holds the lock.
             cursor.execute("PRAGMA journal_mode=WAL")
         finally:
             cursor.close()
