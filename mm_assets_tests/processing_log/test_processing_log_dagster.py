@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,11 @@ def delivery(sftp_server: SandboxSftpServer, tmp_path: Path) -> MediaMathDeliver
 
 
 def log_server(
-    sftp_server: SandboxSftpServer, *, delay: float = 0.0, password: str = SFTP_PASSWORD
+    sftp_server: SandboxSftpServer,
+    *,
+    delay: float = 0.0,
+    password: str = SFTP_PASSWORD,
+    clock: Callable[[], float] = time.time,
 ) -> SandboxProcessingLog:
     return SandboxProcessingLog(
         [sftp_server.root_dir],
@@ -134,6 +138,7 @@ def log_server(
         processing_delay_seconds=delay,
         allowed_namespaces=["ep"],
         page_size=2,
+        clock=clock,
     )
 
 
@@ -268,7 +273,9 @@ def test_pending_files_pass_when_the_sensor_polls_after_processing(
     tmp_path: Path,
 ) -> None:
     names = [f.name for f in read_manifest(storage.outbox(BATCH))]
-    with log_server(sftp_server, delay=1.5) as server:
+    # MediaMath's clock is the test's: "not processed yet" holds however slow the machine is.
+    log_clock = [time.time()]
+    with log_server(sftp_server, delay=60, clock=lambda: log_clock[0]) as server:
         log = processing_log(server)
         evaluation = deliver(instance, storage, delivery, log)
         assert not evaluation.passed
@@ -286,7 +293,7 @@ def test_pending_files_pass_when_the_sensor_polls_after_processing(
         server.fail_next = []
         early = tick(instance, delivery, log)
         assert early.asset_events == []  # asked, no answer yet, nothing to report
-        time.sleep(1.6)
+        log_clock[0] += 61  # MediaMath has processed the files now
         answered = tick(instance, delivery, log)
         requests_after = len(server.requests_seen)
         quiet = tick(instance, delivery, log)
