@@ -277,3 +277,18 @@ def test_a_build_with_a_database_keeps_its_names_and_lock_there(
     assert not (outbox / NAME_REGISTER).exists()
     assert not (outbox / ".locks").exists()
     assert {p.name for p in outbox.glob("*/*.log.gz")} == set(built)
+
+
+def test_the_moloco_source_takes_its_rotation_lock_from_the_configured_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chosen once, from the ledger's setting, when the definitions load."""
+    from mm_assets.defs.moloco_source.resources import default_moloco_source
+
+    url = database.sqlite_url(tmp_path / "ledger.sqlite")
+    monkeypatch.setenv(database.DATABASE_URL_ENV, url)
+    source = default_moloco_source().process_config_and_initialize()
+    lock = rotation_lock(source.state_dir, 60, source.state_database_url or None)
+    assert isinstance(lock, DatabaseRotationLock) and lock.url == url
+    monkeypatch.delenv(database.DATABASE_URL_ENV)
+    assert default_moloco_source().process_config_and_initialize().state_database_url == ""
