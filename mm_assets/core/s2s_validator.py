@@ -87,7 +87,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK_BYTES = 1 << 20
 # The block path's unit of decompressed text: large enough that numpy's per-call costs vanish,
 # small enough that its arrays (a few times the block) stay well inside a worker's memory.
-_FAST_BLOCK_BYTES = 8 << 20
+_FAST_BLOCK_BYTES = 2 << 20
 # A line this long without a newline is far past S2S-LINE already; beyond it we stop buffering
 # so that a file without newlines cannot exhaust memory.
 _MAX_PENDING_BYTES = 1 << 20

@@ -88,10 +88,32 @@ def _load_keys(words: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndar
     """
     lens = end - start
     head = words[start] & _LOW_BYTES[np.minimum(lens, _WORD)]
-    second = np.where(lens > 2 * _WORD, words[np.minimum(start + _WORD, end)], 0)
-    tail = np.where(lens > _WORD, words[np.maximum(end - _WORD, start)], 0)
-    key = _mix(lens.astype(np.uint64) * _K_LEN, head)
-    return _mix(_mix(key, second.astype(np.uint64)), tail.astype(np.uint64))
+    second = words[np.minimum(start + _WORD, end)] & _LOW_BYTES[np.clip(lens - _WORD, 0, _WORD)]
+    tail = words[np.maximum(end - _WORD, start)] & _LOW_BYTES[(lens > _WORD) * _WORD]
+    # Odd multipliers keep each part's information; a chance collision only costs time.
+    return (lens.astype(np.uint64) * _K_LEN) ^ head ^ (second * _K_MIX) ^ (tail * _K_LINE)
+
+
+def _repeats_a_load(
+    load_hash: np.ndarray, loads_per_line: np.ndarray, first_load: np.ndarray
+) -> bool:
+    """Might a line hold the same SegmentCode:UnixTimestamp twice (S2S-EFF)?"""
+    for k in range(2, _PAIRWISE_MAX_LOADS + 1):
+        sel = np.flatnonzero(loads_per_line == k)
+        if not sel.size:
+            continue
+        matrix = load_hash[first_load[sel][:, None] + np.arange(k)]
+        for shift in range(1, k):
+            if (matrix[:, shift:] == matrix[:, :-shift]).any():
+                return True
+    many = loads_per_line > _PAIRWISE_MAX_LOADS
+    if not many.any():
+        return False
+    line_of_load = np.repeat(np.arange(loads_per_line.size), loads_per_line)
+    in_many = many[line_of_load]
+    keys = load_hash[in_many] ^ (line_of_load[in_many].astype(np.uint64) * _K_LINE)
+    keys.sort()
+    return bool((keys[1:] == keys[:-1]).any())
 
 
 class RowBlockScanner:
@@ -144,33 +166,36 @@ class RowBlockScanner:
         )
         if not pc.all(pc.match_substring_regex(lines, self._line_pattern)).as_py():
             return False
-        tok_start = np.empty_like(bounds)
-        tok_start[0] = 0
-        tok_start[1:] = bounds[:-1] + 1
-        is_user = np.empty(bounds.size, dtype=bool)
-        is_user[0] = True
-        is_user[1:] = bound_is_nl[:-1]
-        user_tok = np.flatnonzero(is_user)
-        load_tok = np.flatnonzero(~is_user)
-        loads_per_line = np.diff(user_tok, append=bounds.size) - 1
+        # Every line is "user load load ...": its first bound ends the user, each space
+        # starts a load that the next bound ends.
+        nl_at = np.flatnonzero(bound_is_nl)
+        space_at = np.flatnonzero(~bound_is_nl)
+        user_tok = np.empty_like(nl_at)
+        user_tok[0] = 0
+        user_tok[1:] = nl_at[:-1] + 1
+        user_end = bounds[user_tok]
+        loads_per_line = nl_at - user_tok
+        first_load = user_tok - np.arange(n)  # index of each line's first load
+        load_start = bounds[space_at] + 1
+        load_end = bounds[space_at + 1]
 
         words = _words(block)
         user_buf = block.lower() if self._fold_case else block
         user_words = _words(user_buf) if self._fold_case else words
-        users = _token_hashes(user_words, tok_start[user_tok], bounds[user_tok])
-        load_hash = _load_keys(words, tok_start[load_tok], bounds[load_tok])
-        if self._repeats_a_load(load_hash, loads_per_line, user_tok, load_tok):
+        users = _token_hashes(user_words, starts, user_end)
+        load_hash = _load_keys(words, load_start, load_end)
+        if _repeats_a_load(load_hash, loads_per_line, first_load):
             return False
 
         def user_at(i: int) -> bytes:
-            return user_buf[starts[i] : bounds[user_tok[i]]]
+            return user_buf[starts[i] : user_end[i]]
 
         def loads_at(i: int) -> list[bytes]:
-            return block[bounds[user_tok[i]] + 1 : nl[i]].split(b" ")
+            return block[user_end[i] + 1 : nl[i]].split(b" ")
 
         def first_load_chars(i: int) -> int:
-            j = user_tok[i] + 1
-            return int(bounds[j] - tok_start[j])
+            j = first_load[i]
+            return int(load_end[j] - load_start[j])
 
         # S2S-EFF: a user continues on the next line only when the line before had no room
         # for that line's first load, and never repeats a load across its lines.
@@ -216,35 +241,8 @@ class RowBlockScanner:
         self._prev_line_chars = int(line_chars[-1])
         self._add_users(users[run_start])
         self.lines += n
-        self.loads += load_tok.size
+        self.loads += space_at.size
         return True
-
-    def _repeats_a_load(
-        self,
-        load_hash: np.ndarray,
-        loads_per_line: np.ndarray,
-        user_tok: np.ndarray,
-        load_tok: np.ndarray,
-    ) -> bool:
-        """Might a line hold the same SegmentCode:UnixTimestamp twice (S2S-EFF)?"""
-        # Index of each line's first load within load_hash.
-        first_load = user_tok - np.arange(user_tok.size)
-        for k in range(2, _PAIRWISE_MAX_LOADS + 1):
-            sel = np.flatnonzero(loads_per_line == k)
-            if not sel.size:
-                continue
-            matrix = load_hash[first_load[sel][:, None] + np.arange(k)]
-            for shift in range(1, k):
-                if (matrix[:, shift:] == matrix[:, :-shift]).any():
-                    return True
-        many = loads_per_line > _PAIRWISE_MAX_LOADS
-        if not many.any():
-            return False
-        line_of_load = np.repeat(np.arange(loads_per_line.size), loads_per_line)
-        in_many = many[line_of_load]
-        keys = load_hash[in_many] ^ (line_of_load[in_many].astype(np.uint64) * _K_LINE)
-        keys.sort()
-        return bool((keys[1:] == keys[:-1]).any())
 
     def _add_users(self, hashes: np.ndarray) -> None:
         self._users_pending.append(hashes)
