@@ -52,16 +52,18 @@ def test_workers_are_bounded_by_cpus_files_and_memory() -> None:
 
 
 # The child validates and hashes the file as the two build checks do, then reports its peak
-# resident memory (ru_maxrss, KiB on Linux).
+# resident memory: VmHWM, its own address space's high-water mark (ru_maxrss would carry the
+# parent's over from the fork).
 _CHILD = """
-import json, resource, sys
+import json, re, sys
 from pathlib import Path
 from mm_assets.core.s2s_validator_pool import validate_files
 from mm_assets.delivery.gate import file_md5
 path = Path(sys.argv[1])
 report, = validate_files([path], memory_budget_bytes=2**30, cpus=2)
 md5 = file_md5(path)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+status = Path("/proc/self/status").read_text()
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
 print(json.dumps({"ok": report.ok, "lines": report.lines, "md5": md5, "peak": peak}))
 """
 
