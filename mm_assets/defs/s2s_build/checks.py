@@ -14,7 +14,6 @@ from pathlib import Path
 import dagster as dg
 
 from mm_assets.core.s2s_format import SUFFIX
-from mm_assets.core.s2s_validator_pool import validate_files
 from mm_assets.core.s2s_writer import read_manifest
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
@@ -35,6 +34,9 @@ from mm_assets.delivery.deliver import utc_now
 def files_conform_to_s2s_spec(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.AssetCheckResult:
+    # Imported here: the validator's numpy and pyarrow load in this check's step only.
+    from mm_assets.core.s2s_validator_pool import validate_files
+
     outbox = storage.outbox(context.partition_key)
     digest = gate.manifest_sha256(outbox)
     settings = s2s.build_settings()
