@@ -98,8 +98,12 @@ def _repeats_a_load(
     load_hash: np.ndarray, loads_per_line: np.ndarray, first_load: np.ndarray
 ) -> bool:
     """Might a line hold the same SegmentCode:UnixTimestamp twice (S2S-EFF)?"""
+    # Lines grouped by their number of loads (a counting sort: one pass, not one per k).
+    counts = np.minimum(loads_per_line, _PAIRWISE_MAX_LOADS + 1).astype(np.uint16)
+    by_count = np.argsort(counts, kind="stable")  # radix sort for 16-bit keys
+    edges = np.searchsorted(counts[by_count], np.arange(_PAIRWISE_MAX_LOADS + 2))
     for k in range(2, _PAIRWISE_MAX_LOADS + 1):
-        sel = np.flatnonzero(loads_per_line == k)
+        sel = by_count[edges[k] : edges[k + 1]]
         if not sel.size:
             continue
         matrix = load_hash[first_load[sel][:, None] + np.arange(k)]
