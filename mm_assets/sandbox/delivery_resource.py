@@ -13,7 +13,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from mm_assets.clients.mediamath_sftp import MediaMathSftp
 from mm_assets.clients.transport import Transport
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.sandbox.run_sandbox import STATE_FILE, SandboxState
@@ -45,6 +44,9 @@ class SandboxDelivery(MediaMathDelivery):
         return "sftp"
 
     def get_transport(self) -> Transport:
+        # Imported here: paramiko loads only in the step that delivers.
+        from mm_assets.clients.mediamath_sftp import MediaMathSftp
+
         sandbox = self._sandbox()
         return MediaMathSftp(
             host="127.0.0.1",

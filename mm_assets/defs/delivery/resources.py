@@ -17,9 +17,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from mm_assets.clients.mediamath_cft import MediaMathCft
 from mm_assets.clients.mediamath_processing_log import DEFAULT_BASE_URL
-from mm_assets.clients.mediamath_sftp import DEFAULT_HOST, DEFAULT_PORT, MediaMathSftp
+from mm_assets.clients.mediamath_sftp import DEFAULT_HOST, DEFAULT_PORT
 from mm_assets.clients.transport import Transport
 from mm_assets.core.build_settings import parse_size
 from mm_assets.core.quota import BYTES_PER_DAY, FILES_PER_HOUR, GB, QuotaLimits
@@ -108,6 +107,10 @@ class SftpDelivery(MediaMathDelivery):
         return "sftp"
 
     def get_transport(self) -> Transport:
+        # Imported here: paramiko (and its crypto) would otherwise load with the definitions
+        # in every step process, most of which never deliver.
+        from mm_assets.clients.mediamath_sftp import MediaMathSftp
+
         return MediaMathSftp(
             host=self.sftp_host,
             port=self.sftp_port,
@@ -133,6 +136,9 @@ class CftDelivery(MediaMathDelivery):
         return "cft"
 
     def get_transport(self) -> Transport:
+        # Imported here, like the SFTP client: botocore loads only when CFT delivers.
+        from mm_assets.clients.mediamath_cft import MediaMathCft
+
         return MediaMathCft(
             credentials_url=self.cft_credentials_url,
             username=self.username,
