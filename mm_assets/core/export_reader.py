@@ -23,6 +23,7 @@ import stat
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,11 +203,16 @@ def _opened(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -> ReadReport:
+def read_export_batch(
+    batch_dir: Path, out_dir: Path, settings: BuildSettings, *, buckets: int | None = None
+) -> ReadReport:
     """Read every file of `batch_dir`; write loads (by user bucket) and quarantine to `out_dir`.
 
     One streaming pass per file: each row is checked and written straight to its user bucket,
-    or to the quarantine, so memory does not grow with the batch.
+    or to the quarantine, so memory does not grow with the batch. Files are read side by side
+    (one per thread, each its own DuckDB cursor): a Parquet file of one row group, or a CSV's
+    numbered line scan, keeps only one core busy. `buckets` forces the number of user buckets
+    (`user_bucket_sql`); by default it follows the batch's size and the memory budget.
     """
     if not batch_dir.is_dir():
         raise FileNotFoundError(f"export batch folder {batch_dir} does not exist")
@@ -217,17 +223,24 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
     parts_dir.mkdir()
     files, issues = batch_files(batch_dir)
     budget = max(settings.memory_budget_bytes // 2, 64 * 2**20)
-    buckets = max(1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget))
+    if buckets is None:
+        buckets = max(1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget))
     con = open_duckdb(":memory:", settings, out_dir / "spill")
     try:
         con.execute(REJECTED_TABLE)
-        seen: dict[str, tuple[int, int]] = {}  # file -> (rows seen, rows accepted)
         cr_files: dict[str, Path] = {}
-        for index, path in enumerate(files):
+
+        def read_one(item: tuple[int, Path]) -> tuple[FileIssue | None, tuple[int, int]]:
+            index, path = item
             rel = path.relative_to(batch_dir).as_posix()
-            issue, seen[rel] = _read_file(
-                con, path, rel, index, settings, buckets, out_dir, cr_files
-            )
+            with con.cursor() as cursor:
+                return _read_file(cursor, path, rel, index, settings, buckets, out_dir, cr_files)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(settings.threads, len(files)))) as pool:
+            results = list(pool.map(read_one, enumerate(files)))
+        seen: dict[str, tuple[int, int]] = {}  # file -> (rows seen, rows accepted)
+        for path, (issue, counts) in zip(files, results, strict=True):
+            seen[path.relative_to(batch_dir).as_posix()] = counts
             if issue:
                 issues.append(issue)
         collisions = _client_collisions(con, loads_dir)
