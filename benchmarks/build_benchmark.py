@@ -72,7 +72,8 @@ def run_core(src: Path, out: Path, memory_budget: str, gzip_level: int, column_m
     }
 
 
-def _tree_rss(root_pid: int) -> int:
+def _sample_tree(root_pid: int, cpu_by_pid: dict[int, float]) -> int:
+    """The RSS sum of a process and its descendants; records each one's CPU seconds so far."""
     import psutil
 
     try:
@@ -84,6 +85,8 @@ def _tree_rss(root_pid: int) -> int:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
+            times = proc.cpu_times()
+            cpu_by_pid[proc.pid] = times.user + times.system
     return total
 
 
@@ -109,12 +112,12 @@ def run_build(src: Path, out: Path, memory_budget: str, gzip_level: int, column_
     proc = subprocess.Popen(
         [str(cli), "build", str(src)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    peak_tree, done = 0, threading.Event()
+    peak_tree, done, cpu_by_pid = 0, threading.Event(), {}
 
     def sample() -> None:
         nonlocal peak_tree
         while not done.wait(0.2):
-            peak_tree = max(peak_tree, _tree_rss(proc.pid))
+            peak_tree = max(peak_tree, _sample_tree(proc.pid, cpu_by_pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -136,7 +139,7 @@ def run_build(src: Path, out: Path, memory_budget: str, gzip_level: int, column_
         for line in stdout.decode().splitlines()
         if "(run " in line
     )
-    checks = _check_seconds(home, run_id)
+    checks, steps = _step_seconds(home, run_id)
     phases = {
         "read": reports["raw_audiences"]["seconds"],
         "group": reports["merged_segment_loads"]["seconds"],
@@ -153,28 +156,27 @@ def run_build(src: Path, out: Path, memory_budget: str, gzip_level: int, column_
         "files": len(manifest["files"]),
         "outbox": str(out / "outbox" / batch),
         "tree_rss_MB": peak_tree / 2**20,
+        # Processes the CLI does not wait for (code server) escape os.wait4's usage.
+        "tree_cpu": sum(cpu_by_pid.values()),
+        "steps": steps,
     }
 
 
-def _check_seconds(home: Path, run_id: str) -> float:
-    """Wall time of the run's check steps (the union of their intervals: they may overlap)."""
+def _step_seconds(home: Path, run_id: str) -> tuple[float, dict[str, float]]:
+    """Wall time of the run's check steps (the union of their intervals: they may overlap),
+    and every step's own time."""
     os.environ["DAGSTER_HOME"] = str(home)
     import dagster as dg
 
     with dg.DagsterInstance.get() as instance:
-        stats = instance.get_run_step_stats(run_id)
-    spans = sorted(
-        (s.start_time, s.end_time)
-        for s in stats
-        if s.step_key not in ("raw_audiences", "merged_segment_loads", "s2s_files")
-        and s.start_time
-        and s.end_time
-    )
+        stats = [s for s in instance.get_run_step_stats(run_id) if s.start_time and s.end_time]
+    assets = ("raw_audiences", "merged_segment_loads", "s2s_files")
+    spans = sorted((s.start_time, s.end_time) for s in stats if s.step_key not in assets)
     total, end = 0.0, 0.0
     for start, stop in spans:
         total += max(0.0, stop - max(start, end))
         end = max(end, stop)
-    return total
+    return total, {s.step_key: round(s.end_time - s.start_time, 2) for s in stats}
 
 
 def run_baseline(src: Path, out: Path, column_map: str) -> dict:
@@ -245,7 +247,10 @@ def measure(args: list[str]) -> tuple[dict, float, float]:
 
 def _line(label: str, rows: int, result: dict, rss: float, cpu: float, extra: str = "") -> str:
     phases = " ".join(f"{k}={v:.1f}s" for k, v in result["phases"].items())
-    tree = f" tree_rss_MB={result['tree_rss_MB']:.0f}" if "tree_rss_MB" in result else ""
+    tree = ""
+    if "tree_rss_MB" in result:
+        tree = f" tree_rss_MB={result['tree_rss_MB']:.0f}"
+        cpu = max(cpu, result["tree_cpu"])
     return (
         f"rows={rows:>11,} variant={label:<9} wall={result['seconds']:7.1f}s "
         f"rows/s={rows / result['seconds']:>11,.0f} cpu={cpu:6.1f}s "
@@ -263,6 +268,7 @@ def main() -> None:
     parser.add_argument("--memory-budget", default="1GiB")
     parser.add_argument("--gzip-level", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--steps", action="store_true", help="print each Dagster step's time")
     parser.add_argument("--worker", choices=["build", "core", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -314,6 +320,8 @@ def main() -> None:
                 z6 = zlib6_bytes(Path(result["outbox"]))
                 extra = f" zlib-6 on same text={z6:,} ratio={result['gz_bytes'] / z6:.3f}"
             print(_line(variant, rows or result["rows"], result, rss, cpu, extra), flush=True)
+            if args.steps and "steps" in result:
+                print(f"    steps: {result['steps']}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
 
 
