@@ -635,7 +635,8 @@ WITH plain AS (
            CASE WHEN s_ok THEN segment ELSE trim(segment) END AS s,
            {timestamp_text} AS tr,
            CASE WHEN c_ok THEN client ELSE coalesce(trim(client), '') END AS c, c_ok,
-           lower(coalesce(trim(device_type), '')) AS d,
+           CASE WHEN device_type IN {MOBILE_DEVICE_TYPES + COOKIE_DEVICE_TYPES} THEN device_type
+                ELSE lower(coalesce(trim(device_type), '')) END AS d,
            user_id AS r_u, segment AS r_s, CAST(timestamp AS VARCHAR) AS r_t, client AS r_c,
            device_type AS r_d
     FROM plain
@@ -669,7 +670,7 @@ WITH plain AS (
              + length(CAST(ts AS VARCHAR)) + 2 > {MAX_LINE_CHARS} THEN '{_sq(LINE_TOO_LONG)}'
         WHEN c <> '' AND agency = '' THEN '{CLIENT_NOTHING_LEFT}'
         WHEN length(agency) > {MAX_NAME_PART_CHARS} THEN '{_sq(CLIENT_TOO_LONG)}'
-        WHEN list_contains($3, lower(agency)) THEN '{_sq(CLIENT_COLLISION)}'
+        WHEN len($3) > 0 AND list_contains($3, lower(agency)) THEN '{_sq(CLIENT_COLLISION)}'
     END AS reason
     FROM r
 )
