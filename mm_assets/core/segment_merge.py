@@ -147,17 +147,23 @@ def _resolve(con, files: str) -> None:
     on every bucket; in the (astronomically rare) case they do, the bucket is keyed again by
     a number given to each distinct user.
     """
+    loads = f"read_parquet({files})"
+    if "user_key" not in {
+        row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {loads}").fetchall()
+    }:
+        # Loads read before the reader wrote user keys (a batch read by an older version).
+        loads = f"(SELECT *, {user_key_sql()} AS user_key FROM {loads})"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE users AS
-        SELECT DISTINCT user_key, agency, mobile, user_id FROM read_parquet({files})""")
-    source = f"read_parquet({files})"
+        SELECT DISTINCT user_key, agency, mobile, user_id FROM {loads}""")
+    source = loads
     if con.execute("SELECT count(*) <> count(DISTINCT user_key) FROM users").fetchone()[0]:
         con.execute("""
             CREATE OR REPLACE TEMP TABLE users AS
             SELECT row_number() OVER () AS user_key, agency, mobile, user_id
             FROM (SELECT DISTINCT agency, mobile, user_id FROM users)""")
         source = (
-            f"(SELECT u.user_key, l.segment, l.ts FROM read_parquet({files}) l "
+            f"(SELECT u.user_key, l.segment, l.ts FROM {loads} l "
             f"JOIN users u USING (agency, mobile, user_id))"
         )
     con.execute(f"""

@@ -55,3 +55,28 @@ def test_users_sharing_a_user_key_keep_their_own_lines_and_loads(tmp_path):
     bob = next(line for line in lines if line.startswith("bob "))
     assert set(bob.split()[1:]) == {"1:1765000000", "2:0"}
     assert (report.rows_in, report.loads_out, report.users, report.conflicts) == (6, 5, 4, 1)
+
+
+def test_loads_read_before_user_keys_existed_still_merge(tmp_path):
+    """A batch read by an older version (no user_key column) merges as it did."""
+    folder = tmp_path / "loads" / "bucket=0"
+    folder.mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "agency": ["", "", "Acme"],
+                "mobile": [False, False, True],
+                "user_id": ["u1", "u1", "u1"],
+                "segment": ["1", "2", "1"],
+                "ts": pa.array([0, -1, 0], pa.int64()),
+            }
+        ),
+        folder / "old.parquet",
+    )
+    report = merge_segment_loads(tmp_path / "loads", tmp_path / "merged", make_settings())
+    lines = merged_lines(report)
+    assert len(lines) == 2 and "u1 1:0\n" in lines
+    assert next(line for line in lines if line != "u1 1:0\n").split()[1:] in (
+        ["1:0", "2:-1"],
+        ["2:-1", "1:0"],
+    )
