@@ -1,38 +1,60 @@
-"""End-to-end build benchmark: export batch -> S2S files, ours vs a naive pandas baseline.
+"""Build benchmark: `mm-assets build` itself, the core alone, and a naive pandas baseline.
 
-    python benchmarks/build_benchmark.py                      # 2 M and 20 M rows
-    python benchmarks/build_benchmark.py --rows 2000000 --memory-budget 1GiB --skip-baseline
+    python benchmarks/build_benchmark.py                          # 2 M and 20 M rows
+    python benchmarks/build_benchmark.py --rows 2000000,20000000,50000000
+    python benchmarks/build_benchmark.py --export /data/batch_7 --column-map user_id=uid,segment=seg
+    python benchmarks/build_benchmark.py --rows 2000000 --variants build,core
 
-Each variant runs in its own process so its peak RSS is its own (`os.wait4`). Printed per
-variant: wall time, input rows/s, output text MB/s, peak RSS, gz bytes; and, for ours, the gz
-bytes Python's zlib level 6 gives on the very same text (MediaMath's quotas count gz bytes).
+Variants, each in its own process tree, one line each:
+
+- `build`: `mm-assets build BATCH` as a user runs it (a Dagster run launched through the code
+  location: read, merge, write and the blocking checks), in a fresh DAGSTER_HOME.
+- `core`: the three core steps in one process, no Dagster.
+- `pandas`: a first attempt (groupby + ' '.join + gzip.open), up to 20 M rows (it needs ~6 GiB
+  at 20 M), Parquet or CSV exports only.
+
+Printed: wall time, input rows/s, CPU seconds (user + system, all processes: the machine is
+shared, CPU time says what wall time cannot), peak RSS (the largest process; for `build`
+also the sampled sum of its process tree), gz bytes, and the phases: read, group (the
+merge), write (the core's own seconds, from each step's report.json), checks (the check
+steps' time in the run) and dagster (the rest of the wall time: process starts, imports,
+event storage). For ours, the gz bytes Python's zlib level 6 gives on the same text.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
 
+PROJECT = Path(__file__).resolve().parents[1]
+PARTNER, NAMESPACE = "BenchPartner", "bp"
+MAX_BASELINE_ROWS = 20_000_000
+REPORT = "report.json"  # each build step's report in the work folder
 
-def run_ours(src: Path, out: Path, memory_budget: str, gzip_level: int) -> dict:
-    from mm_assets.core.build_settings import BuildSettings, parse_size
+
+def run_core(src: Path, out: Path, memory_budget: str, gzip_level: int, column_map: str) -> dict:
+    from mm_assets.core.build_settings import BuildSettings, parse_column_map, parse_size
     from mm_assets.core.export_reader import read_export_batch
     from mm_assets.core.s2s_writer import write_s2s_files
     from mm_assets.core.segment_merge import merge_segment_loads
 
     settings = BuildSettings(
-        partner_name="BenchPartner",
-        segment_namespace="bp",
+        partner_name=PARTNER,
+        segment_namespace=NAMESPACE,
         memory_budget_bytes=parse_size(memory_budget),
         gzip_level=gzip_level,
+        column_map=parse_column_map(column_map),
     )
     start = time.perf_counter()
     read = read_export_batch(src, out / "raw", settings)
@@ -44,28 +66,152 @@ def run_ours(src: Path, out: Path, memory_budget: str, gzip_level: int) -> dict:
     return {
         "rows": read.rows_read,
         "seconds": end - start,
-        "phases": {"read": t_read - start, "merge": t_merge - t_read, "write": end - t_merge},
+        "phases": {"read": t_read - start, "group": t_merge - t_read, "write": end - t_merge},
         "gz_bytes": sum(f.bytes for f in files),
         "files": len(files),
-        "text_bytes": sum(s.text_bytes for s in merged.by_file.values()),
         "outbox": str(out / "outbox" / src.name),
     }
 
 
-def run_baseline(src: Path, out: Path) -> dict:
+def _sample_tree(root_pid: int, cpu_by_pid: dict[int, float]) -> int:
+    """The RSS sum of a process and its descendants; records each one's CPU seconds so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+            times = proc.cpu_times()
+            cpu_by_pid[proc.pid] = times.user + times.system
+    return total
+
+
+def run_build(src: Path, out: Path, memory_budget: str, gzip_level: int, column_map: str) -> dict:
+    """`mm-assets build` in a fresh instance; phases from the reports and the run's steps."""
+    home = out / "dagster_home"
+    shutil.rmtree(out, ignore_errors=True)
+    home.mkdir(parents=True)
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MM_ASSETS_WORK_DIR": str(out / "work"),
+        "MM_ASSETS_OUTBOX_DIR": str(out / "outbox"),
+        "MM_PARTNER_NAME": PARTNER,
+        "MM_SEGMENT_NAMESPACE": NAMESPACE,
+        "MM_ASSETS_MEMORY_BUDGET": memory_budget,
+        "MM_ASSETS_GZIP_LEVEL": str(gzip_level),
+        "MM_ASSETS_COLUMN_MAP": column_map,
+    }
+    cli = Path(sys.executable).with_name("mm-assets")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(cli), "build", str(src)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    peak_tree, done, cpu_by_pid = 0, threading.Event(), {}
+
+    def sample() -> None:
+        nonlocal peak_tree
+        while not done.wait(0.2):
+            peak_tree = max(peak_tree, _sample_tree(proc.pid, cpu_by_pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"mm-assets build exited {proc.returncode}:\n{stdout.decode()}\n{stderr.decode()}"
+        )
+    batch = src.name
+    reports = {
+        step: json.loads(path.read_text())
+        if (path := out / "work" / batch / step / REPORT).exists()
+        else {}
+        for step in ("raw_audiences", "merged_segment_loads", "s2s_files")
+    }
+    run_id = next(
+        line.split("(run ", 1)[1].rstrip(")")
+        for line in stdout.decode().splitlines()
+        if "(run " in line
+    )
+    checks, steps = _step_seconds(home, run_id)
+    # A build without the core's seconds in its reports (an older version): its steps' times.
+    phases = {
+        phase: reports[step].get("seconds", steps[step])
+        for phase, step in (
+            ("read", "raw_audiences"),
+            ("group", "merged_segment_loads"),
+            ("write", "s2s_files"),
+        )
+    }
+    phases["checks"] = checks
+    phases["dagster"] = seconds - sum(phases.values())
+    manifest = json.loads((out / "outbox" / batch / "manifest.json").read_text())
+    return {
+        "rows": reports["raw_audiences"].get("rows_read", 0),
+        "seconds": seconds,
+        "phases": phases,
+        "gz_bytes": sum(f["bytes"] for f in manifest["files"]),
+        "files": len(manifest["files"]),
+        "outbox": str(out / "outbox" / batch),
+        "tree_rss_MB": peak_tree / 2**20,
+        # Processes the CLI does not wait for (code server) escape os.wait4's usage.
+        "tree_cpu": sum(cpu_by_pid.values()),
+        "steps": steps,
+    }
+
+
+def _step_seconds(home: Path, run_id: str) -> tuple[float, dict[str, float]]:
+    """Wall time of the run's check steps (the union of their intervals: they may overlap),
+    and every step's own time."""
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        stats = [s for s in instance.get_run_step_stats(run_id) if s.start_time and s.end_time]
+    assets = ("raw_audiences", "merged_segment_loads", "s2s_files")
+    spans = sorted((s.start_time, s.end_time) for s in stats if s.step_key not in assets)
+    total, end = 0.0, 0.0
+    for start, stop in spans:
+        total += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return total, {s.step_key: round(s.end_time - s.start_time, 2) for s in stats}
+
+
+def run_baseline(src: Path, out: Path, column_map: str) -> dict:
     """What a first attempt looks like: pandas groupby + ' '.join + gzip.open."""
     import pandas as pd
 
     start = time.perf_counter()
-    df = pd.read_parquet(src)
-    mobile = df["device_type"] != "cookie"
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(("_", ".")))
+    frames = [
+        pd.read_parquet(p) if p.name.endswith(".parquet") else pd.read_csv(p, dtype=str)
+        for p in files
+    ]
+    df = pd.concat(frames, ignore_index=True)
+    rows_in = len(df.index)
+    renames = dict(item.split("=", 1)[::-1] for item in column_map.split(",") if item)
+    df = df.rename(columns=renames)
+    for column in ("client", "device_type", "timestamp"):
+        if column not in df:
+            df[column] = "" if column != "timestamp" else 0
+    df["client"] = df["client"].fillna("")
+    mobile = df["device_type"].fillna("cookie") != "cookie"
     df.loc[mobile, "user_id"] = df.loc[mobile, "user_id"].str.lower()
     df["mobile"] = mobile
     df = df.drop_duplicates(["client", "mobile", "user_id", "segment", "timestamp"])
     df["load"] = df["segment"].astype(str) + ":" + df["timestamp"].astype(str)
     lines = df.groupby(["client", "mobile", "user_id"])["load"].agg(" ".join).reset_index()
     out.mkdir(parents=True, exist_ok=True)
-    gz_bytes = text_bytes = 0
+    gz_bytes = 0
     for (client, is_mobile), group in lines.groupby(["client", "mobile"]):
         path = out / f"{client or 'global'}_{int(is_mobile)}.log.gz"
         text = "\n".join(group["user_id"] + " " + group["load"]) + "\n"
@@ -73,12 +219,12 @@ def run_baseline(src: Path, out: Path) -> dict:
         with gzip.open(path, "wt") as f:
             f.write(header + text)
         gz_bytes += path.stat().st_size
-        text_bytes += len(text)
     return {
-        "rows": len(df.index),
+        "rows": rows_in,
         "seconds": time.perf_counter() - start,
+        "phases": {},
         "gz_bytes": gz_bytes,
-        "text_bytes": text_bytes,
+        "files": len(list(out.glob("*.log.gz"))),
     }
 
 
@@ -94,93 +240,96 @@ def zlib6_bytes(outbox: Path) -> int:
     return total
 
 
-def measure(args: list[str]) -> tuple[dict, float]:
-    """Run one variant in a child process; return its result and peak RSS in MB."""
+def measure(args: list[str]) -> tuple[dict, float, float]:
+    """Run one variant in a child process: its result, peak RSS (MB) and CPU seconds."""
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"variant {args[:2]} failed with status {status}")
-    return json.loads(output), usage.ru_maxrss / 1024
+    # Children the variant waited for (Dagster's processes) count in its usage too.
+    return json.loads(output), usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+
+
+def _line(label: str, rows: int, result: dict, rss: float, cpu: float, extra: str = "") -> str:
+    phases = " ".join(f"{k}={v:.1f}s" for k, v in result["phases"].items())
+    tree = ""
+    if "tree_rss_MB" in result:
+        tree = f" tree_rss_MB={result['tree_rss_MB']:.0f}"
+        cpu = max(cpu, result["tree_cpu"])
+    return (
+        f"rows={rows:>11,} variant={label:<9} wall={result['seconds']:7.1f}s "
+        f"rows/s={rows / result['seconds']:>11,.0f} cpu={cpu:6.1f}s "
+        f"peak_rss_MB={rss:5.0f}{tree} gz_bytes={result['gz_bytes']:,} "
+        f"files={result['files']}" + (f" ({phases})" if phases else "") + extra
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="2000000,20000000")
+    parser.add_argument("--rows", default="2000000,20000000", help="generated exports' sizes")
+    parser.add_argument("--export", type=Path, help="an existing batch folder instead")
+    parser.add_argument("--column-map", default="", help="e.g. user_id=uid,segment=seg")
+    parser.add_argument("--variants", default="build,core,pandas")
     parser.add_argument("--memory-budget", default="1GiB")
     parser.add_argument("--gzip-level", type=int, default=4)
-    parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--steps", action="store_true", help="print each Dagster step's time")
+    parser.add_argument("--worker", choices=["build", "core", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker == "ours":
-        print(json.dumps(run_ours(args.src, args.out, args.memory_budget, args.gzip_level)))
+    common = (args.memory_budget, args.gzip_level, args.column_map)
+    if args.worker == "build":
+        print(json.dumps(run_build(args.src, args.out, *common)))
         return
-    if args.worker == "baseline":
-        print(json.dumps(run_baseline(args.src, args.out)))
+    if args.worker == "core":
+        print(json.dumps(run_core(args.src, args.out, *common)))
+        return
+    if args.worker == "pandas":
+        print(json.dumps(run_baseline(args.src, args.out, args.column_map)))
         return
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="mm-bench-"))
     print(
         f"machine: {os.cpu_count()} cores; memory budget {args.memory_budget}; "
-        f"gzip level {args.gzip_level}; work dir {root}"
+        f"gzip level {args.gzip_level}; work dir {root}",
+        flush=True,
     )
-    for rows in (int(r) for r in args.rows.split(",")):
-        src = root / f"export_{rows}" / f"batch_{rows}"
-        if not src.exists():
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    sources = (
+        [(args.export.resolve(), None)]
+        if args.export
+        else [(root / f"export_{n}" / f"batch_{n}", n) for n in map(int, args.rows.split(","))]
+    )
+    for src, rows in sources:
+        if rows is not None and not src.exists():
             # In a child process: a child forked from a parent holding the generated rows
             # would report the parent's pages as its own peak RSS.
+            generator = Path(__file__).with_name("generate_export.py")
             subprocess.run(
-                [
-                    sys.executable,
-                    str(Path(__file__).with_name("generate_export.py")),
-                    "--rows",
-                    str(rows),
-                    "--out",
-                    str(src),
-                ],
+                [sys.executable, str(generator), "--rows", str(rows), "--out", str(src)],
                 check=True,
             )
-        ours, rss = measure(
-            [
-                "--worker",
-                "ours",
-                "--src",
-                str(src),
-                "--out",
-                str(root / f"ours_{rows}"),
-                "--memory-budget",
-                args.memory_budget,
-                "--gzip-level",
-                str(args.gzip_level),
+        for variant in variants:
+            if variant == "pandas" and (rows or 0) > MAX_BASELINE_ROWS:
+                continue
+            out = root / f"{variant}_{src.name}"
+            worker = [
+                *("--worker", variant, "--src", str(src), "--out", str(out)),
+                *("--memory-budget", args.memory_budget, "--gzip-level", str(args.gzip_level)),
+                *("--column-map", args.column_map),
             ]
-        )
-        z6 = zlib6_bytes(Path(ours["outbox"]))
-        phases = " ".join(f"{k}={v:.1f}s" for k, v in ours["phases"].items())
-        print(
-            f"build rows={rows:>11,} variant=mm-assets  wall={ours['seconds']:7.1f}s "
-            f"rows/s={rows / ours['seconds']:>11,.0f} "
-            f"out_MB/s={ours['text_bytes'] / 1e6 / ours['seconds']:6.1f} "
-            f"peak_rss_MB={rss:7.0f} gz_bytes={ours['gz_bytes']:,} ({phases}; "
-            f"{ours['files']} files; zlib-6 on same text={z6:,}, "
-            f"ratio={ours['gz_bytes'] / z6:.3f})",
-            flush=True,
-        )
-        if args.skip_baseline:
-            continue
-        base, rss = measure(
-            ["--worker", "baseline", "--src", str(src), "--out", str(root / f"baseline_{rows}")]
-        )
-        print(
-            f"build rows={rows:>11,} variant=pandas     wall={base['seconds']:7.1f}s "
-            f"rows/s={rows / base['seconds']:>11,.0f} "
-            f"out_MB/s={base['text_bytes'] / 1e6 / base['seconds']:6.1f} "
-            f"peak_rss_MB={rss:7.0f} gz_bytes={base['gz_bytes']:,}",
-            flush=True,
-        )
+            result, rss, cpu = measure(worker)
+            extra = ""
+            if variant != "pandas":
+                z6 = zlib6_bytes(Path(result["outbox"]))
+                extra = f" zlib-6 on same text={z6:,} ratio={result['gz_bytes'] / z6:.3f}"
+            print(_line(variant, rows or result["rows"], result, rss, cpu, extra), flush=True)
+            if args.steps and "steps" in result:
+                print(f"    steps: {result['steps']}", flush=True)
+            shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

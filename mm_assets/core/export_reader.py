@@ -23,6 +23,7 @@ import stat
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from mm_assets.core.build_settings import (
 )
 from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, MAX_SEGMENT_CODE
+from mm_assets.core.segment_merge import user_bucket_sql, user_key_sql
 
 try:  # isal inflates about 3x faster than the standard library (as in the validator)
     from isal import igzip as _gzip
@@ -62,7 +64,10 @@ COOKIE_DEVICE_TYPES = ("", "cookie")
 # ':' that lay out a row (S2S-FMT), so no control character, no Unicode space or format
 # character can reach a file (RE2 ranges: ! to 9, ; to ~).
 TOKEN_CHARS = "[!-9;-~]+"
+SEGMENT_DIGITS = "[0-9]{1,10}"  # S2S-SEG, before its value is compared with the maximum
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
+# Parquet integer types whose every value is a BIGINT (read as numbers, not as text)
+INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
 # DuckDB needs roughly this much memory per loaded row to group it (measured on the
 # benchmark's export); it sizes the user buckets so each merge fits the memory budget.
 MERGE_BYTES_PER_ROW = 240
@@ -97,6 +102,7 @@ CLIENT_NOTHING_LEFT = "client name has no letters or digits (S2S-NAME)"
 CLIENT_TOO_LONG = f"client name has more than {MAX_NAME_PART_CHARS} letters and digits (S2S-NAME)"
 CLIENT_COLLISION = "client name sanitises to the same file name as another client (S2S-NAME)"
 INVALID_JSON = "line is not a JSON object"
+DUPLICATE_KEY = "JSON object names a column twice (which value holds the data is ambiguous)"
 UNDECODABLE = "undecodable bytes (not UTF-8)"
 MALFORMED_QUOTES = "malformed CSV row: a quote is not closed, or text follows a closing quote"
 FIELD_COUNT = "malformed CSV row: not as many fields as the header has"
@@ -198,11 +204,16 @@ def _opened(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -> ReadReport:
+def read_export_batch(
+    batch_dir: Path, out_dir: Path, settings: BuildSettings, *, buckets: int | None = None
+) -> ReadReport:
     """Read every file of `batch_dir`; write loads (by user bucket) and quarantine to `out_dir`.
 
     One streaming pass per file: each row is checked and written straight to its user bucket,
-    or to the quarantine, so memory does not grow with the batch.
+    or to the quarantine, so memory does not grow with the batch. Files are read side by side
+    (one per thread, each its own DuckDB cursor): a Parquet file of one row group, or a CSV's
+    numbered line scan, keeps only one core busy. `buckets` forces the number of user buckets
+    (`user_bucket_sql`); by default it follows the batch's size and the memory budget.
     """
     if not batch_dir.is_dir():
         raise FileNotFoundError(f"export batch folder {batch_dir} does not exist")
@@ -213,17 +224,24 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
     parts_dir.mkdir()
     files, issues = batch_files(batch_dir)
     budget = max(settings.memory_budget_bytes // 2, 64 * 2**20)
-    buckets = max(1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget))
+    if buckets is None:
+        buckets = max(1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget))
     con = open_duckdb(":memory:", settings, out_dir / "spill")
     try:
         con.execute(REJECTED_TABLE)
-        seen: dict[str, tuple[int, int]] = {}  # file -> (rows seen, rows accepted)
         cr_files: dict[str, Path] = {}
-        for index, path in enumerate(files):
+
+        def read_one(item: tuple[int, Path]) -> tuple[FileIssue | None, tuple[int, int]]:
+            index, path = item
             rel = path.relative_to(batch_dir).as_posix()
-            issue, seen[rel] = _read_file(
-                con, path, rel, index, settings, buckets, out_dir, cr_files
-            )
+            with con.cursor() as cursor:
+                return _read_file(cursor, path, rel, index, settings, buckets, out_dir, cr_files)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(settings.threads, len(files)))) as pool:
+            results = list(pool.map(read_one, enumerate(files)))
+        seen: dict[str, tuple[int, int]] = {}  # file -> (rows seen, rows accepted)
+        for path, (issue, counts) in zip(files, results, strict=True):
+            seen[path.relative_to(batch_dir).as_posix()] = counts
             if issue:
                 issues.append(issue)
         collisions = _client_collisions(con, loads_dir)
@@ -379,9 +397,10 @@ def _check_columns(available: list[str], settings: BuildSettings) -> None:
 
 def _file_source(
     con: duckdb.DuckDBPyConnection, name: str, path: Path, settings: BuildSettings, rejects: str
-) -> str:
+) -> tuple[str, bool]:
     """SQL yielding the file's rows as text columns (INPUT_COLUMNS), its line, bad_row (a
-    reason when the row cannot even be split into columns) and raw (its line, base64).
+    reason when the row cannot even be split into columns) and raw (its line, base64); and
+    whether its timestamp column is an integer column instead (Parquet: no text round trip).
 
     `name` is what DuckDB opens (see _opened); lines DuckDB rejects go to `rejects`.
     """
@@ -399,14 +418,18 @@ def _file_source(
             f"{sql_string('$.' + _json_key(settings.source_column(c)))}) END AS {c}"
             for c in INPUT_COLUMNS
         )
+        # A key we read that the object names twice: which value holds the data is ambiguous.
+        ours = "[" + ", ".join(sql_string(settings.source_column(c)) for c in INPUT_COLUMNS) + "]"
+        named = f"list_filter(json_keys(j), lambda k: list_contains({ours}, k))"
         return (
             f"SELECT line, {extract}, "
-            f"CASE WHEN NOT json_valid(j) OR json_type(j) <> 'OBJECT' THEN '{INVALID_JSON}' END "
+            f"CASE WHEN NOT json_valid(j) OR json_type(j) <> 'OBJECT' THEN '{INVALID_JSON}' "
+            f"WHEN len({named}) <> len(list_distinct({named})) THEN '{_sq(DUPLICATE_KEY)}' END "
             f"AS bad_row, to_base64(encode(raw)) AS raw "
             f"FROM (SELECT ordinality AS line, line AS raw, line AS j "
             f"      FROM {_line_scan(name, gz, rejects)} WITH ORDINALITY) "
             f"WHERE j IS NOT NULL AND trim(j, ' ' || chr(9)) <> ''"
-        )
+        ), False
     if fmt == "csv":
         header = _csv_header(name, gz)
         _check_columns(header, settings)
@@ -424,7 +447,8 @@ def _file_source(
         # are emptied; any other is split by the RFC 4180 pattern (50x slower) and unquoted.
         # The simple split is computed for each column that uses it (DuckDB inlines it), so
         # it stays scalar.
-        return f"""
+        return (
+            f"""
 SELECT line, {select},
        CASE WHEN f IS NULL THEN '{_sq(MALFORMED_QUOTES)}'
             WHEN len(f) <> {len(header)} THEN '{_sq(FIELD_COUNT)}' END AS bad_row,
@@ -443,7 +467,9 @@ FROM (SELECT line, raw,
                          replace(replace(',' || j || ',', ',"",', ',,'), ',"",', ',,') AS e
                   FROM (SELECT ordinality AS line, line AS raw, line AS j
                         FROM {_line_scan(name, gz, rejects)} WITH ORDINALITY)))
-      WHERE line > 1 AND j IS NOT NULL AND trim(j, ' ' || chr(9)) <> '')"""
+      WHERE line > 1 AND j IS NOT NULL AND trim(j, ' ' || chr(9)) <> '')""",
+            False,
+        )
     scan = f"read_parquet({sql_string(name)}, file_row_number=true)"
     columns = _source_columns(con, scan)
     _check_columns(list(columns), settings)
@@ -451,9 +477,13 @@ FROM (SELECT line, raw,
     blobs = [c for c in present if columns[settings.source_column(c)] == "BLOB"]
     # BINARY columns hold bytes: decoded as UTF-8, or the row is quarantined with its bytes
     # (never the escaped text DuckDB would cast them to).
+    source_ts = settings.source_column("timestamp")
+    integer_timestamps = columns.get(source_ts) in INTEGER_TYPES
     select = ", ".join(
         (
-            f"try(decode({_ident(settings.source_column(c))})) AS {c}"
+            f"CAST({_ident(source_ts)} AS BIGINT) AS {c}"
+            if c == "timestamp" and integer_timestamps
+            else f"try(decode({_ident(settings.source_column(c))})) AS {c}"
             if c in blobs
             else f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
             if c in present
@@ -473,7 +503,7 @@ FROM (SELECT line, raw,
         f"SELECT mm__line AS line, {select}, CASE WHEN mm__raw IS NOT NULL THEN "
         f"'{_sq(UNDECODABLE)}' END AS bad_row, mm__raw AS raw "
         f"FROM (SELECT file_row_number + 1 AS mm__line, *, {raw} AS mm__raw FROM {scan})"
-    )
+    ), integer_timestamps
 
 
 def _read_file(
@@ -496,11 +526,12 @@ def _read_file(
     fmt = file_format(path)
     try:
         with _opened(path) as name:
-            source = _file_source(con, name, path, settings, rejects)
+            source, integer_timestamps = _file_source(con, name, path, settings, rejects)
             # Written aside first: a file that fails half-way (corrupt gzip) leaves nothing.
             # Uncompressed: these files live minutes, and compressing them cost 20 % of the read.
             rows = con.execute(
-                f"COPY ({_normalise_sql(source, buckets)}) TO {sql_string(str(scratch))} "
+                f"COPY ({_normalise_sql(source, buckets, integer_timestamps)}) "
+                f"TO {sql_string(str(scratch))} "
                 f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION uncompressed, "
                 f"WRITE_PARTITION_COLUMNS false, FILENAME_PATTERN 'file{index}_{{i}}')",
                 [rel, _hashed(settings), []],
@@ -575,26 +606,45 @@ def _first_line(exc: Exception) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def _normalise_sql(source: str, buckets: int) -> str:
-    """Check and normalise the rows of `source` (INPUT_COLUMNS, all text) into bucketed rows.
+def _normalise_sql(source: str, buckets: int, integer_timestamps: bool = False) -> str:
+    """Check and normalise the rows of `source` (INPUT_COLUMNS, all text but the timestamp
+    when `integer_timestamps`: a Parquet integer column, used as it is) into bucketed rows.
 
     A good row goes to its user's bucket (a hash, so one user's loads meet in one bucket); a
     bad row goes to the quarantine partition with its reason and raw values.
     Parameters: $1 the file's name in the batch, $2 the hashed taxonomies, $3 the sanitised
     client names that collide (all lower case).
     """
+    if integer_timestamps:
+        timestamp_text, timestamp_value, timestamp_invalid = "timestamp", "coalesce(tr, 0)", "false"
+    else:
+        timestamp_text = "coalesce(nullif(trim(timestamp), ''), '0')"
+        timestamp_value = "TRY_CAST(tr AS BIGINT)"
+        timestamp_invalid = "ts IS NULL OR NOT regexp_full_match(tr, '-?[0-9]+')"
     return f"""
-WITH t AS (
-    SELECT line, bad_row, raw,
-           trim(user_id) AS u, trim(segment) AS s,
-           coalesce(nullif(trim(timestamp), ''), '0') AS tr,
-           coalesce(trim(client), '') AS c, lower(coalesce(trim(device_type), '')) AS d,
-           user_id AS r_u, segment AS r_s, timestamp AS r_t, client AS r_c, device_type AS r_d
+WITH plain AS (
+    -- The common value needs no trimming and passes its check as read: each is tested once
+    -- (trim, replace and casts cost more than the test) and worked on only when it fails.
+    SELECT *, regexp_full_match(user_id, '{TOKEN_CHARS}') AS u_ok,
+           regexp_full_match(segment, '{SEGMENT_DIGITS}') AS s_ok,
+           regexp_full_match(client, '[A-Za-z0-9]*') AS c_ok
     FROM ({source})
+), t AS (
+    SELECT line, bad_row, raw, u_ok, s_ok,
+           CASE WHEN u_ok THEN user_id ELSE trim(user_id) END AS u,
+           CASE WHEN s_ok THEN segment ELSE trim(segment) END AS s,
+           {timestamp_text} AS tr,
+           CASE WHEN c_ok THEN client ELSE coalesce(trim(client), '') END AS c, c_ok,
+           CASE WHEN device_type IN {MOBILE_DEVICE_TYPES + COOKIE_DEVICE_TYPES} THEN device_type
+                ELSE lower(coalesce(trim(device_type), '')) END AS d,
+           user_id AS r_u, segment AS r_s, CAST(timestamp AS VARCHAR) AS r_t, client AS r_c,
+           device_type AS r_d
+    FROM plain
 ), v AS (
-    SELECT *, regexp_replace(c, '[^A-Za-z0-9]', '', 'g') AS agency,
+    SELECT *, CASE WHEN c_ok THEN c ELSE regexp_replace(c, '[^A-Za-z0-9]', '', 'g') END
+              AS agency,
            d IN {MOBILE_DEVICE_TYPES} AS mobile,
-           TRY_CAST(tr AS BIGINT) AS ts
+           {timestamp_value} AS ts
     FROM t
 ), r AS (
     SELECT *, list_contains($2, CASE WHEN agency = '' THEN '{GLOBAL_TAXONOMY}'
@@ -604,21 +654,23 @@ WITH t AS (
     SELECT *, CASE
         WHEN bad_row IS NOT NULL THEN bad_row
         WHEN u IS NULL OR u = '' THEN '{MISSING_USER}'
-        WHEN NOT regexp_full_match(u, '{TOKEN_CHARS}') THEN '{_sq(BAD_USER)}'
+        WHEN NOT u_ok AND NOT regexp_full_match(u, '{TOKEN_CHARS}') THEN '{_sq(BAD_USER)}'
         WHEN d NOT IN {MOBILE_DEVICE_TYPES + COOKIE_DEVICE_TYPES} THEN '{UNKNOWN_DEVICE}'
         WHEN s IS NULL OR s = '' THEN '{MISSING_SEGMENT}'
-        WHEN NOT hashed AND NOT (regexp_full_match(s, '[0-9]{{1,10}}')
+        WHEN NOT hashed AND NOT ((s_ok OR regexp_full_match(s, '{SEGMENT_DIGITS}'))
              AND TRY_CAST(s AS BIGINT) <= {MAX_SEGMENT_CODE}) THEN '{SEGMENT_NOT_32BIT}'
         WHEN hashed AND NOT regexp_full_match(s, '{TOKEN_CHARS}')
              THEN '{_sq(BAD_HASHED_SEGMENT)}'
-        WHEN ts IS NULL OR NOT regexp_full_match(tr, '-?[0-9]+') THEN '{BAD_TIMESTAMP}'
+        WHEN {timestamp_invalid} THEN '{BAD_TIMESTAMP}'
         WHEN ts < -1 OR ts > {MAX_TIMESTAMP} THEN '{TIMESTAMP_RANGE}'
-        -- S2S-LINE: `USER SEGMENT:TS` must fit on one line, or it can never be written.
-        WHEN length(u) + length(CASE WHEN hashed THEN s ELSE ltrim(s, '0') END)
+        -- S2S-LINE: `USER SEGMENT:TS` must fit on one line, or it can never be written. A
+        -- timestamp has at most 12 characters, so only long values need the exact sum.
+        WHEN length(u) + length(s) + 14 > {MAX_LINE_CHARS}
+             AND length(u) + length(CASE WHEN hashed THEN s ELSE ltrim(s, '0') END)
              + length(CAST(ts AS VARCHAR)) + 2 > {MAX_LINE_CHARS} THEN '{_sq(LINE_TOO_LONG)}'
         WHEN c <> '' AND agency = '' THEN '{CLIENT_NOTHING_LEFT}'
         WHEN length(agency) > {MAX_NAME_PART_CHARS} THEN '{_sq(CLIENT_TOO_LONG)}'
-        WHEN list_contains($3, lower(agency)) THEN '{_sq(CLIENT_COLLISION)}'
+        WHEN len($3) > 0 AND list_contains($3, lower(agency)) THEN '{_sq(CLIENT_COLLISION)}'
     END AS reason
     FROM r
 )
@@ -628,10 +680,15 @@ WITH t AS (
            CASE WHEN mobile THEN lower(u) ELSE u END AS user_id
     FROM checked
 )
-SELECT CASE WHEN reason IS NULL THEN CAST(hash(agency, mobile, user_id) % {buckets} AS VARCHAR)
+SELECT CASE WHEN reason IS NULL THEN CAST({user_bucket_sql(buckets)} AS VARCHAR)
             ELSE '{QUARANTINE}' END AS bucket,
-       agency, c AS client, d AS device_type, mobile, user_id,
-       CASE WHEN hashed THEN s ELSE CAST(TRY_CAST(s AS BIGINT) AS VARCHAR) END AS segment,
+       {user_key_sql()} AS user_key, agency,
+       -- The raw client name only where it differs from its file name part (rare; the
+       -- collision check needs it): a column of mostly NULLs costs next to nothing to write.
+       CASE WHEN c <> agency THEN c END AS client, mobile, user_id,
+       -- A code is written without leading zeros: only those that have them are re-cast.
+       CASE WHEN hashed OR NOT starts_with(s, '0') OR s = '0' THEN s
+            ELSE CAST(TRY_CAST(s AS BIGINT) AS VARCHAR) END AS segment,
        ts,
        -- One column, NULL on good rows: six mostly-NULL columns cost 25 % of the write.
        CASE WHEN reason IS NOT NULL THEN json_object(
@@ -745,9 +802,10 @@ def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[
     if (loads := _parquet_glob(loads_dir)) is None:
         return {}
     rows = con.execute(f"""
-        SELECT lower(agency), list(DISTINCT client ORDER BY client)
-        FROM read_parquet({loads}) WHERE agency <> ''
-        GROUP BY lower(agency) HAVING count(DISTINCT client) > 1""").fetchall()
+        SELECT lower(agency), list(DISTINCT name ORDER BY name)
+        FROM (SELECT agency, coalesce(client, agency) AS name FROM read_parquet({loads}))
+        WHERE agency <> ''
+        GROUP BY lower(agency) HAVING count(DISTINCT name) > 1""").fetchall()
     return {key: names for key, names in rows}
 
 
@@ -769,10 +827,10 @@ def _quarantine_collisions(
     for index, (rel, path) in enumerate(files.items()):
         rejects = f"rescan_{index}"
         with _opened(path) as name:
-            source = _file_source(con, name, path, settings, rejects)
+            source, integer_timestamps = _file_source(con, name, path, settings, rejects)
             moved[rel] = con.execute(
                 f"""
-                COPY (SELECT quarantine FROM ({_normalise_sql(source, 1)})
+                COPY (SELECT quarantine FROM ({_normalise_sql(source, 1, integer_timestamps)})
                       WHERE quarantine->>'reason' = '{_sq(CLIENT_COLLISION)}')
                 TO {sql_string(str(parts_dir / f"collisions_{index}.parquet"))}
                 (FORMAT parquet)""",

@@ -272,6 +272,24 @@ def test_invalid_json_lines_are_quarantined_and_the_other_lines_pass(tmp_path):
     assert accepted_loads(report) == [("", False, "j1", "1", 0), ("", False, "j2", "2", 1765000000)]
 
 
+def test_a_json_object_naming_a_column_twice_is_quarantined_not_read_as_one_of_its_values(
+    tmp_path,
+):
+    body = (
+        b'{"user_id": "j1", "segment": "1", "segment": "2"}\n'  # 1: which segment?
+        b'{"user_id": "j2", "segment": "3", "note": 1, "note": 2}\n'  # 2: a key we do not read
+        b'{"user_id": "j3", "user_id": "j3", "segment": "4"}\n'  # 3: even the same value twice
+    )
+    report = read(tmp_path, {"p.jsonl": body})
+    got = [(r["line"], r["reason"], r["raw"]) for r in quarantine_rows(report)]
+    assert got == [
+        (1, er.DUPLICATE_KEY, body.splitlines()[0]),
+        (3, er.DUPLICATE_KEY, body.splitlines()[2]),
+    ]
+    assert accepted_loads(report) == [("", False, "j2", "3", 0)]
+    assert report.files["p.jsonl"] == {"rows": 3, "accepted": 1, "quarantined": 2}
+
+
 # --- file-level problems: reported by name, the other files still read ---------------------
 
 TRUNCATED_GZ = gzip.compress(csv_bytes([(f"t{i}", str(i), "0", "", "") for i in range(500)]))
