@@ -13,10 +13,10 @@ import dagster as dg
 from mm_assets.core.s2s_format import SUFFIX
 from mm_assets.core.s2s_validator import validate_file
 from mm_assets.core.s2s_writer import read_manifest
+from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.assets import REPORT, load_report, s2s_files
-from mm_assets.defs.s2s_build.metadata import md_table
 from mm_assets.delivery import gate
 from mm_assets.delivery.deliver import utc_now
 
@@ -59,9 +59,7 @@ def files_conform_to_s2s_spec(
         metadata={
             "violations": sum(counts.values()),
             "violations_by_rule": dg.MetadataValue.json(dict(counts)),
-            "first_violations": dg.MetadataValue.md(
-                md_table(["file", "rule", "line", "message"], rows[:50])
-            ),
+            "first_violations": table(["file", "rule", "line", "message"], rows[:50]),
         },
     )
 
@@ -119,6 +117,6 @@ def outbox_matches_manifest(
             "files": len(manifest),
             "loads_written": written_loads,
             "loads_merged": merged["loads_out"],
-            "problems": dg.MetadataValue.md(md_table(["file", "problem"], problems)),
+            "problems": table(["file", "problem"], problems),
         },
     )
