@@ -365,7 +365,7 @@ def render_files(report: BatchReport, *, delivery: bool = True) -> list[str]:
         return ["  no file built"]
     header = ["file", "ids", "users", "gz_bytes"]
     if delivery:
-        header += ["delivery", "sent_at", "via", "mediamath"]
+        header += ["delivery", "sent_at", "transport", "mediamath"]
     rows: list[list[object]] = [header]
     for f in report.files:
         row: list[object] = [f.name, f.ids, f.users, f.bytes]

@@ -17,6 +17,7 @@ from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.metadata import byte_count, table
 from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.processing_log.checks import register_batch
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.resources import BatchStorage
 from mm_assets.delivery.deliver import utc_now
@@ -48,6 +49,9 @@ def report_for(
     now: datetime,
 ) -> BatchReport:
     with delivery.get_ledger() as ledger, processing_log.store(delivery) as store:
+        # Idempotent; a delivered file is `pending` from its receipt on, even when this step
+        # runs before the processing-log check of the same run.
+        register_batch(store, storage, delivery, batch)
         return assemble_batch_report(
             batch,
             work=Path(storage.work_dir) / batch,
