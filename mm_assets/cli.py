@@ -178,13 +178,13 @@ def build(batch_dir: Path) -> int:
     files = outcome.materializations.get("s2s_files")
     if files is not None:
         meta = files.metadata
-        from mm_assets.reporting.batch_report import render_files
+        from mm_assets.reporting.batch_report import render_built_files
 
         print(f"  users            {meta['users'].value:>12,}")
         print(f"  files            {meta['files'].value:>12,}")
         print(f"  gz bytes         {int(meta['gz_bytes'].value):>12,}")
         print(f"  outbox           {meta['outbox'].value}")
-        print("\n".join(render_files(_batch_report(batch), delivery=False)))
+        print("\n".join(render_built_files(storage.outbox(batch))))
     status = _report_failures_and_checks(outcome)
     incomplete = [
         e

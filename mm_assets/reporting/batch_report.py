@@ -358,24 +358,30 @@ def render_rows_and_families(report: BatchReport) -> list[str]:
     return lines
 
 
-def render_files(report: BatchReport, *, delivery: bool = True) -> list[str]:
-    """The built files by name, with bytes; with `delivery`, how and when each was sent and
-    what MediaMath said."""
+def render_built_files(outbox: Path) -> list[str]:
+    """The files of a build by name, with their family, users and bytes (end of `build`)."""
+    if not (outbox / MANIFEST).is_file():
+        return ["  no file built"]
+    rows: list[list[object]] = [["file", "ids", "users", "gz_bytes"]]
+    rows += [[b.name, _family_of(b)[1], b.users, b.bytes] for b in read_manifest(outbox)]
+    return _columns(rows)
+
+
+def render_files(report: BatchReport) -> list[str]:
+    """The built files by name, with bytes, how and when each was sent, what MediaMath said."""
     if not report.files:
         return ["  no file built"]
-    header = ["file", "ids", "users", "gz_bytes"]
-    if delivery:
-        header += ["delivery", "sent_at", "transport", "mediamath"]
-    rows: list[list[object]] = [header]
+    rows: list[list[object]] = [
+        ["file", "ids", "users", "gz_bytes", "delivery", "sent_at", "transport", "mediamath"]
+    ]
     for f in report.files:
-        row: list[object] = [f.name, f.ids, f.users, f.bytes]
-        if delivery:
-            when = _when(f.sent_at) or (f"after {_when(f.not_before)}" if f.not_before else "")
-            said = f.mediamath or "-"
-            if f.mediamath_message and f.mediamath_message != "OK":
-                said += f": {f.mediamath_message}"
-            row += [f.delivery, when or "-", f.transport or "-", said]
-        rows.append(row)
+        when = _when(f.sent_at) or (f"after {_when(f.not_before)}" if f.not_before else "")
+        said = f.mediamath or "-"
+        if f.mediamath_message and f.mediamath_message != "OK":
+            said += f": {f.mediamath_message}"
+        rows.append(
+            [f.name, f.ids, f.users, f.bytes, f.delivery, when or "-", f.transport or "-", said]
+        )
     return _columns(rows)
 
 

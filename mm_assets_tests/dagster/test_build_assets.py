@@ -124,6 +124,8 @@ def test_cli_build_returns_0_on_the_sample_and_fills_the_outbox(cli_env, sample_
     assert "check files_conform_to_s2s_spec: passed" in out
     files = sorted((cli_env / "outbox" / BATCH).glob("*.log.gz"))
     assert files
+    # The summary names the files it built, with their bytes (not only a count).
+    assert all(f"{f.name}" in out and f"{f.stat().st_size:,}" in out for f in files)
     assert main(["validate", *map(str, files)]) == 0
     # An ordinary run of the code location (on the UI's timeline, re-executable), not an
     # in-process one: it carries the workspace's origin.
