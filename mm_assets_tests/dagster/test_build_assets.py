@@ -76,7 +76,7 @@ def test_materialising_the_build_assets_writes_valid_files_and_passes_the_checks
     assert meta["rows_read"] == meta["dagster/row_count"] + SAMPLE_QUARANTINED
     assert meta["files_read"] == 5 and meta["files_unusable"] == 0
     reasons = {r["reason"]: r["rows"] for r in table_rows(meta["quarantine_reasons"])}
-    assert "undecodable bytes" in reasons and "line is not a JSON object" in reasons
+    assert "undecodable bytes (not UTF-8)" in reasons and "line is not a JSON object" in reasons
     assert sum(reasons.values()) == SAMPLE_QUARANTINED
 
     [merged] = result.asset_materializations_for_node("merged_segment_loads")

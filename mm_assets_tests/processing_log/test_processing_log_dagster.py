@@ -281,9 +281,14 @@ def test_pending_files_pass_when_the_sensor_polls_after_processing(
     tmp_path: Path,
 ) -> None:
     names = [f.name for f in read_manifest(storage.outbox(BATCH))]
-    with log_server(sftp_server, delay=1.5) as server:
+    # MediaMath answers PROCESSING seconds after a file arrives: long enough that the delivery
+    # and the two early ticks finish first even on a busy machine (the delivery alone took
+    # 2.7 s idle), so no sub-second margin decides the outcome.
+    processing = 10.0
+    with log_server(sftp_server, delay=processing) as server:
         log = processing_log(server)
         evaluation = deliver(instance, storage, delivery, log)
+        delivered_by = time.monotonic()  # every file has arrived by now
         assert not evaluation.passed
         assert evaluation.severity is dg.AssetCheckSeverity.WARN
         assert f"{len(names)} of {len(names)} file(s) waiting" in (evaluation.description or "")
@@ -299,7 +304,7 @@ def test_pending_files_pass_when_the_sensor_polls_after_processing(
         server.fail_next = []
         early = tick(instance, delivery, log, storage)
         assert early.asset_events == []  # asked, no answer yet, nothing to report
-        time.sleep(1.6)
+        time.sleep(max(0.0, delivered_by + processing + 0.5 - time.monotonic()))
         answered = tick(instance, delivery, log, storage)
         requests_after = len(server.requests_seen)
         quiet = tick(instance, delivery, log, storage)
