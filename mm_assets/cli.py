@@ -10,6 +10,8 @@ mm-assets deliver BATCH       launch a run of deliver_s2s_files (upload_receipts
 mm-assets attention [BATCH]   list files whose delivery needs a person (in flight, unknown)
 mm-assets attention --settle FILE --as delivered|not-delivered
                               record what MediaMath has: a receipt, or "send it again"
+mm-assets status [BATCH]      the batch report: rows, files, deliveries, MediaMath's verdicts,
+                              quota (latest batch when omitted; --all: one line per batch)
 mm-assets sandbox             run the local MediaMath sandbox (SFTP drop, CFT) until stopped
 """
 
@@ -60,6 +62,48 @@ def _run(job_name: str, batch: str):
     outcome = launch_and_wait(_instance(), job_name, batch, run_config=quiet)
     print(f"batch {batch}  (run {outcome.run_id})")
     return outcome
+
+
+def _batch_report(batch: str):
+    """The batch report (mm_assets/reporting) from the code location's storage and ledger."""
+    from mm_assets.reporting.batch_report import assemble_batch_report
+
+    storage, delivery = _resource("storage"), _resource("delivery")
+    with delivery.get_ledger() as ledger, _resource("processing_log").store(delivery) as store:
+        return assemble_batch_report(
+            batch,
+            work=Path(storage.work_dir) / batch,
+            outbox=storage.outbox(batch),
+            ledger=ledger,
+            store=store,
+            limits=delivery.quota_limits(),
+            now=datetime.now(UTC),
+        )
+
+
+def status(batch: str | None, all_batches: bool) -> int:
+    """Print the batch report of `batch` (the latest when None), or one line per batch."""
+    from mm_assets.reporting.batch_report import known_batches, render_batch_report
+
+    if batch is not None and (error := _batch_error(batch)):
+        print(f"mm-assets status: {error}", file=sys.stderr)
+        return 2
+    storage = _resource("storage")
+    with _resource("delivery").get_ledger() as ledger:
+        batches = known_batches(Path(storage.work_dir), Path(storage.outbox_dir), ledger)
+    if all_batches:
+        for name in batches:
+            print(_batch_report(name).headline)
+        print(f"{len(batches)} batch(es)" if batches else "no batch built or delivered yet")
+        return 0
+    if batch is None and not batches:
+        print("no batch built or delivered yet: run `mm-assets build BATCH_DIR`")
+        return 0
+    if batch is not None and batch not in batches:
+        print(f"mm-assets status: nothing is known about batch {batch}", file=sys.stderr)
+        return 2
+    print(render_batch_report(_batch_report(batch or batches[-1])))
+    return 0
 
 
 def _report_failures_and_checks(outcome) -> int:
@@ -134,10 +178,13 @@ def build(batch_dir: Path) -> int:
     files = outcome.materializations.get("s2s_files")
     if files is not None:
         meta = files.metadata
+        from mm_assets.reporting.batch_report import render_built_files
+
         print(f"  users            {meta['users'].value:>12,}")
         print(f"  files            {meta['files'].value:>12,}")
-        print(f"  gz bytes         {meta['gz_bytes'].value:>12,}")
+        print(f"  gz bytes         {int(meta['gz_bytes'].value):>12,}")
         print(f"  outbox           {meta['outbox'].value}")
+        print("\n".join(render_built_files(storage.outbox(batch))))
     status = _report_failures_and_checks(outcome)
     incomplete = [
         e
@@ -175,18 +222,20 @@ def deliver(batch: str) -> int:
     outcome = _run(deliver_s2s_files_job.name, batch)
     receipts = outcome.materializations.get("upload_receipts")
     if receipts is not None:
+        from mm_assets.reporting.batch_report import render_quota
+
         meta = {k: v.value for k, v in receipts.metadata.items()}
-        counts = ", ".join(f"{k[6:]}={v}" for k, v in meta.items() if k.startswith("files_"))
-        print(f"  transport {meta['transport']}: {counts}")
-        for status, names in (meta.get("names_by_status") or {}).items():
-            for name in names:
-                print(f"    {status:<17} {name}")
+        by_status = meta.get("names_by_status") or {}
         print(
-            f"  quota left: {meta['quota_files_left_this_hour']} files this hour, "
-            f"{meta['quota_bytes_left_today']:,} bytes today"
+            f"  transport {meta['transport']}: "
+            + ", ".join(f"{s}={len(n)}" for s, n in by_status.items())
         )
-        if meta["next_send_after"]:
-            print(f"  deferred or retried files go after {meta['next_send_after']}")
+        for state, names in by_status.items():
+            for name in names:
+                print(f"    {state:<17} {name}")
+        report = _batch_report(batch)
+        print(f"  mediamath: {report.verdict}")
+        print("\n".join(render_quota(report)))
     return _report_failures_and_checks(outcome)
 
 
@@ -248,9 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     attention_cmd.add_argument("batch", nargs="?")
     attention_cmd.add_argument("--settle", metavar="FILE")
     attention_cmd.add_argument("--as", dest="settle_as", choices=("delivered", "not-delivered"))
+    status_cmd = commands.add_parser(
+        "status", help="the batch report: did the audience get to MediaMath?"
+    )
+    status_cmd.add_argument("batch", nargs="?", help="a batch name (default: the latest)")
+    status_cmd.add_argument("--all", action="store_true", help="one line per batch")
     args = parser.parse_args(argv)
     if args.command == "build":
         return build(args.batch_dir)
+    if args.command == "status":
+        return status(args.batch, args.all)
     if args.command == "attention":
         if (args.settle is None) != (args.settle_as is None):
             parser.error("--settle FILE and --as delivered|not-delivered go together")

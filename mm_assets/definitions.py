@@ -22,6 +22,8 @@ from mm_assets.defs.moloco_source.transfer import (
 from mm_assets.defs.processing_log.checks import every_file_accepted_by_mediamath
 from mm_assets.defs.processing_log.resources import default_processing_log
 from mm_assets.defs.processing_log.sensors import processing_log_poller
+from mm_assets.defs.quota.observations import mediamath_quota, mediamath_quota_observer
+from mm_assets.defs.report.assets import batch_report
 from mm_assets.defs.resources import default_batch_storage, default_s2s_file_settings
 from mm_assets.defs.s2s_build import assets, checks, completeness, jobs
 
@@ -44,6 +46,8 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             assets.merged_segment_loads,
             assets.s2s_files,
             delivery_assets.upload_receipts,
+            batch_report,
+            mediamath_quota,
         ],
         asset_checks=[
             checks.files_conform_to_s2s_spec,
@@ -63,6 +67,7 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             automation,
             delivery_sensors.deferred_deliveries,
             processing_log_poller,
+            mediamath_quota_observer,
             alert_on_failed_checks,
             alert_on_run_failure,
         ],

@@ -13,6 +13,7 @@ import pytest
 from mm_assets.cli import main
 from mm_assets.core.s2s_validator import validate_file
 from mm_assets.core.s2s_writer import read_manifest
+from mm_assets.defs.metadata import table_rows
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
@@ -74,8 +75,9 @@ def test_materialising_the_build_assets_writes_valid_files_and_passes_the_checks
     assert meta["rows_quarantined"] == SAMPLE_QUARANTINED
     assert meta["rows_read"] == meta["dagster/row_count"] + SAMPLE_QUARANTINED
     assert meta["files_read"] == 5 and meta["files_unusable"] == 0
-    assert "undecodable bytes" in meta["quarantine_reasons"]
-    assert "line is not a JSON object" in meta["quarantine_reasons"]
+    reasons = {r["reason"]: r["rows"] for r in table_rows(meta["quarantine_reasons"])}
+    assert "undecodable bytes (not UTF-8)" in reasons and "line is not a JSON object" in reasons
+    assert sum(reasons.values()) == SAMPLE_QUARANTINED
 
     [merged] = result.asset_materializations_for_node("merged_segment_loads")
     assert merged.metadata["users_continued_on_more_lines"].value == 1
@@ -122,6 +124,8 @@ def test_cli_build_returns_0_on_the_sample_and_fills_the_outbox(cli_env, sample_
     assert "check files_conform_to_s2s_spec: passed" in out
     files = sorted((cli_env / "outbox" / BATCH).glob("*.log.gz"))
     assert files
+    # The summary names the files it built, with their bytes (not only a count).
+    assert all(f"{f.name}" in out and f"{f.stat().st_size:,}" in out for f in files)
     assert main(["validate", *map(str, files)]) == 0
     # An ordinary run of the code location (on the UI's timeline, re-executable), not an
     # in-process one: it carries the workspace's origin.
@@ -183,7 +187,11 @@ EXPECTED_ASSETS = {
     "merged_segment_loads": {"deps": {"raw_audiences"}, "group": "s2s_build"},
     "s2s_files": {"deps": {"merged_segment_loads"}, "group": "s2s_build"},
     "upload_receipts": {"deps": {"s2s_files"}, "group": "delivery"},
+    "batch_report": {"deps": {"upload_receipts"}, "group": "delivery"},
+    "mediamath_quota": {"deps": {"upload_receipts"}, "group": "delivery"},
 }
+# One quota for the partner across batches (S2S-QUOTA): the only asset not per batch.
+UNPARTITIONED_ASSETS = {"mediamath_quota"}
 EXPECTED_CHECKS = {
     ("raw_audiences", "batch_is_complete"),
     ("s2s_files", "files_conform_to_s2s_spec"),
@@ -203,8 +211,11 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         partitions = node.partitions_def
-        assert isinstance(partitions, dg.DynamicPartitionsDefinition), key
-        assert partitions.name == "export_batches"
+        if key.to_user_string() in UNPARTITIONED_ASSETS:
+            assert partitions is None, key
+        else:
+            assert isinstance(partitions, dg.DynamicPartitionsDefinition), key
+            assert partitions.name == "export_batches"
         got[key.to_user_string()] = {
             "deps": {k.to_user_string() for k in node.parent_keys},
             "group": node.group_name,
@@ -230,6 +241,7 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
         "delivery_automation",
         "deferred_deliveries",
         "processing_log_poller",
+        "mediamath_quota_observer",
         "alert_on_failed_checks",
         "alert_on_run_failure",
     }

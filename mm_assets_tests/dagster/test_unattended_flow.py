@@ -20,6 +20,7 @@ from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.moloco_source.sensors import moloco_export_batches
 from mm_assets.defs.processing_log.checks import CHECK_NAME, every_file_accepted_by_mediamath
 from mm_assets.defs.processing_log.sensors import processing_log_poller
+from mm_assets.defs.report.assets import batch_report
 from mm_assets.defs.resources import BatchStorage
 from mm_assets.defs.s2s_build import assets, checks, jobs
 from mm_assets.sandbox.sftp_server import SandboxSftpServer
@@ -69,6 +70,7 @@ def test_a_new_batch_reaches_mediamath_and_is_accepted_with_no_command(
                 assets.merged_segment_loads,
                 assets.s2s_files,
                 delivery_assets.upload_receipts,
+                batch_report,
             ],
             asset_checks=[
                 checks.files_conform_to_s2s_spec,

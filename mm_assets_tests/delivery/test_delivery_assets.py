@@ -41,6 +41,7 @@ from mm_assets.defs.delivery.assets import (
     upload_receipts,
 )
 from mm_assets.defs.delivery.resources import CftDelivery, MediaMathDelivery, SftpDelivery
+from mm_assets.defs.metadata import table_rows
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
@@ -311,7 +312,7 @@ def test_sftp_build_and_delivery_then_rerun_sends_nothing(
         meta = receipts_metadata(result)
         assert meta["files_delivered"] == SAMPLE_FILES
         assert meta["all_delivered"] is True and meta["transport"] == "sftp"
-        assert meta["next_send_after"] == ""
+        assert "next_send_after" not in meta  # nothing waits: no empty cell
         assert meta["quota_files_left_this_hour"] == 20 - SAMPLE_FILES
         with Ledger(ledger_url(ledger_path)) as ledger:
             receipts = {r.file_name: r for r in ledger.receipts(BATCH)}
@@ -429,7 +430,7 @@ def test_quota_defers_to_the_next_hour_and_a_later_run_sends_the_rest_once(
     assert last.success
     meta = receipts_metadata(last)
     assert meta["files_already_delivered"] == 6 and meta["files_delivered"] == 2
-    assert meta["all_delivered"] is True and meta["next_send_after"] == ""
+    assert meta["all_delivered"] is True and "next_send_after" not in meta
     assert receipt_check(last).passed
     final = drop_state(sftp_server.root_dir)
     assert {n: md5 for n, (_, _, md5) in final.items()} == manifest_md5s(storage)
@@ -495,9 +496,9 @@ def test_rebuilt_file_under_a_delivered_name_is_not_sent_again(
     assert meta["files_already_delivered"] == SAMPLE_FILES - 1
     assert meta["files_needs_attention"] == 1
     assert drop_state(sftp_server.root_dir) == landed
-    [row] = [line for line in meta["receipts"].splitlines() if line.startswith(f"| {name} ")]
-    # (the receipts table cuts cells at 120 characters, so only the start is shown)
-    assert f"a file named {name} was delivered before with md5" in row
+    [row] = [r for r in table_rows(meta["receipts"]) if r["name"] == name]
+    assert row["status"] == "needs_attention"
+    assert f"a file named {name} was delivered before with md5" in str(row["message"])
 
 
 def test_rebuilt_file_under_a_delivered_name_is_flagged(
@@ -531,7 +532,7 @@ def test_dry_run_sends_nothing_and_writes_no_receipt(
     assert result.success
     meta = receipts_metadata(result)
     assert meta["dry_run"] is True and meta["files_dry_run"] == SAMPLE_FILES
-    assert meta["all_delivered"] is False and meta["dagster/row_count"] == 0
+    assert meta["all_delivered"] is False and meta["files_with_receipt"] == 0
     check = receipt_check(result)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     with Ledger(ledger_url(ledger_path)) as ledger:
@@ -579,7 +580,7 @@ def test_wrong_password_fails_without_retry_and_without_receipt(
     result = materialize_delivery(instance, storage, delivery)
     meta = receipts_metadata(result)
     assert meta["files_failed"] == 1 and meta["files_not_attempted"] == SAMPLE_FILES - 1
-    assert meta["all_delivered"] is False and meta["dagster/row_count"] == 0
+    assert meta["all_delivered"] is False and meta["files_with_receipt"] == 0
     check = receipt_check(result)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     with Ledger(ledger_url(ledger_path)) as ledger:

@@ -21,6 +21,7 @@ from mm_assets import cli
 from mm_assets.core.s2s_writer import read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import SftpDelivery
+from mm_assets.defs.metadata import table_rows
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage
@@ -89,8 +90,9 @@ def test_a_file_changed_in_the_outbox_after_its_checks_is_refused_and_the_rest_d
     assert meta["files_not_approved"] == 1 and meta["files_delivered"] == SAMPLE_FILES - 1
     assert names[2] not in delivered_names(sftp_server)
     assert delivered_names(sftp_server) == set(names) - {names[2]}
-    receipts = meta["receipts"]
-    assert f"changed after check {gate.MANIFEST_CHECK} approved it" in receipts
+    [refused] = [r for r in table_rows(meta["receipts"]) if r["name"] == names[2]]
+    assert refused["status"] == "not_approved"
+    assert f"changed after check {gate.MANIFEST_CHECK} approved it" in str(refused["message"])
     check = receipt_check(result)
     assert not check.passed and check.severity is dg.AssetCheckSeverity.ERROR
 
@@ -113,8 +115,9 @@ def test_a_batch_whose_spec_check_failed_is_refused_by_materialize_and_by_the_cl
     result = materialize_delivery(instance, storage, delivery)
     meta = receipts_metadata(result)
     assert meta["files_not_approved"] == SAMPLE_FILES
-    assert f"check {gate.SPEC_CHECK} failed on this build" in meta["receipts"]
-    assert "S2S-HDR" in meta["receipts"]
+    messages = [str(r["message"]) for r in table_rows(meta["receipts"])]
+    assert all(f"check {gate.SPEC_CHECK} failed on this build" in m for m in messages)
+    assert all("S2S-HDR" in m for m in messages)
     assert delivered_names(sftp_server) == set()
 
     # As `mm-assets deliver BATCH` does, with the same settings from the environment.

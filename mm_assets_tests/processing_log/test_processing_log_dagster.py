@@ -22,11 +22,13 @@ from mm_assets.core.s2s_writer import NAME_REGISTER, read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery, SftpDelivery
 from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
+from mm_assets.defs.metadata import table_rows
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.checks import CHECK_NAME, every_file_accepted_by_mediamath
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.processing_log.sensors import processing_log_poller
+from mm_assets.defs.report.assets import batch_report
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build import assets as build_assets
 from mm_assets.defs.s2s_build import checks as build_checks
@@ -173,11 +175,15 @@ def deliver(
 
 
 def tick(
-    instance: dg.DagsterInstance, delivery: MediaMathDelivery, log: MediaMathProcessingLog
+    instance: dg.DagsterInstance,
+    delivery: MediaMathDelivery,
+    log: MediaMathProcessingLog,
+    storage: BatchStorage,
 ) -> dg.SensorResult:
     """One sensor evaluation, its asset events stored the way the sensor daemon stores them."""
     context = dg.build_sensor_context(
-        instance=instance, resources={"delivery": delivery, "processing_log": log}
+        instance=instance,
+        resources={"delivery": delivery, "processing_log": log, "storage": storage},
     )
     result = processing_log_poller(context)
     assert isinstance(result, dg.SensorResult)
@@ -232,9 +238,16 @@ def test_a_broken_header_fails_with_invalid_headers_and_a_rebuild_passes(
         assert values["files_rejected"] == 1
         assert values["files_accepted"] == len(first_names) - 1
         assert values["mediamath_records"][broken][0]["message"] == "Invalid headers"
-        table = values["processing_log"]
-        assert "| name | bytes | transport |" in table.replace("attempt | ", "")
-        assert f"| 1 | {broken} |" in table and "| sftp |" in table
+        rows = table_rows(values["processing_log"])
+        assert [c.name for c in values["processing_log"].schema.columns][:4] == [
+            "attempt",
+            "name",
+            "bytes",
+            "transport",
+        ]
+        [row] = [r for r in rows if r["name"] == broken]
+        assert row["attempt"] == 1 and row["transport"] == "sftp"
+        assert row["mediamath_status"] == "rejected" and row["message"] == "Invalid headers"
 
         # On purpose: rebuild (new file names, FileIdentifier stays unique) and re-send.
         assert dg.materialize(
@@ -254,11 +267,11 @@ def test_a_broken_header_fails_with_invalid_headers_and_a_rebuild_passes(
 
     assert again.passed, again.description
     assert again.description == f"MediaMath accepted all {len(second_names)} file(s)"
-    table = meta(again)["processing_log"]
+    rows = {r["name"]: r for r in table_rows(meta(again)["processing_log"])}
     # Both attempts stay visible: the rejected row of attempt 1 next to attempt 2's.
-    assert f"| 1 | {broken} |" in table and "Invalid headers" in table
-    assert table.count("| superseded |") == len(first_names)
-    assert all(f"| 2 | {name} |" in table for name in second_names)
+    assert rows[broken]["attempt"] == 1 and rows[broken]["message"] == "Invalid headers"
+    assert sum(r["current"] == "superseded" for r in rows.values()) == len(first_names)
+    assert all(rows[name]["attempt"] == 2 for name in second_names)
     assert SFTP_PASSWORD not in all_event_text(instance)
 
 
@@ -284,22 +297,27 @@ def test_pending_files_pass_when_the_sensor_polls_after_processing(
         assert meta(evaluation)["files_pending"] == len(names)
 
         server.fail_next, server.retry_after = [503] * 20, ""
-        outage = tick(instance, delivery, log)
+        outage = tick(instance, delivery, log, storage)
         # One file is tried (5 requests), the others are not asked while the log is down.
         assert outage.asset_events == [] and len(server.fail_next) == 15
         with StatusStore(delivery.ledger_url) as store:
             errors = [r.last_error for r in store.batch(BATCH) if r.last_error]
         assert len(errors) == 1 and "HTTP 503" in errors[0]
         server.fail_next = []
-        early = tick(instance, delivery, log)
+        early = tick(instance, delivery, log, storage)
         assert early.asset_events == []  # asked, no answer yet, nothing to report
         log_clock[0] += 61  # MediaMath has processed the files now
-        answered = tick(instance, delivery, log)
+        answered = tick(instance, delivery, log, storage)
         requests_after = len(server.requests_seen)
-        quiet = tick(instance, delivery, log)
+        quiet = tick(instance, delivery, log, storage)
 
-    [event] = answered.asset_events
+    [event, report] = answered.asset_events
     assert isinstance(event, dg.AssetCheckEvaluation)
+    # The batch report follows the new verdict, with no run (batch_report in the UI).
+    assert isinstance(report, dg.AssetMaterialization) and report.partition == BATCH
+    assert report.metadata["accepted_by_mediamath"].value is True
+    files = table_rows(report.metadata["files_table"].value)
+    assert {f["mediamath"] for f in files} == {"accepted"} and len(files) == len(names)
     assert (event.asset_key, event.check_name, event.partition) == (
         upload_receipts.key,
         CHECK_NAME,
@@ -333,16 +351,19 @@ def test_no_answer_by_the_deadline_is_timed_out_and_no_longer_polled(
         evaluation = deliver(instance, storage, delivery, log)
         assert evaluation.severity is dg.AssetCheckSeverity.WARN
         time.sleep(1.1)
-        result = tick(instance, delivery, log)
+        result = tick(instance, delivery, log, storage)
         requests_after = len(server.requests_seen)
-        assert tick(instance, delivery, log).asset_events == []
+        assert tick(instance, delivery, log, storage).asset_events == []
         assert len(server.requests_seen) == requests_after
-    [event] = result.asset_events
+    [event, _report] = result.asset_events
     assert not event.passed and event.severity is dg.AssetCheckSeverity.ERROR
     assert "no answer before the deadline" in (event.description or "")
     values = meta(event)
     assert values["files_timed_out"] == values["files"] > 0
-    assert "no answer from MediaMath after" in values["processing_log"]
+    assert all(
+        "no answer from MediaMath after" in str(r["message"])
+        for r in table_rows(values["processing_log"])
+    )
 
 
 # -- credentials -----------------------------------------------------------------------------
@@ -400,7 +421,7 @@ def test_sandbox_transport_reads_the_log_url_and_credentials_from_the_sandbox_st
 
 def test_the_check_runs_with_the_delivery_job_and_the_definitions_load() -> None:
     defs = dg.Definitions(
-        assets=[*BUILD_ASSETS, upload_receipts],
+        assets=[*BUILD_ASSETS, upload_receipts, batch_report],
         asset_checks=[every_file_accepted_by_mediamath],
         jobs=[deliver_s2s_files_job],
         sensors=[processing_log_poller],
@@ -415,7 +436,11 @@ def test_the_check_runs_with_the_delivery_job_and_the_definitions_load() -> None
     dg.Definitions.validate_loadable(defs)
     job = defs.resolve_job_def(deliver_s2s_files_job.name)
     # The check runs in every delivery run (CLI, deferred_deliveries sensor), not on its own.
-    assert set(job.graph.node_names()) == {"upload_receipts", f"upload_receipts_{CHECK_NAME}"}
+    assert set(job.graph.node_names()) == {
+        "upload_receipts",
+        f"upload_receipts_{CHECK_NAME}",
+        "batch_report",
+    }
 
 
 @pytest.mark.parametrize(

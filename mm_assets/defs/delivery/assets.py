@@ -11,13 +11,14 @@ import dagster as dg
 from mm_assets.clients.transport import OutgoingFile
 from mm_assets.core.s2s_writer import read_manifest
 from mm_assets.defs.delivery.resources import MediaMathDelivery
+from mm_assets.defs.metadata import byte_count, table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
+from mm_assets.defs.quota.observations import quota_observation
 from mm_assets.defs.resources import BatchStorage
 from mm_assets.defs.s2s_build.assets import s2s_files
-from mm_assets.defs.s2s_build.metadata import md_table
 from mm_assets.delivery import gate
-from mm_assets.delivery.deliver import DONE_STATUSES, Status, deliver_batch
+from mm_assets.delivery.deliver import DONE_STATUSES, Status, deliver_batch, utc_now
 
 # A new build of the batch whose blocking checks (spec, manifest) passed is delivered with no
 # command typed; the gate inside the asset holds for runs started any other way.
@@ -87,14 +88,20 @@ def upload_receipts(
             # for today's quota use; few attempts: an unreachable log only narrows what is known.
             processing_log=processing_log.client(delivery, max_attempts=RECONCILE_LOG_ATTEMPTS),
         )
+    # The quota over time (mediamath_quota's Plots tab): one observation per delivery.
+    context.log_event(quota_observation(delivery, storage, utc_now(), "upload_receipts"))
     for entry in report.entries:
         if entry.status not in DONE_STATUSES or entry.message:
             context.log.warning(f"{entry.name}: {entry.status} {entry.message}".rstrip())
     usage = report.usage.as_dict()
     next_time = report.next_not_before
+    # Present only when something waits: an empty value would show as an empty cell.
+    waiting = {"next_send_after": next_time.isoformat()} if next_time else {}
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": sum(report.counts[str(s)] for s in DONE_STATUSES),
+            # Files, not rows: `dagster/row_count` would label them "Row count".
+            "files": len(report.entries),
+            "files_with_receipt": sum(report.counts[str(s)] for s in DONE_STATUSES),
             "transport": report.transport,
             "dry_run": report.dry_run,
             "all_delivered": report.done,
@@ -106,15 +113,11 @@ def upload_receipts(
                     if report.counts[str(s)]
                 }
             ),
-            "next_send_after": next_time.isoformat() if next_time else "",
-            "receipts": dg.MetadataValue.md(
-                md_table(
-                    RECEIPT_COLUMNS, [[row[c] for c in RECEIPT_COLUMNS] for row in report.to_rows()]
-                )
-            ),
+            **waiting,
+            "receipts": table(RECEIPT_COLUMNS, report.to_rows()),
             "quota": dg.MetadataValue.json(usage),
             "quota_files_left_this_hour": usage["files_left_this_hour"],
-            "quota_bytes_left_today": usage["bytes_left_today"],
+            "quota_bytes_left_today": byte_count(report.usage.bytes_left_today),
         }
     )
 

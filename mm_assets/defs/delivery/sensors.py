@@ -7,10 +7,12 @@ import dagster as dg
 
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.report.assets import batch_report
 
 deliver_s2s_files_job = dg.define_asset_job(
     "deliver_s2s_files",
-    selection=dg.AssetSelection.assets(upload_receipts),
+    # The batch report follows every delivery, so the UI shows the run's outcome per batch.
+    selection=dg.AssetSelection.assets(upload_receipts, batch_report),
     partitions_def=export_batches,
     description="Deliver a built batch to MediaMath (idempotent: files with a receipt are "
     "skipped).",

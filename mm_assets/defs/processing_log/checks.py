@@ -25,10 +25,10 @@ from mm_assets.core.clock import utc_now
 from mm_assets.core.s2s_writer import MANIFEST, read_manifest
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery
+from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.resources import BatchStorage
-from mm_assets.defs.s2s_build.metadata import md_table
 from mm_assets.processing_log.polling import (
     TABLE_COLUMNS,
     BatchVerdict,
@@ -48,7 +48,7 @@ def verdict_metadata(verdict: BatchVerdict) -> dict[str, Any]:
         "files": len(verdict.current),
         **{f"files_{state}": counts.get(str(state), 0) for state in FileState},
         "longest_wait_minutes": round((verdict.longest_wait_seconds or 0) / 60, 1),
-        "processing_log": dg.MetadataValue.md(md_table(TABLE_COLUMNS, verdict.rows)),
+        "processing_log": table(TABLE_COLUMNS, verdict.rows),
         "mediamath_records": dg.MetadataValue.json(
             {r.file_name: r.raw_records[-_RAW_RECORDS_PER_FILE:] for r in verdict.current}
         ),

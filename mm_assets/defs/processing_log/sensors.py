@@ -14,6 +14,8 @@ from mm_assets.core.clock import utc_now
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.processing_log.checks import evaluation_for
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
+from mm_assets.defs.report.assets import refreshed_report
+from mm_assets.defs.resources import BatchStorage
 from mm_assets.processing_log.polling import batch_verdict, poll_files
 
 # Each tick is cheap when nothing is due (one indexed query); the per-file spacing comes from
@@ -36,6 +38,7 @@ def processing_log_poller(
     context: dg.SensorEvaluationContext,
     delivery: MediaMathDelivery,
     processing_log: MediaMathProcessingLog,
+    storage: BatchStorage,
 ) -> dg.SensorResult:
     settings = processing_log.poll_settings()
     started = time.monotonic()
@@ -64,4 +67,8 @@ def processing_log_poller(
         context.log.info(f"{event.partition}: {event.description}")
     if not events:
         return dg.SensorResult(skip_reason=f"polled {len(due)} file(s); no new answer")
-    return dg.SensorResult(asset_events=events)
+    # Each changed batch's report follows its new verdict (batch_report in the UI).
+    reports = [
+        refreshed_report(str(e.partition), storage, delivery, processing_log, now) for e in events
+    ]
+    return dg.SensorResult(asset_events=[*events, *reports])

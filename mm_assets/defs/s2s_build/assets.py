@@ -9,12 +9,23 @@ import dagster as dg
 from mm_assets.core.export_reader import read_export_batch
 from mm_assets.core.s2s_writer import batch_build_lock, write_s2s_files
 from mm_assets.core.segment_merge import merge_segment_loads
+from mm_assets.defs.metadata import byte_count, table
 from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
-from mm_assets.defs.s2s_build.metadata import md_table
 
 REPORT = "report.json"
+QUARANTINE_PREVIEW_COLUMNS = [
+    "file",
+    "line",
+    "reason",
+    "user_id",
+    "segment",
+    "timestamp",
+    "client",
+    "device_type",
+    "raw",
+]
 
 
 def save_report(path: Path, report: dict) -> None:
@@ -70,39 +81,20 @@ def raw_audiences(
             "files_read": len(report.files),
             "files_unusable": len(report.file_issues),
             "files_unreadable": sum(i.blocks_batch for i in report.file_issues),
-            "quarantine_reasons": dg.MetadataValue.md(
-                md_table(["reason", "rows"], list(report.quarantine_reasons.items()))
+            "quarantine_reasons": table(
+                ["reason", "rows"], list(report.quarantine_reasons.items())
             ),
-            "quarantine_preview": dg.MetadataValue.md(
-                md_table(
-                    [
-                        "file",
-                        "line",
-                        "reason",
-                        "user_id",
-                        "segment",
-                        "timestamp",
-                        "client",
-                        "device_type",
-                        "raw",
-                    ],
-                    [list(r.values()) for r in report.quarantine_preview],
-                )
+            "quarantine_preview": table(QUARANTINE_PREVIEW_COLUMNS, report.quarantine_preview),
+            "unusable_files": table(
+                ["file", "problem", "batch_incomplete"],
+                [[i.file, i.message, i.blocks_batch] for i in report.file_issues],
             ),
-            "unusable_files": dg.MetadataValue.md(
-                md_table(
-                    ["file", "problem", "batch incomplete"],
-                    [[i.file, i.message, i.blocks_batch] for i in report.file_issues],
-                )
-            ),
-            "files": dg.MetadataValue.md(
-                md_table(
-                    ["file", "rows seen", "accepted", "quarantined"],
-                    [
-                        [name, f["rows"], f["accepted"], f["quarantined"]]
-                        for name, f in report.files.items()
-                    ],
-                )
+            "files": table(
+                ["file", "rows_seen", "accepted", "quarantined"],
+                [
+                    [name, f["rows"], f["accepted"], f["quarantined"]]
+                    for name, f in report.files.items()
+                ],
             ),
             "client_name_collisions": dg.MetadataValue.json(report.client_collisions),
             "user_buckets": report.buckets,
@@ -159,8 +151,8 @@ def merged_segment_loads(
             "conflicting_loads": report.conflicts,
             "users_continued_on_more_lines": report.continued_users,
             "user_buckets": report.buckets,
-            "file_families": dg.MetadataValue.md(
-                md_table(["agency", "ids", "users", "lines", "loads", "text bytes"], families)
+            "file_families": table(
+                ["agency", "ids", "users", "lines", "loads", "text_bytes"], families
             ),
         }
     )
@@ -205,15 +197,13 @@ def s2s_files(
     ]
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(built),
+            # Files, not rows: `dagster/row_count` would label them "Row count".
             "files": len(built),
-            "gz_bytes": sum(f.bytes for f in built),
+            "gz_bytes": byte_count(sum(f.bytes for f in built)),
             "users": sum(f.users for f in built),
             "loads": sum(f.loads for f in built),
-            "manifest": dg.MetadataValue.md(
-                md_table(
-                    ["name", "agency", "mobile", "hashed", "users", "loads", "bytes", "md5"], rows
-                )
+            "manifest": table(
+                ["name", "agency", "mobile", "hashed", "users", "loads", "bytes", "md5"], rows
             ),
             "outbox": dg.MetadataValue.path(str(outbox)),
         }

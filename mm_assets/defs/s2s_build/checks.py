@@ -16,10 +16,10 @@ import dagster as dg
 from mm_assets.core.clock import utc_now
 from mm_assets.core.s2s_format import SUFFIX
 from mm_assets.core.s2s_writer import read_manifest
+from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.assets import REPORT, load_report, s2s_files
-from mm_assets.defs.s2s_build.metadata import md_table
 from mm_assets.delivery import gate
 
 
@@ -71,9 +71,7 @@ def files_conform_to_s2s_spec(
         metadata={
             "violations": sum(counts.values()),
             "violations_by_rule": dg.MetadataValue.json(dict(counts)),
-            "first_violations": dg.MetadataValue.md(
-                md_table(["file", "rule", "line", "message"], rows[:50])
-            ),
+            "first_violations": table(["file", "rule", "line", "message"], rows[:50]),
         },
     )
 
@@ -144,6 +142,6 @@ def outbox_matches_manifest(
             "files": len(manifest),
             "loads_written": written_loads,
             "loads_merged": merged["loads_out"],
-            "problems": dg.MetadataValue.md(md_table(["file", "problem"], problems)),
+            "problems": table(["file", "problem"], problems),
         },
     )

@@ -6,10 +6,10 @@ then warns instead of blocking)."""
 
 import dagster as dg
 
+from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.assets import REPORT, load_report, raw_audiences
-from mm_assets.defs.s2s_build.metadata import md_table
 
 CHECK_NAME = "batch_is_complete"
 
@@ -43,7 +43,7 @@ def batch_is_complete(
             "files_unreadable": len(lost),
             "files_empty": len(empty),
             "partial_batches_accepted": accept_partial,
-            "unreadable_files": dg.MetadataValue.md(md_table(["file", "problem"], lost)),
-            "empty_files": dg.MetadataValue.md(md_table(["file", "problem"], empty)),
+            "unreadable_files": table(["file", "problem"], lost),
+            "empty_files": table(["file", "problem"], empty),
         },
     )

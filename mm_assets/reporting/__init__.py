@@ -1,0 +1,1 @@
+"""What the data engineer reads: one report per batch (no Dagster import)."""
