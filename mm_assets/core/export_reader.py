@@ -198,8 +198,13 @@ def _opened(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -> ReadReport:
+def read_export_batch(
+    batch_dir: Path, out_dir: Path, settings: BuildSettings, buckets: int | None = None
+) -> ReadReport:
     """Read every file of `batch_dir`; write loads (by user bucket) and quarantine to `out_dir`.
+
+    `buckets` fixes the number of user buckets (snapshot mode: the held state's); by default
+    it follows the batch's size and the memory budget.
 
     One streaming pass per file: each row is checked and written straight to its user bucket,
     or to the quarantine, so memory does not grow with the batch.
@@ -213,7 +218,9 @@ def read_export_batch(batch_dir: Path, out_dir: Path, settings: BuildSettings) -
     parts_dir.mkdir()
     files, issues = batch_files(batch_dir)
     budget = max(settings.memory_budget_bytes // 2, 64 * 2**20)
-    buckets = max(1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget))
+    buckets = buckets or max(
+        1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget)
+    )
     con = open_duckdb(":memory:", settings, out_dir / "spill")
     try:
         con.execute(REJECTED_TABLE)

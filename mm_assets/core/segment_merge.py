@@ -17,10 +17,14 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, split_user_line
+
+if TYPE_CHECKING:
+    from mm_assets.core.snapshot_diff import SnapshotDiff
 
 GLOBAL_KEY = "_global"  # the taxonomy folder of global data; `_` cannot start an agency name
 # Sort key of a load under the conflict rule: smaller wins. Timestamps are at most 2**38.
@@ -60,8 +64,16 @@ class MergeReport:
     by_file: dict[FileKey, FileKeyStats] = field(default_factory=dict)
 
 
-def merge_segment_loads(loads_dir: Path, out_dir: Path, settings: BuildSettings) -> MergeReport:
-    """Merge the bucketed loads written by the export reader into per-file line tables."""
+def merge_segment_loads(
+    loads_dir: Path,
+    out_dir: Path,
+    settings: BuildSettings,
+    snapshot: SnapshotDiff | None = None,
+) -> MergeReport:
+    """Merge the bucketed loads written by the export reader into per-file line tables.
+
+    In snapshot mode (`snapshot`), each bucket's loads are replaced by their diff against the
+    held audience state before the lines are built (core/snapshot_diff.py)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     merged_dir = out_dir / "lines"
@@ -73,7 +85,7 @@ def merge_segment_loads(loads_dir: Path, out_dir: Path, settings: BuildSettings)
     try:
         for bucket in buckets:
             if any(bucket.glob("*.parquet")):
-                _merge_bucket(con, bucket, merged_dir, totals, by_file)
+                _merge_bucket(con, bucket, merged_dir, totals, by_file, snapshot)
     finally:
         con.close()
         shutil.rmtree(out_dir / "spill", ignore_errors=True)
@@ -90,7 +102,7 @@ def merge_segment_loads(loads_dir: Path, out_dir: Path, settings: BuildSettings)
     )
 
 
-def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file) -> None:
+def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file, snapshot=None) -> None:
     files = sql_glob(bucket, "*.parquet")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE kept AS
@@ -98,6 +110,8 @@ def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file) -> None:
                min(CASE ts WHEN -1 THEN {RANK_REMOVE} WHEN 0 THEN {RANK_NOW} ELSE -ts END) AS rank,
                count(*) AS n, min(ts) <> max(ts) AS conflict
         FROM read_parquet({files}) GROUP BY agency, mobile, user_id, segment""")
+    if snapshot is not None:
+        snapshot.diff_bucket(con, bucket)  # snapshot mode: `kept` becomes the diff
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE user_lines AS
         SELECT agency, mobile, user_id, count(*) AS loads, 1 AS lines,
