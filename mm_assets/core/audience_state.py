@@ -189,6 +189,7 @@ class AudienceState:
             pointer = self.pointer()
             if pointer.pending_batch != candidate.batch:
                 if pointer.last_decided_batch == candidate.batch:
+                    self._remove_orphans(pointer)  # a crash after the swap may have left one
                     last = pointer.history[-1] if pointer.history else {}
                     return Decision(
                         candidate.batch,
