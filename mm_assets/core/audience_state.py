@@ -321,3 +321,39 @@ def _fsync(path: Path) -> None:
 
 def _fsync_dir(path: Path) -> None:
     _fsync(path)
+
+
+APPROVALS = "approvals"
+
+
+def approve_snapshot(state_dir: Path, batch: str, *, by: str, reason: str, at: str) -> dict:
+    """A person's deliberate release of a batch's snapshot that the safety check blocked
+    (removals over the threshold, or an incomplete batch). Kept in the state folder."""
+    record = {"batch": batch, "approved_by": by, "reason": reason, "approved_at": at}
+    _write_atomically(state_dir / APPROVALS / f"{batch}.json", json.dumps(record, indent=2))
+    return record
+
+
+def snapshot_approval(state_dir: Path, batch: str) -> dict | None:
+    try:
+        return json.loads((state_dir / APPROVALS / f"{batch}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+WAITING = "waiting"
+
+
+def note_waiting(state_dir: Path, batch: str) -> None:
+    """A batch whose diff had to wait for an earlier one (re-requested once that is decided)."""
+    (state_dir / WAITING).mkdir(parents=True, exist_ok=True)
+    (state_dir / WAITING / batch).touch()
+
+
+def clear_waiting(state_dir: Path, batch: str) -> None:
+    (state_dir / WAITING / batch).unlink(missing_ok=True)
+
+
+def waiting_batches(state_dir: Path) -> list[str]:
+    folder = state_dir / WAITING
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

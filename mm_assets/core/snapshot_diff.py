@@ -21,6 +21,7 @@ The seam is `segment_merge._merge_bucket`: it computes the bucket's `kept` loads
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections import defaultdict
@@ -219,3 +220,61 @@ def diff_and_merge(
         diff.prepare_loads(loads_dir)
         report = merge_segment_loads(loads_dir, out_dir, settings, snapshot=diff)
         return report, diff.finish()
+
+
+def parse_share(text: str | float) -> float:
+    """`20%`, `0.2` -> 0.2: a share of a family's held members (0 ... 1)."""
+    value = str(text).strip()
+    share = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    if not 0 <= share <= 1:
+        raise ValueError(f"removal threshold {text!r}: a share from 0 to 1, or 0 % to 100 %")
+    return share
+
+
+# Beside a candidate: the safety check's verdict on its diff, and the build made from it.
+RELEASE = "release.json"
+BUILT_FROM = "build.json"
+
+
+def record_release(candidate: Candidate, *, passed: bool, summary: str) -> None:
+    """The safety check's verdict on this very diff (s2s_files writes only a released one)."""
+    text = json.dumps({"diff_id": candidate.diff_id, "passed": passed, "summary": summary})
+    (candidate.folder / RELEASE).write_text(text)
+
+
+def release_problem(candidate_dir: Path) -> str:
+    """Why the batch's current diff must not be written for delivery ("" when released)."""
+    try:
+        candidate = Candidate.load(candidate_dir)
+        release = json.loads((candidate_dir / RELEASE).read_text())
+    except (OSError, ValueError):
+        return "the snapshot diff has not been checked (snapshot_removals_within_threshold)"
+    if release.get("diff_id") != candidate.diff_id:
+        return "the safety check judged another diff of this batch, not the current one"
+    if not release.get("passed"):
+        return f"the snapshot is blocked: {release.get('summary') or 'see the check'}"
+    return ""
+
+
+def bind_build(candidate_dir: Path, manifest_digest: str) -> None:
+    """Tie the candidate to the build written from its diff (the outbox manifest's digest)."""
+    candidate = Candidate.load(candidate_dir)
+    text = json.dumps({"diff_id": candidate.diff_id, "manifest_sha256": manifest_digest})
+    (candidate_dir / BUILT_FROM).write_text(text)
+
+
+def candidate_for_build(candidate_dir: Path, manifest_digest: str) -> Candidate:
+    """The candidate the delivered build was made from; ValueError when they do not match."""
+    candidate = Candidate.load(candidate_dir)
+    try:
+        built = json.loads((candidate_dir / BUILT_FROM).read_text())
+    except (OSError, ValueError):
+        built = {}
+    if built.get("diff_id") != candidate.diff_id or built.get("manifest_sha256") != (
+        manifest_digest
+    ):
+        raise ValueError(
+            f"batch {candidate.batch}: the outbox's build was not written from the current "
+            "snapshot diff: rebuild the batch"
+        )
+    return candidate

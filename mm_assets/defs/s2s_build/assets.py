@@ -7,11 +7,11 @@ import dagster as dg
 
 from mm_assets.core.export_reader import read_export_batch
 from mm_assets.core.s2s_writer import batch_build_lock, write_s2s_files
-from mm_assets.core.segment_merge import merge_segment_loads
 from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.metadata import md_table
+from mm_assets.defs.snapshot import build as snapshot
 
 REPORT = "report.json"
 
@@ -42,7 +42,10 @@ def raw_audiences(
     # this one's work under it.
     with batch_build_lock(Path(storage.outbox_dir), batch):
         report = read_export_batch(
-            storage.batch_dir(batch), storage.work(batch, "raw_audiences"), s2s.build_settings()
+            storage.batch_dir(batch),
+            storage.work(batch, "raw_audiences"),
+            s2s.build_settings(),
+            buckets=snapshot.read_buckets(s2s),
         )
     save_report(
         storage.work(batch, "raw_audiences") / REPORT,
@@ -54,6 +57,7 @@ def raw_audiences(
             # [file, problem, whether it makes the batch incomplete]
             "file_issues": [[i.file, i.message, i.blocks_batch] for i in report.file_issues],
             "files": report.files,
+            "user_buckets": report.buckets,
         },
     )
     for issue in report.file_issues:
@@ -121,9 +125,8 @@ def merged_segment_loads(
     batch = context.partition_key
     out = storage.work(batch, "merged_segment_loads")
     with batch_build_lock(Path(storage.outbox_dir), batch):
-        report = merge_segment_loads(
-            storage.work(batch, "raw_audiences") / "loads", out, s2s.build_settings()
-        )
+        # Delta mode: the merge as it was. Snapshot mode: the diff against the held state.
+        report, snapshot_metadata = snapshot.merge(storage, s2s, batch)
     families = [
         [
             k.agency or "(global)",
@@ -156,6 +159,7 @@ def merged_segment_loads(
             "file_families": dg.MetadataValue.md(
                 md_table(["agency", "ids", "users", "lines", "loads", "text bytes"], families)
             ),
+            **snapshot_metadata,
         }
     )
 
@@ -173,12 +177,14 @@ def s2s_files(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     outbox = storage.outbox(batch)
+    snapshot.require_release(storage, s2s, batch)  # snapshot mode: only a released diff
     built = write_s2s_files(
         storage.work(batch, "merged_segment_loads") / "lines",
         outbox,
         s2s.build_settings(),
         batch=batch,
     )
+    snapshot.bind(storage, s2s, batch)
     rows = [
         [
             f.name,
