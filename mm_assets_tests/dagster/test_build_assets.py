@@ -183,9 +183,11 @@ EXPECTED_ASSETS = {
     "merged_segment_loads": {"deps": {"raw_audiences"}, "group": "s2s_build"},
     "s2s_files": {"deps": {"merged_segment_loads"}, "group": "s2s_build"},
     "upload_receipts": {"deps": {"s2s_files"}, "group": "delivery"},
+    "mediamath_audience_state": {"deps": {"upload_receipts"}, "group": "snapshot"},
 }
 EXPECTED_CHECKS = {
     ("raw_audiences", "batch_is_complete"),
+    ("merged_segment_loads", "snapshot_removals_within_threshold"),
     ("s2s_files", "files_conform_to_s2s_spec"),
     ("s2s_files", "outbox_matches_manifest"),
     ("upload_receipts", "every_file_has_a_receipt"),
@@ -232,4 +234,5 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
         "processing_log_poller",
         "alert_on_failed_checks",
         "alert_on_run_failure",
+        "advance_audience_state",
     }
