@@ -94,9 +94,9 @@ def zlib6_bytes(outbox: Path) -> int:
     return total
 
 
-def measure(args: list[str]) -> tuple[dict, float]:
+def measure(args: list[str], script: str = __file__) -> tuple[dict, float]:
     """Run one variant in a child process; return its result and peak RSS in MB."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -111,6 +111,9 @@ def main() -> None:
     parser.add_argument("--memory-budget", default="1GiB")
     parser.add_argument("--gzip-level", type=int, default=4)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--snapshot", action="store_true", help="snapshot mode's diff vs a delta build instead"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
@@ -128,6 +131,12 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores; memory budget {args.memory_budget}; "
         f"gzip level {args.gzip_level}; work dir {root}"
     )
+    if args.snapshot:
+        from snapshot_variant import snapshot_benchmark
+
+        sizes = [int(r) for r in args.rows.split(",")]
+        snapshot_benchmark(root, sizes, args.memory_budget, args.gzip_level)
+        return
     for rows in (int(r) for r in args.rows.split(",")):
         src = root / f"export_{rows}" / f"batch_{rows}"
         if not src.exists():
