@@ -54,7 +54,12 @@ MEMBER_COLUMNS = (
 
 
 class SnapshotOrderError(RuntimeError):
-    """A diff that must wait: another batch's snapshot is not decided yet, or it is older."""
+    """A diff that must wait (`waiting_for` names the undecided batch), or that comes too late:
+    its batch is older than one already applied (`waiting_for` is None)."""
+
+    def __init__(self, message: str, waiting_for: str | None = None) -> None:
+        super().__init__(message)
+        self.waiting_for = waiting_for
 
 
 class SnapshotBusy(RuntimeError):
@@ -159,11 +164,13 @@ class AudienceState:
     def begin_diff(self, batch: str) -> StatePointer:
         """Register `batch` as the pending snapshot (call under `lock`); refuse out of order."""
         pointer = self.pointer()
-        if pointer.pending_batch not in (None, batch):
+        pending = pointer.pending_batch
+        if pending not in (None, batch):
             raise SnapshotOrderError(
-                f"batch {batch} waits for batch {pointer.pending_batch}: its snapshot was diffed "
-                "and MediaMath's verdict on it is not applied yet (mediamath_audience_state), "
-                f"or it is blocked (approve it: mm-assets approve-snapshot {pointer.pending_batch})"
+                f"batch {batch} waits for batch {pending}: its snapshot was diffed and "
+                "MediaMath's verdict on it is not applied yet (mediamath_audience_state), or it "
+                f"is blocked (approve it: mm-assets approve-snapshot {pending})",
+                waiting_for=pending,
             )
         if pointer.last_decided_batch and batch < pointer.last_decided_batch:
             raise SnapshotOrderError(

@@ -36,13 +36,8 @@ def main(state_dir: str, candidate_dir: str, point: str) -> None:
 
         audience_state._fsync = fsync_then_die
     elif point == "before-pointer":
-        real_write = AudienceState._write_pointer
-
-        def die_instead(self, pointer):  # the pointer swap never happens
-            _die()
-
-        AudienceState._write_pointer = die_instead
-        del real_write
+        # The version folder is complete; the pointer swap never happens.
+        AudienceState._write_pointer = lambda self, pointer: _die()
     elif point == "after-pointer":
         AudienceState._remove_orphans = lambda self, pointer: _die()
     candidate = Candidate.load(Path(candidate_dir))

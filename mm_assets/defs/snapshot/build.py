@@ -87,7 +87,8 @@ def merge(
             now=int(utc_now().timestamp()),
         )
     except (SnapshotOrderError, SnapshotBusy) as exc:
-        note_waiting(options.state_dir, batch)
+        if isinstance(exc, SnapshotBusy) or exc.waiting_for:
+            note_waiting(options.state_dir, batch)  # the sensor re-requests it later
         raise dg.Failure(description=str(exc)) from None
     clear_waiting(options.state_dir, batch)
     return report, snapshot_metadata(candidate)
