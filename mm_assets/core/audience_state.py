@@ -71,6 +71,12 @@ def family_key(agency: str, mobile: bool) -> str:
     return f"{agency}|{int(mobile)}"
 
 
+def bucket_hash_probe() -> int:
+    """The hash the export reader buckets users with, of a fixed (agency, mobile, user)."""
+    with duckdb.connect(":memory:") as con:
+        return int(con.execute("SELECT hash('Probe', true, 'probe-user-0')").fetchone()[0])
+
+
 def bucket_name(index: int) -> str:
     return f"bucket={index}"
 
@@ -86,6 +92,9 @@ class StatePointer:
     pending_batch: str | None = None  # diffed, waiting for its verdict
     families: dict[str, int] = field(default_factory=dict)  # family_key -> members held
     history: list[dict] = field(default_factory=list)
+    # DuckDB's hash of a fixed user, recorded with the state: the buckets pair loads and held
+    # members only while the reader's hash is the same (a DuckDB upgrade could change it).
+    hash_probe: int | None = None
 
     @property
     def members(self) -> int:
@@ -164,6 +173,13 @@ class AudienceState:
     def begin_diff(self, batch: str) -> StatePointer:
         """Register `batch` as the pending snapshot (call under `lock`); refuse out of order."""
         pointer = self.pointer()
+        probe = bucket_hash_probe()
+        if pointer.hash_probe not in (None, probe):
+            raise RuntimeError(
+                "the reader's user hash is not the one the audience state was bucketed with "
+                "(DuckDB changed?): re-seed the state (MM_SNAPSHOT_SEED_BATCH) before diffing"
+            )
+        pointer.hash_probe = probe
         pending = pointer.pending_batch
         if pending not in (None, batch):
             raise SnapshotOrderError(
@@ -177,7 +193,7 @@ class AudienceState:
                 f"batch {batch} is older than batch {pointer.last_decided_batch}, whose snapshot "
                 "is already applied: snapshots apply in export order"
             )
-        if pointer.pending_batch != batch:
+        if pointer.pending_batch != batch or not (self.folder / POINTER).exists():
             pointer.pending_batch = batch
             self._write_pointer(pointer)
         return pointer

@@ -176,3 +176,13 @@ def test_removals_over_the_threshold_name_the_family(tmp_path):
     # global cookies: 2 of 4 held removed (50 %); Acme cookies: 1 of 1
     assert families_over_threshold(second.candidate, 0.20) == ["Acme|0", "|0"]
     assert families_over_threshold(second.candidate, 0.5) == ["Acme|0"]
+
+
+def test_a_state_bucketed_with_another_hash_is_refused_not_diffed_wrongly(tmp_path):
+    world = SnapshotWorld(tmp_path)
+    world.decide(world.build("batch_1", FIRST))
+    pointer = world.state.pointer()
+    pointer.hash_probe = (pointer.hash_probe or 0) + 1  # as if DuckDB's hash had changed
+    world.state._write_pointer(pointer)
+    with pytest.raises(RuntimeError, match="re-seed the state"):
+        world.build("batch_2", SECOND)
