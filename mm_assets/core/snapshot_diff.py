@@ -54,7 +54,19 @@ LOAD_SCHEMA = pa.schema(
         ("ts", pa.int64()),
     ]
 )
-STAT_NAMES = ("held", "members", "adds", "removals", "unchanged", "resent", "unchanged_rows")
+# Per family: members held before, members in the snapshot, what is sent (adds, removals,
+# re-sent), what is not (unchanged; and the rows behind them), and the snapshot's `-1` rows for
+# members not held (nothing to remove: counted, not sent).
+STAT_NAMES = (
+    "held",
+    "members",
+    "adds",
+    "removals",
+    "unchanged",
+    "resent",
+    "unchanged_rows",
+    "removal_rows_not_held",
+)
 
 
 @dataclass(frozen=True)
@@ -121,18 +133,18 @@ class SnapshotDiff:
         resend = self.resend_after_seconds
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE snapshot_diff AS
-            WITH snap AS (SELECT * FROM kept WHERE rank <> {RANK_REMOVE}),
-                 held AS (SELECT * FROM {held_members_sql(self.version_dir, index)})
+            WITH held AS (SELECT * FROM {held_members_sql(self.version_dir, index)})
             SELECT coalesce(s.agency, h.agency) AS agency, coalesce(s.mobile, h.mobile) AS mobile,
                    coalesce(s.user_id, h.user_id) AS user_id,
                    coalesce(s.segment, h.segment) AS segment,
-                   s.rank, coalesce(s.n, 0) AS n, coalesce(s.conflict, false) AS conflict,
-                   h.sent_at,
-                   CASE WHEN h.user_id IS NULL THEN 'add'
-                        WHEN s.user_id IS NULL THEN 'remove'
+                   s.rank, coalesce(s.n, 1) AS n, coalesce(s.conflict, false) AS conflict,
+                   h.sent_at, h.user_id IS NOT NULL AS was_held,
+                   CASE WHEN s.user_id IS NULL OR s.rank = {RANK_REMOVE}
+                            THEN CASE WHEN h.user_id IS NULL THEN 'not_held' ELSE 'remove' END
+                        WHEN h.user_id IS NULL THEN 'add'
                         WHEN {resend} > 0 AND h.sent_at <= {self.now - resend} THEN 'resend'
                         ELSE 'unchanged' END AS change
-            FROM snap s FULL OUTER JOIN held h
+            FROM kept s FULL OUTER JOIN held h
               ON s.agency = h.agency AND s.mobile = h.mobile AND s.user_id = h.user_id
              AND s.segment = h.segment""")
         out = self.candidate_dir / bucket_name(index)
@@ -142,29 +154,31 @@ class SnapshotDiff:
                          CAST(CASE rank WHEN {RANK_NOW} THEN 0 ELSE -rank END AS BIGINT) AS ts,
                          CAST(CASE WHEN change IN ('add', 'resend') THEN {self.now}
                               ELSE sent_at END AS BIGINT) AS sent_at
-                  FROM snapshot_diff WHERE change <> 'remove')
+                  FROM snapshot_diff WHERE change IN ('add', 'unchanged', 'resend'))
             TO {sql_string(str(out / MEMBERS_FILE))} (FORMAT parquet, COMPRESSION zstd)""")
         for agency, mobile, *counts in con.execute("""
             SELECT agency, mobile,
-                   count(*) FILTER (WHERE change <> 'add'),
-                   count(*) FILTER (WHERE change <> 'remove'),
+                   count(*) FILTER (WHERE was_held),
+                   count(*) FILTER (WHERE change IN ('add', 'unchanged', 'resend')),
                    count(*) FILTER (WHERE change = 'add'),
                    count(*) FILTER (WHERE change = 'remove'),
                    count(*) FILTER (WHERE change = 'unchanged'),
                    count(*) FILTER (WHERE change = 'resend'),
-                   coalesce(sum(n) FILTER (WHERE change = 'unchanged'), 0)
+                   coalesce(sum(n) FILTER (WHERE change = 'unchanged'), 0),
+                   coalesce(sum(n) FILTER (WHERE change = 'not_held'), 0)
             FROM snapshot_diff GROUP BY ALL""").fetchall():
             stats = self.families[family_key(agency, mobile)]
             for name, count in zip(STAT_NAMES, counts, strict=True):
                 stats[name] += int(count)
-        # What is sent: adds, re-sent adds and removals (a removal counts as one load in);
-        # a seeding batch sends nothing. Unchanged members' rows are counted in the stats.
-        sent = "false" if self.seed else "change <> 'unchanged'"
+        # What is sent: adds, re-sent adds and removals (a removal of a member the snapshot no
+        # longer lists counts as one load in); a seeding batch sends nothing. The rows of the
+        # members not sent are counted in the stats.
+        sent = "false" if self.seed else "change IN ('add', 'resend', 'remove')"
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE kept AS
             SELECT agency, mobile, user_id, segment,
                    CASE change WHEN 'remove' THEN {RANK_REMOVE} ELSE rank END AS rank,
-                   CASE change WHEN 'remove' THEN 1 ELSE n END AS n, conflict
+                   n, conflict
             FROM snapshot_diff WHERE {sent}""")
         con.execute("DROP TABLE snapshot_diff")
 

@@ -66,6 +66,7 @@ def test_first_snapshot_is_all_adds_then_the_second_sends_only_the_difference(tm
         "unchanged": 2,
         "resent": 0,
         "unchanged_rows": 2,
+        "removal_rows_not_held": 0,
     }
     assert families["Acme|1"]["unchanged"] == 1 and families["Acme|1"]["adds"] == 0
     world.decide(second)
@@ -100,6 +101,16 @@ def test_a_family_with_a_rejected_file_keeps_its_state_and_the_next_diff_resends
     fourth = world.build("batch_4", SECOND)
     assert fourth.loads == set()  # nothing changed: nothing is sent
     assert fourth.candidate.families["|0"]["unchanged"] == 4
+
+
+def test_a_removal_of_a_member_not_held_is_counted_not_sent(tmp_path):
+    world = SnapshotWorld(tmp_path)
+    world.decide(world.build("batch_1", FIRST[:1]))
+    second = world.build(
+        "batch_2", [*FIRST[:1], ("c8", "18", "-1", "", ""), ("c8", "18", "0", "", "")]
+    )
+    assert second.loads == set()
+    assert second.candidate.families["|0"]["removal_rows_not_held"] == 2
 
 
 def test_a_family_that_leaves_entirely_is_removed_everywhere(tmp_path):
