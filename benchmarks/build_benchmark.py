@@ -240,9 +240,9 @@ def zlib6_bytes(outbox: Path) -> int:
     return total
 
 
-def measure(args: list[str]) -> tuple[dict, float, float]:
+def measure(args: list[str], script: str = __file__) -> tuple[dict, float, float]:
     """Run one variant in a child process: its result, peak RSS (MB) and CPU seconds."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -274,6 +274,9 @@ def main() -> None:
     parser.add_argument("--variants", default="build,core,pandas")
     parser.add_argument("--memory-budget", default="1GiB")
     parser.add_argument("--gzip-level", type=int, default=4)
+    parser.add_argument(
+        "--snapshot", action="store_true", help="snapshot mode's diff vs a delta build instead"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--steps", action="store_true", help="print each Dagster step's time")
     parser.add_argument("--worker", choices=["build", "core", "pandas"], help=argparse.SUPPRESS)
@@ -297,6 +300,12 @@ def main() -> None:
         f"gzip level {args.gzip_level}; work dir {root}",
         flush=True,
     )
+    if args.snapshot:
+        from snapshot_variant import snapshot_benchmark
+
+        sizes = [int(r) for r in args.rows.split(",")]
+        snapshot_benchmark(root, sizes, args.memory_budget, args.gzip_level)
+        return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     sources = (
         [(args.export.resolve(), None)]

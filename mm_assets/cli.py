@@ -12,6 +12,9 @@ mm-assets attention --settle FILE --as delivered|not-delivered
                               record what MediaMath has: a receipt, or "send it again"
 mm-assets status [BATCH]      the batch report: rows, files, deliveries, MediaMath's verdicts,
                               quota (latest batch when omitted; --all: one line per batch)
+mm-assets approve-snapshot BATCH [--reason TEXT]
+                              release a snapshot the safety check blocked (many removals,
+                              or an incomplete batch); rebuild it afterwards
 mm-assets sandbox             run the local MediaMath sandbox (SFTP drop, CFT) until stopped
 """
 
@@ -272,6 +275,31 @@ def attention(batch: str | None, settle: str | None, settle_as: str | None) -> i
     return 0
 
 
+def approve_snapshot(batch: str, reason: str) -> int:
+    """Record a person's approval of a blocked snapshot (shown in the check's metadata)."""
+    import getpass
+
+    from mm_assets.core.audience_state import approve_snapshot as record
+
+    problem = _batch_error(batch)
+    options = _resource("s2s").snapshot_options()
+    if problem or options is None:
+        print(f"mm-assets approve-snapshot: {problem or 'MM_EXPORT_MODE is not snapshot'}")
+        return 2
+    approval = record(
+        options.state_dir,
+        batch,
+        by=getpass.getuser(),
+        reason=reason,
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    print(
+        f"snapshot of {batch} approved by {approval['approved_by']}; build it again "
+        "(mm-assets build BATCH_DIR) so the check releases it and it is delivered"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `validate` and `sandbox` own their arguments (their modules parse them).
@@ -302,7 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     status_cmd.add_argument("batch", nargs="?", help="a batch name (default: the latest)")
     status_cmd.add_argument("--all", action="store_true", help="one line per batch")
+    approve_cmd = commands.add_parser(
+        "approve-snapshot", help="release a snapshot blocked by its removal threshold"
+    )
+    approve_cmd.add_argument("batch")
+    approve_cmd.add_argument("--reason", default="", help="why (kept with the approval)")
     args = parser.parse_args(argv)
+    if args.command == "approve-snapshot":
+        return approve_snapshot(args.batch, args.reason)
     if args.command == "build":
         return build(args.batch_dir)
     if args.command == "status":

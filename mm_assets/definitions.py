@@ -26,6 +26,9 @@ from mm_assets.defs.quota.observations import mediamath_quota, mediamath_quota_o
 from mm_assets.defs.report.assets import batch_report
 from mm_assets.defs.resources import default_batch_storage, default_s2s_file_settings
 from mm_assets.defs.s2s_build import assets, checks, completeness, jobs
+from mm_assets.defs.snapshot import assets as snapshot_assets
+from mm_assets.defs.snapshot import checks as snapshot_checks
+from mm_assets.defs.snapshot.sensors import advance_audience_state
 
 # Declarative automation: requests `upload_receipts` for a batch once its new build passed the
 # blocking checks (`DELIVERY_CONDITION`). On by default: delivery itself is gated.
@@ -48,6 +51,7 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             delivery_assets.upload_receipts,
             batch_report,
             mediamath_quota,
+            snapshot_assets.mediamath_audience_state,
         ],
         asset_checks=[
             checks.files_conform_to_s2s_spec,
@@ -55,11 +59,13 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             completeness.batch_is_complete,
             delivery_assets.every_file_has_a_receipt,
             every_file_accepted_by_mediamath,
+            snapshot_checks.snapshot_removals_within_threshold,
         ],
         jobs=[
             jobs.build_s2s_files_job,
             delivery_sensors.deliver_s2s_files_job,
             moloco_export_discovery,
+            snapshot_assets.advance_audience_state_job,
         ],
         schedules=[moloco_export_discovery_schedule],
         sensors=[
@@ -70,6 +76,7 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             mediamath_quota_observer,
             alert_on_failed_checks,
             alert_on_run_failure,
+            advance_audience_state,
         ],
         resources={
             "storage": default_batch_storage(export_dir),

@@ -17,12 +17,16 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, split_user_line
+
+if TYPE_CHECKING:
+    from mm_assets.core.snapshot_diff import SnapshotDiff
 
 GLOBAL_KEY = "_global"  # the taxonomy folder of global data; `_` cannot start an agency name
 # Sort key of a load under the conflict rule: smaller wins. Timestamps are at most 2**38.
@@ -58,8 +62,16 @@ class MergeReport:
     by_file: dict[FileKey, FileKeyStats] = field(default_factory=dict)
 
 
-def merge_segment_loads(loads_dir: Path, out_dir: Path, settings: BuildSettings) -> MergeReport:
-    """Merge the bucketed loads written by the export reader into per-file line tables."""
+def merge_segment_loads(
+    loads_dir: Path,
+    out_dir: Path,
+    settings: BuildSettings,
+    snapshot: SnapshotDiff | None = None,
+) -> MergeReport:
+    """Merge the bucketed loads written by the export reader into per-file line tables.
+
+    In snapshot mode (`snapshot`), each bucket's loads are replaced by their diff against the
+    held audience state before the lines are built (core/snapshot_diff.py)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     merged_dir = out_dir / "lines"
@@ -71,7 +83,7 @@ def merge_segment_loads(loads_dir: Path, out_dir: Path, settings: BuildSettings)
     try:
         for bucket in buckets:
             if any(bucket.glob("*.parquet")):
-                _merge_bucket(con, bucket, merged_dir, totals, by_file)
+                _merge_bucket(con, bucket, merged_dir, totals, by_file, snapshot)
     finally:
         con.close()
         shutil.rmtree(out_dir / "spill", ignore_errors=True)
@@ -100,8 +112,10 @@ def user_bucket_sql(buckets: int) -> str:
     return f"{user_key_sql()} % {int(buckets)}"
 
 
-def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file) -> None:
+def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file, snapshot=None) -> None:
     _resolve(con, sql_glob(bucket, "*.parquet"))
+    if snapshot is not None:
+        _snapshot_seam(con, bucket, snapshot)
     rows_in, loads_out, conflicts = con.execute(
         "SELECT sum(n), count(*), count(*) FILTER (WHERE conflict) FROM kept"
     ).fetchone()
@@ -168,6 +182,27 @@ def _resolve(con, files: str) -> None:
                min(CASE ts WHEN -1 THEN {RANK_REMOVE} WHEN 0 THEN {RANK_NOW} ELSE -ts END) AS rank,
                count(*) AS n, min(ts) <> max(ts) AS conflict
         FROM {source} GROUP BY user_key, segment""")
+
+
+def _snapshot_seam(con, bucket: Path, snapshot: SnapshotDiff) -> None:
+    """Snapshot mode: the bucket's resolved loads become their diff against the held state.
+
+    The diff speaks in users' names (the state keeps no keys), so `kept` is named for it and
+    keyed again afterwards: its removals bring users the snapshot no longer lists.
+    """
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE kept AS
+        SELECT u.agency, u.mobile, u.user_id, k.segment, k.rank, k.n, k.conflict
+        FROM kept k JOIN users u USING (user_key)""")
+    snapshot.diff_bucket(con, bucket)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE users AS
+        SELECT row_number() OVER () AS user_key, agency, mobile, user_id
+        FROM (SELECT DISTINCT agency, mobile, user_id FROM kept)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE kept AS
+        SELECT u.user_key, k.segment, k.rank, k.n, k.conflict
+        FROM kept k JOIN users u USING (agency, mobile, user_id)""")
 
 
 def _user_lines(con) -> None:

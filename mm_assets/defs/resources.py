@@ -8,6 +8,7 @@ import dagster as dg
 
 from mm_assets.core.build_settings import BuildSettings, parse_column_map, parse_size
 from mm_assets.core.quota import GB, MAX_FILE_BYTES
+from mm_assets.core.snapshot_diff import SnapshotOptions, parse_share
 from mm_assets.defs.settings import SAMPLE_EXPORT_DIR, STATE_DIR, env_settings, is_true
 
 
@@ -51,9 +52,30 @@ class S2sFileSettings(dg.ConfigurableResource):
     gzip_level: str = "4"
     # "true": a batch with an unreadable file is built anyway (batch_is_complete only warns)
     accept_partial_batches: str = "false"
+    # README "Delta and snapshot modes": "snapshot" diffs each full-audience batch against the
+    # held state (mm_assets/core/snapshot_diff.py) instead of sending its loads as they are.
+    export_mode: str = "delta"
+    snapshot_state_dir: str = ""  # "" -> the state folder's audience_state/
+    snapshot_removal_threshold: str = "20%"  # of a family's held members; more blocks
+    snapshot_resend_days: str = "0"  # re-send unchanged members every N days; 0 never
+    snapshot_seed_batch: str = ""  # this batch seeds an empty state, sending nothing
 
     def accepts_partial_batches(self) -> bool:
         return is_true(self.accept_partial_batches)
+
+    def snapshot_options(self) -> SnapshotOptions | None:
+        """Snapshot mode's options, or None in delta mode (today's behaviour)."""
+        mode = self.export_mode.strip().lower()
+        if mode not in ("delta", "snapshot"):
+            raise ValueError(f"MM_EXPORT_MODE is {self.export_mode!r}: expected delta or snapshot")
+        if mode == "delta":
+            return None
+        return SnapshotOptions(
+            state_dir=Path(self.snapshot_state_dir or STATE_DIR / "audience_state"),
+            removal_threshold=parse_share(self.snapshot_removal_threshold),
+            resend_after_seconds=int(float(self.snapshot_resend_days) * 86400),
+            seed_batch=self.snapshot_seed_batch.strip(),
+        )
 
     def build_settings(self) -> BuildSettings:
         return BuildSettings(
@@ -106,5 +128,10 @@ def default_s2s_file_settings() -> S2sFileSettings:
         column_map="MM_ASSETS_COLUMN_MAP",
         gzip_level="MM_ASSETS_GZIP_LEVEL",
         accept_partial_batches="MM_ACCEPT_PARTIAL_BATCHES",
+        export_mode="MM_EXPORT_MODE",
+        snapshot_state_dir="MM_SNAPSHOT_STATE_DIR",
+        snapshot_removal_threshold="MM_SNAPSHOT_REMOVAL_THRESHOLD",
+        snapshot_resend_days="MM_SNAPSHOT_RESEND_DAYS",
+        snapshot_seed_batch="MM_SNAPSHOT_SEED_BATCH",
     )
     return S2sFileSettings(**{**SAMPLE_PARTNER, **found})

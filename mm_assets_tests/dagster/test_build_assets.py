@@ -189,11 +189,13 @@ EXPECTED_ASSETS = {
     "upload_receipts": {"deps": {"s2s_files"}, "group": "delivery"},
     "batch_report": {"deps": {"upload_receipts"}, "group": "delivery"},
     "mediamath_quota": {"deps": {"upload_receipts"}, "group": "delivery"},
+    "mediamath_audience_state": {"deps": {"upload_receipts"}, "group": "snapshot"},
 }
 # One quota for the partner across batches (S2S-QUOTA): the only asset not per batch.
 UNPARTITIONED_ASSETS = {"mediamath_quota"}
 EXPECTED_CHECKS = {
     ("raw_audiences", "batch_is_complete"),
+    ("merged_segment_loads", "snapshot_removals_within_threshold"),
     ("s2s_files", "files_conform_to_s2s_spec"),
     ("s2s_files", "outbox_matches_manifest"),
     ("upload_receipts", "every_file_has_a_receipt"),
@@ -244,4 +246,5 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
         "mediamath_quota_observer",
         "alert_on_failed_checks",
         "alert_on_run_failure",
+        "advance_audience_state",
     }

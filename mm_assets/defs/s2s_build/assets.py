@@ -8,11 +8,11 @@ import dagster as dg
 
 from mm_assets.core.export_reader import read_export_batch
 from mm_assets.core.s2s_writer import batch_build_lock, write_s2s_files
-from mm_assets.core.segment_merge import merge_segment_loads
 from mm_assets.defs.metadata import byte_count, table
 from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
+from mm_assets.defs.snapshot import build as snapshot
 
 REPORT = "report.json"
 QUARANTINE_PREVIEW_COLUMNS = [
@@ -55,7 +55,10 @@ def raw_audiences(
     started = time.perf_counter()
     with batch_build_lock(Path(storage.outbox_dir), batch):
         report = read_export_batch(
-            storage.batch_dir(batch), storage.work(batch, "raw_audiences"), s2s.build_settings()
+            storage.batch_dir(batch),
+            storage.work(batch, "raw_audiences"),
+            s2s.build_settings(),
+            buckets=snapshot.read_buckets(s2s),
         )
     save_report(
         storage.work(batch, "raw_audiences") / REPORT,
@@ -69,6 +72,7 @@ def raw_audiences(
             # [file, problem, whether it makes the batch incomplete]
             "file_issues": [[i.file, i.message, i.blocks_batch] for i in report.file_issues],
             "files": report.files,
+            "user_buckets": report.buckets,
         },
     )
     for issue in report.file_issues:
@@ -118,9 +122,8 @@ def merged_segment_loads(
     out = storage.work(batch, "merged_segment_loads")
     started = time.perf_counter()
     with batch_build_lock(Path(storage.outbox_dir), batch):
-        report = merge_segment_loads(
-            storage.work(batch, "raw_audiences") / "loads", out, s2s.build_settings()
-        )
+        # Delta mode: the merge as it was. Snapshot mode: the diff against the held state.
+        report, snapshot_metadata = snapshot.merge(storage, s2s, batch)
     families = [
         [
             k.agency or "(global)",
@@ -154,6 +157,7 @@ def merged_segment_loads(
             "file_families": table(
                 ["agency", "ids", "users", "lines", "loads", "text_bytes"], families
             ),
+            **snapshot_metadata,
         }
     )
 
@@ -172,6 +176,7 @@ def s2s_files(
     batch = context.partition_key
     outbox = storage.outbox(batch)
     started = time.perf_counter()
+    snapshot.require_release(storage, s2s, batch)  # snapshot mode: only a released diff
     built = write_s2s_files(
         storage.work(batch, "merged_segment_loads") / "lines",
         outbox,
@@ -182,6 +187,7 @@ def s2s_files(
         storage.work(batch, "s2s_files") / REPORT,
         {"seconds": round(time.perf_counter() - started, 3), "files": len(built)},
     )
+    snapshot.bind(storage, s2s, batch)
     rows = [
         [
             f.name,

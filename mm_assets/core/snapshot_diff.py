@@ -1,0 +1,294 @@
+"""Snapshot mode's diff: a full-audience batch against what MediaMath holds, one user bucket at a
+time (DuckDB SQL, no Dagster).
+
+Per client and cookie/mobile family, for each (user, segment):
+
+- in the snapshot, not held -> an add, with the exported timestamp (`0` when none: S2S-TS);
+- held, not in the snapshot -> a removal, `SEGMENT:-1` (S2S-TS);
+- in both -> unchanged, not sent again; unless re-sending is on (`resend_after_seconds`) and it
+  was last sent that long ago: then it is re-sent as an add (for destinations that age
+  members out).
+
+A `-1` row in a snapshot means "not a member": a held member removed, otherwise nothing.
+The diff's loads then go through the ordinary merge (one line per user, continuation lines,
+split files: S2S-EFF, S2S-LINE), and the snapshot's members of the bucket are written as the
+batch's *candidate* state, which `AudienceState.promote` makes the held state for the families
+MediaMath accepted.
+
+The seam is `segment_merge._merge_bucket`: it computes the bucket's `kept` loads, then calls
+`SnapshotDiff.diff_bucket`, which replaces `kept` by the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mm_assets.core.audience_state import (
+    MEMBERS_FILE,
+    AudienceState,
+    Candidate,
+    bucket_name,
+    family_key,
+    held_members_sql,
+)
+from mm_assets.core.build_settings import BuildSettings
+from mm_assets.core.duckdb_session import sql_string
+from mm_assets.core.segment_merge import RANK_NOW, RANK_REMOVE, MergeReport, merge_segment_loads
+
+# The load columns the export reader writes into each bucket (the merge reads these).
+LOAD_SCHEMA = pa.schema(
+    [
+        ("agency", pa.string()),
+        ("mobile", pa.bool_()),
+        ("user_id", pa.string()),
+        ("segment", pa.string()),
+        ("ts", pa.int64()),
+    ]
+)
+# Per family: members held before, members in the snapshot, what is sent (adds, removals,
+# re-sent), what is not (unchanged; and the rows behind them), and the snapshot's `-1` rows for
+# members not held (nothing to remove: counted, not sent).
+STAT_NAMES = (
+    "held",
+    "members",
+    "adds",
+    "removals",
+    "unchanged",
+    "resent",
+    "unchanged_rows",
+    "removal_rows_not_held",
+)
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    """Snapshot mode's settings, as the core needs them (the Dagster resource fills them)."""
+
+    state_dir: Path
+    removal_threshold: float = 0.20  # share of a family's held members; more blocks the batch
+    resend_after_seconds: int = 0  # 0: unchanged members are never re-sent
+    seed_batch: str = ""  # this batch seeds an empty state without sending anything
+
+
+class SnapshotDiff:
+    """One batch's diff: create it under the state's lock, pass it to `merge_segment_loads`."""
+
+    def __init__(
+        self,
+        state: AudienceState,
+        batch: str,
+        candidate_dir: Path,
+        *,
+        now: int,
+        resend_after_seconds: int = 0,
+        seed: bool = False,
+    ) -> None:
+        pointer = state.begin_diff(batch)
+        if seed and pointer.version is not None:
+            raise ValueError(f"batch {batch} cannot seed the audience state: it holds members")
+        self.state = state
+        self.batch = batch
+        self.buckets = pointer.buckets
+        self.base_version = pointer.version
+        self.version_dir = state.version_dir(pointer)
+        self.candidate_dir = candidate_dir
+        self.now = int(now)
+        self.resend_after_seconds = int(resend_after_seconds)
+        self.seed = seed
+        self.diff_id = uuid.uuid4().hex
+        self.families: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STAT_NAMES, 0))
+        if candidate_dir.exists():
+            shutil.rmtree(candidate_dir)
+        candidate_dir.mkdir(parents=True)
+
+    def prepare_loads(self, loads_dir: Path) -> None:
+        """Give every one of the state's buckets a loads file (an empty one where the snapshot
+        has no user), so the merge visits buckets whose held members all left."""
+        for bucket in loads_dir.glob("bucket=*"):
+            index = int(bucket.name.split("=", 1)[1])
+            if index >= self.buckets:
+                raise ValueError(
+                    f"the loads have bucket {index}, the audience state {self.buckets} buckets: "
+                    "re-read the batch (raw_audiences) in snapshot mode"
+                )
+        for index in range(self.buckets):
+            bucket = loads_dir / bucket_name(index)
+            if not any(bucket.glob("*.parquet")):
+                bucket.mkdir(parents=True, exist_ok=True)
+                pq.write_table(LOAD_SCHEMA.empty_table(), bucket / "empty.parquet")
+
+    def diff_bucket(self, con: duckdb.DuckDBPyConnection, bucket: Path) -> None:
+        """Replace the temp table `kept` (the bucket's merged snapshot loads) by its diff
+        against the held members of the same bucket; write the bucket's candidate members."""
+        index = int(bucket.name.split("=", 1)[1])
+        resend = self.resend_after_seconds
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE snapshot_diff AS
+            WITH held AS (SELECT * FROM {held_members_sql(self.version_dir, index)})
+            SELECT coalesce(s.agency, h.agency) AS agency, coalesce(s.mobile, h.mobile) AS mobile,
+                   coalesce(s.user_id, h.user_id) AS user_id,
+                   coalesce(s.segment, h.segment) AS segment,
+                   s.rank, coalesce(s.n, 1) AS n, coalesce(s.conflict, false) AS conflict,
+                   h.sent_at, h.user_id IS NOT NULL AS was_held,
+                   CASE WHEN s.user_id IS NULL OR s.rank = {RANK_REMOVE}
+                            THEN CASE WHEN h.user_id IS NULL THEN 'not_held' ELSE 'remove' END
+                        WHEN h.user_id IS NULL THEN 'add'
+                        WHEN {resend} > 0 AND h.sent_at <= {self.now - resend} THEN 'resend'
+                        ELSE 'unchanged' END AS change
+            FROM kept s FULL OUTER JOIN held h
+              ON s.agency = h.agency AND s.mobile = h.mobile AND s.user_id = h.user_id
+             AND s.segment = h.segment""")
+        out = self.candidate_dir / bucket_name(index)
+        out.mkdir(exist_ok=True)
+        con.execute(f"""
+            COPY (SELECT agency, mobile, user_id, segment,
+                         CAST(CASE rank WHEN {RANK_NOW} THEN 0 ELSE -rank END AS BIGINT) AS ts,
+                         CAST(CASE WHEN change IN ('add', 'resend') THEN {self.now}
+                              ELSE sent_at END AS BIGINT) AS sent_at
+                  FROM snapshot_diff WHERE change IN ('add', 'unchanged', 'resend'))
+            TO {sql_string(str(out / MEMBERS_FILE))} (FORMAT parquet, COMPRESSION zstd)""")
+        for agency, mobile, *counts in con.execute("""
+            SELECT agency, mobile,
+                   count(*) FILTER (WHERE was_held),
+                   count(*) FILTER (WHERE change IN ('add', 'unchanged', 'resend')),
+                   count(*) FILTER (WHERE change = 'add'),
+                   count(*) FILTER (WHERE change = 'remove'),
+                   count(*) FILTER (WHERE change = 'unchanged'),
+                   count(*) FILTER (WHERE change = 'resend'),
+                   coalesce(sum(n) FILTER (WHERE change = 'unchanged'), 0),
+                   coalesce(sum(n) FILTER (WHERE change = 'not_held'), 0)
+            FROM snapshot_diff GROUP BY ALL""").fetchall():
+            stats = self.families[family_key(agency, mobile)]
+            for name, count in zip(STAT_NAMES, counts, strict=True):
+                stats[name] += int(count)
+        # What is sent: adds, re-sent adds and removals (a removal of a member the snapshot no
+        # longer lists counts as one load in); a seeding batch sends nothing. The rows of the
+        # members not sent are counted in the stats.
+        sent = "false" if self.seed else "change IN ('add', 'resend', 'remove')"
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE kept AS
+            SELECT agency, mobile, user_id, segment,
+                   CASE change WHEN 'remove' THEN {RANK_REMOVE} ELSE rank END AS rank,
+                   n, conflict
+            FROM snapshot_diff WHERE {sent}""")
+        con.execute("DROP TABLE snapshot_diff")
+
+    def finish(self) -> Candidate:
+        """Record the candidate (call after the merge): its batch, base version and counts."""
+        candidate = Candidate(
+            folder=self.candidate_dir,
+            batch=self.batch,
+            diff_id=self.diff_id,
+            base_version=self.base_version,
+            buckets=self.buckets,
+            families={k: dict(v) for k, v in sorted(self.families.items())},
+        )
+        candidate.save()
+        return candidate
+
+
+def removal_shares(candidate: Candidate) -> dict[str, float]:
+    """Per family: removals as a share of the members held before the batch."""
+    return {
+        key: (stats["removals"] / stats["held"]) if stats["held"] else 0.0
+        for key, stats in candidate.families.items()
+    }
+
+
+def families_over_threshold(candidate: Candidate, threshold: float) -> list[str]:
+    return sorted(k for k, share in removal_shares(candidate).items() if share > threshold)
+
+
+def diff_and_merge(
+    state: AudienceState,
+    batch: str,
+    loads_dir: Path,
+    out_dir: Path,
+    candidate_dir: Path,
+    settings: BuildSettings,
+    options: SnapshotOptions,
+    *,
+    now: int,
+) -> tuple[MergeReport, Candidate]:
+    """The merge step in snapshot mode: under the state's lock (two diffs never run at once),
+    in export order (SnapshotOrderError names the batch waited for), diff and merge `batch`'s
+    loads (read with the state's bucket count) and write its candidate state."""
+    with state.lock():
+        diff = SnapshotDiff(
+            state,
+            batch,
+            candidate_dir,
+            now=now,
+            resend_after_seconds=options.resend_after_seconds,
+            seed=batch == options.seed_batch,
+        )
+        diff.prepare_loads(loads_dir)
+        report = merge_segment_loads(loads_dir, out_dir, settings, snapshot=diff)
+        return report, diff.finish()
+
+
+def parse_share(text: str | float) -> float:
+    """`20%`, `0.2` -> 0.2: a share of a family's held members (0 ... 1)."""
+    value = str(text).strip()
+    share = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    if not 0 <= share <= 1:
+        raise ValueError(f"removal threshold {text!r}: a share from 0 to 1, or 0 % to 100 %")
+    return share
+
+
+# Beside a candidate: the safety check's verdict on its diff, and the build made from it.
+RELEASE = "release.json"
+BUILT_FROM = "build.json"
+
+
+def record_release(candidate: Candidate, *, passed: bool, summary: str) -> None:
+    """The safety check's verdict on this very diff (s2s_files writes only a released one)."""
+    text = json.dumps({"diff_id": candidate.diff_id, "passed": passed, "summary": summary})
+    (candidate.folder / RELEASE).write_text(text)
+
+
+def release_problem(candidate_dir: Path) -> str:
+    """Why the batch's current diff must not be written for delivery ("" when released)."""
+    try:
+        candidate = Candidate.load(candidate_dir)
+        release = json.loads((candidate_dir / RELEASE).read_text())
+    except (OSError, ValueError):
+        return "the snapshot diff has not been checked (snapshot_removals_within_threshold)"
+    if release.get("diff_id") != candidate.diff_id:
+        return "the safety check judged another diff of this batch, not the current one"
+    if not release.get("passed"):
+        return f"the snapshot is blocked: {release.get('summary') or 'see the check'}"
+    return ""
+
+
+def bind_build(candidate_dir: Path, manifest_digest: str) -> None:
+    """Tie the candidate to the build written from its diff (the outbox manifest's digest)."""
+    candidate = Candidate.load(candidate_dir)
+    text = json.dumps({"diff_id": candidate.diff_id, "manifest_sha256": manifest_digest})
+    (candidate_dir / BUILT_FROM).write_text(text)
+
+
+def candidate_for_build(candidate_dir: Path, manifest_digest: str) -> Candidate:
+    """The candidate the delivered build was made from; ValueError when they do not match."""
+    candidate = Candidate.load(candidate_dir)
+    try:
+        built = json.loads((candidate_dir / BUILT_FROM).read_text())
+    except (OSError, ValueError):
+        built = {}
+    if built.get("diff_id") != candidate.diff_id or built.get("manifest_sha256") != (
+        manifest_digest
+    ):
+        raise ValueError(
+            f"batch {candidate.batch}: the outbox's build was not written from the current "
+            "snapshot diff: rebuild the batch"
+        )
+    return candidate
