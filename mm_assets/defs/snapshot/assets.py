@@ -20,12 +20,12 @@ from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
-from mm_assets.defs.processing_log.status_store import FileState, FileStatus
+from mm_assets.processing_log.status_store import FileState, FileStatus
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
-from mm_assets.defs.s2s_build.metadata import md_table
+from mm_assets.defs.metadata import table
 from mm_assets.defs.snapshot.build import candidate_dir
 from mm_assets.delivery import gate
-from mm_assets.delivery.deliver import utc_now
+from mm_assets.core.clock import utc_now
 
 
 def family_verdicts(
@@ -105,8 +105,8 @@ def mediamath_audience_state(
             "families_advanced": len(decision.advanced),
             "families_kept": len(decision.kept),
             "already_applied": decision.already_applied,
-            "families": dg.MetadataValue.md(
-                md_table(["agency", "ids", "members held", "this batch", "not accepted"], rows)
+            "families": table(
+                ["agency", "ids", "members_held", "this_batch", "not_accepted"], rows
             ),
             "state_folder": dg.MetadataValue.path(str(options.state_dir)),
         }

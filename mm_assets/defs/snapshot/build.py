@@ -27,9 +27,9 @@ from mm_assets.core.audience_state import (
 from mm_assets.core.segment_merge import MergeReport, merge_segment_loads
 from mm_assets.core.snapshot_diff import bind_build, diff_and_merge, release_problem
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
-from mm_assets.defs.s2s_build.metadata import md_table
+from mm_assets.defs.metadata import table
 from mm_assets.delivery import gate
-from mm_assets.delivery.deliver import utc_now
+from mm_assets.core.clock import utc_now
 
 CANDIDATE_STEP = "snapshot_candidate"  # the batch's work folder holding its candidate state
 FAMILY_COLUMNS = [
@@ -126,7 +126,7 @@ def snapshot_metadata(candidate: Candidate) -> dict[str, Any]:
         "snapshot_removals": totals["removals"],
         "snapshot_unchanged": totals["unchanged"],
         "snapshot_resent": totals["resent"],
-        "snapshot_families": dg.MetadataValue.md(md_table(FAMILY_COLUMNS, family_rows(candidate))),
+        "snapshot_families": table(FAMILY_COLUMNS, family_rows(candidate)),
         "snapshot_diffed_against": candidate.base_version or "(nothing held: all adds)",
     }
 

@@ -15,7 +15,7 @@ from mm_assets.core.snapshot_diff import families_over_threshold, record_release
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.assets import REPORT, load_report, merged_segment_loads
-from mm_assets.defs.s2s_build.metadata import md_table
+from mm_assets.defs.metadata import table
 from mm_assets.defs.snapshot.build import FAMILY_COLUMNS, candidate_dir, family_rows
 
 CHECK_NAME = "snapshot_removals_within_threshold"
@@ -69,6 +69,6 @@ def snapshot_removals_within_threshold(
             "families_over_threshold": dg.MetadataValue.json(over),
             "files_unreadable": len(unreadable),
             "approval": dg.MetadataValue.json(approval or {}),
-            "families": dg.MetadataValue.md(md_table(FAMILY_COLUMNS, family_rows(candidate))),
+            "families": table(FAMILY_COLUMNS, family_rows(candidate)),
         },
     )
