@@ -549,9 +549,11 @@ def _drain(environ: _Environ) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sandbox CFT in the foreground for the local demo."""
+    from mm_assets.sandbox.run_sandbox import SandboxPorts
+
     parser = argparse.ArgumentParser(description="Local stand-in for MediaMath CFT (S3 + STS)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5055)
+    parser.add_argument("--port", type=int, default=SandboxPorts.from_environment().cft)
     parser.add_argument("--integration", default="sandbox_partner")
     parser.add_argument("--username", default="cft_partner")
     parser.add_argument("--lifetime", type=float, default=3600.0, help="credential lifetime, s")

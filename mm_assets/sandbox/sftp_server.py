@@ -357,9 +357,11 @@ class SandboxSftpServer:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sandbox server in the foreground for the local demo."""
+    from mm_assets.sandbox.run_sandbox import SandboxPorts
+
     parser = argparse.ArgumentParser(description="Local stand-in for MediaMath's SFTP drop")
     parser.add_argument("--dir", required=True, type=Path, help="drop folder (chroot)")
-    parser.add_argument("--port", type=int, default=2222)
+    parser.add_argument("--port", type=int, default=SandboxPorts.from_environment().sftp)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--username", default="mm_partner")
     parser.add_argument(

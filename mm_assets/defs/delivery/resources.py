@@ -19,7 +19,7 @@ import dagster as dg
 
 from mm_assets.clients.mediamath_cft import MediaMathCft
 from mm_assets.clients.mediamath_processing_log import DEFAULT_BASE_URL
-from mm_assets.clients.mediamath_sftp import MediaMathSftp
+from mm_assets.clients.mediamath_sftp import DEFAULT_HOST, DEFAULT_PORT, MediaMathSftp
 from mm_assets.clients.transport import Transport
 from mm_assets.core.build_settings import parse_size
 from mm_assets.core.quota import QuotaLimits
@@ -78,6 +78,11 @@ class MediaMathDelivery(dg.ConfigurableResource):
     def get_transport(self) -> Transport:
         raise NotImplementedError
 
+    def not_ready(self) -> str | None:
+        """Why a delivery cannot start at all right now, in the user's words, checked before a
+        run is launched (None: go; remote failures are the run's to report)."""
+        return None
+
     def processing_log_endpoint(self, url: str) -> tuple[str, str, str]:
         """(base URL, username, password) of the processing log (S2S-LOG: the SFTP login)."""
         return url or DEFAULT_BASE_URL, self.username, self.password
@@ -95,8 +100,8 @@ class MediaMathDelivery(dg.ConfigurableResource):
 class SftpDelivery(MediaMathDelivery):
     """MediaMath's SFTP drop (S2S-SFTP), host key pinned by `known_hosts` or `host_key`."""
 
-    sftp_host: str = "sftp.datasvc.mediamath.com"
-    sftp_port: int = 2222
+    sftp_host: str = DEFAULT_HOST  # S2S-SFTP: MediaMath's drop (the sandbox has its own port)
+    sftp_port: int = DEFAULT_PORT
     remote_dir: str = "."
     known_hosts: str = ""
     host_key: str = ""
@@ -162,8 +167,8 @@ def default_delivery() -> MediaMathDelivery:
     shared = _shared_settings()
     if transport == "sftp":
         return SftpDelivery(
-            sftp_host=setting("MM_SFTP_HOST", "sftp.datasvc.mediamath.com"),
-            sftp_port=int_setting("MM_SFTP_PORT", 2222),
+            sftp_host=setting("MM_SFTP_HOST", DEFAULT_HOST),
+            sftp_port=int_setting("MM_SFTP_PORT", DEFAULT_PORT),
             remote_dir=setting("MM_SFTP_REMOTE_DIR", "."),
             known_hosts=setting("MM_SFTP_KNOWN_HOSTS", ""),
             host_key=setting("MM_SFTP_HOST_KEY", ""),
