@@ -140,6 +140,13 @@ def _report_failures_and_checks(outcome) -> int:
                 f"processes' output: {_process_log(_instance())})",
                 file=sys.stderr,
             )
+    elif not outcome.success:
+        # No step failed, yet the run did (its worker died, it was canceled): the UI knows why.
+        print(
+            f"  failed: run {outcome.run_id} did not finish successfully; its logs in the UI "
+            f"say why (the processes' output: {_process_log(_instance())})",
+            file=sys.stderr,
+        )
     evaluations = outcome.check_evaluations
     for evaluation in evaluations:
         state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"

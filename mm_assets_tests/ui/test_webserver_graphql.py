@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -83,10 +84,16 @@ RUNS = """
 }"""
 
 
+@dataclass(frozen=True)
+class SampleRun:
+    root: Path
+    env: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
-    """The sample batch built and delivered with the CLI into a running sandbox, then the
-    webserver on the same instance, as `scripts/demo.sh` then `scripts/ui.sh` leave it."""
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleRun]:
+    """The sample batch built and delivered with the CLI into a running sandbox, as
+    `scripts/demo.sh` leaves it; the sandbox runs until the module is done."""
     root = tmp_path_factory.mktemp("ui")
     env = user_env(root)
     with sandbox_process(env, root / "sandbox") as sandbox:
@@ -98,8 +105,14 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
         assert sandbox.process.poll() is None
         delivered = [line for line in lines(deliver.stdout) if line.split()[0] == "delivered"]
         assert len(delivered) == len(list((root / "sandbox" / "sftp_drop").iterdir())) > 0
-        with dagster_webserver(env, root) as webserver:
-            yield webserver
+        yield SampleRun(root, env)
+
+
+@pytest.fixture(scope="module")
+def ui(sample_run: SampleRun) -> Iterator[Webserver]:
+    """dagster-webserver on the sample run's instance, as `scripts/ui.sh` shows it."""
+    with dagster_webserver(sample_run.env, sample_run.root) as webserver:
+        yield webserver
 
 
 def _nodes(ui: Webserver) -> dict[str, dict]:
@@ -149,3 +162,33 @@ def test_the_cli_runs_are_ordinary_runs_of_the_code_location(ui: Webserver) -> N
         assert (
             origin is not None and origin["repositoryLocationName"] == "mm_assets.definitions:defs"
         )
+
+
+def test_a_step_that_fails_in_a_run_prints_its_cause_once(sample_run: SampleRun) -> None:
+    """A real run whose step fails (a CFT integration name MediaMath cannot have), on an
+    instance of its own so the UI's runs above stay the sample's."""
+    home = sample_run.root / "failing_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        Path(sample_run.env["DAGSTER_HOME"], "dagster.yaml").read_text()
+    )
+    env = {
+        **sample_run.env,
+        "DAGSTER_HOME": str(home),
+        "MM_DELIVERY_TRANSPORT": "cft",
+        "MM_CFT_INTEGRATION": "not/a name",
+        "MM_SFTP_USERNAME": "u",
+        "MM_SFTP_PASSWORD": "Pw-3hG8sLq2Vn5Xc",
+        "MM_DELIVERY_LEDGER_URL": f"sqlite:///{home / 'ledger.sqlite'}",
+    }
+    result = mm_assets("deliver", BATCH, env=env)
+    assert result.returncode == 1
+    (run_line,) = [line for line in lines(result.stdout) if line.startswith("batch ")]
+    run_id = run_line.split("(run ")[1].rstrip(")")
+    assert lines(result.stderr) == [
+        "  failed: upload_receipts: ValueError: integration must be a plain name (letters, "
+        "digits, . _ -)",
+        f"  (the traces: --traceback, or run {run_id} in the UI; the processes' output: "
+        f"{home / 'logs' / 'mm-assets.log'})",
+    ]
+    assert "Pw-3hG8sLq2Vn5Xc" not in result.stdout + result.stderr
