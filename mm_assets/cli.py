@@ -1,4 +1,4 @@
-"""The `mm-assets` command.
+"""The `mm-assets` command: build, check and deliver MediaMath S2S audience files.
 
 mm-assets build BATCH_DIR     launch a run of build_s2s_files (raw_audiences ->
                               merged_segment_loads -> s2s_files) for one batch folder in the
@@ -16,6 +16,10 @@ mm-assets approve-snapshot BATCH [--reason TEXT]
                               release a snapshot the safety check blocked (many removals,
                               or an incomplete batch); rebuild it afterwards
 mm-assets sandbox             run the local MediaMath sandbox (SFTP drop, CFT) until stopped
+
+A failed command prints its cause once, in one line; `--traceback` (or `-v`) adds the full
+trace, which the run's logs in the UI also keep. `mm-assets COMMAND --help` describes each
+command's arguments.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,9 +66,12 @@ def _run(job_name: str, batch: str):
     """Launch one job run for one batch partition in the code location, and wait for it."""
     from mm_assets.defs.launch import launch_and_wait
 
-    # The terminal shows the summary below; the run's own events are in the UI.
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    outcome = launch_and_wait(_instance(), job_name, batch, run_config=quiet)
+    # The terminal shows the summary below and each failure once; the run's own events
+    # (errors with their traces) are in the UI and in `--traceback`.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    instance = _instance()
+    with _process_output_to_log(instance):
+        outcome = launch_and_wait(instance, job_name, batch, run_config=quiet)
     print(f"batch {batch}  (run {outcome.run_id})")
     return outcome
 
@@ -109,11 +118,94 @@ def status(batch: str | None, all_batches: bool) -> int:
     return 0
 
 
+def _process_log(instance) -> Path:
+    return Path(instance.root_directory) / "logs" / "mm-assets.log"
+
+
+@contextmanager
+def _process_output_to_log(instance) -> Iterator[None]:
+    """While a run is launched and waited for, the output of the processes it starts (the code
+    server, the run worker and its step processes: Dagster's DEBUG engine lines, warnings)
+    goes to a log file instead of the terminal, unless --traceback asks for everything."""
+    if _TRACEBACK:
+        yield
+        return
+    path = _process_log(instance)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with path.open("ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+# Settings whose values must never be printed (invariant 4), whatever text quotes them.
+_SECRET_SETTINGS = (
+    "MM_SFTP_PASSWORD",
+    "MM_MOLOCO_API_KEY",
+    "MM_ALERT_WEBHOOK_URL",
+    "DAGSTER_PG_PASSWORD",
+    "MM_DELIVERY_LEDGER_URL",
+)
+# `package.module.ClassName: text`, as Dagster records a step's error.
+_ERROR_PREFIX = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*): ")
+_TRACEBACK = False  # set by main from --traceback / -v
+
+
+def _shown(text: str) -> str:
+    """`text` as the terminal may show it: secrets of the environment redacted."""
+    from mm_assets.clients.moloco_export.errors import redact
+
+    return redact(text, (os.environ.get(name) for name in _SECRET_SETTINGS))
+
+
+def _cause(message: str) -> str:
+    """The first line of an error message, without the exception's module path, and without
+    the class of Dagster's errors (`dg.Failure`, an invalid definition), whose messages are
+    ours and already in the user's words."""
+    lines = message.strip().splitlines() or ["(no message)"]
+    first = lines[0]
+    if match := _ERROR_PREFIX.match(first):
+        rest = first[match.end() :]
+        ours = match.group(1) == "Failure" or match.group(1).startswith("Dagster")
+        first = rest if ours else f"{match.group(1)}: {rest}"
+    return _shown(first)
+
+
 def _report_failures_and_checks(outcome) -> int:
     import dagster as dg
 
-    for message in outcome.failures:
-        print(f"  failed: {message}", file=sys.stderr)
+    if outcome.failures:
+        failed_steps = _step_failures(outcome.run_id)
+        for step_key, error in failed_steps:
+            print(f"  failed: {step_key}: {_cause(_innermost(error))}", file=sys.stderr)
+        if _TRACEBACK:
+            for step_key, error in failed_steps:
+                print(f"--- step {step_key} ---", file=sys.stderr)
+                print(_shown(error.to_string()), file=sys.stderr)
+        else:
+            print(
+                f"  (the traces: --traceback, or run {outcome.run_id} in the UI; the "
+                f"processes' output: {_process_log(_instance())})",
+                file=sys.stderr,
+            )
+    elif not outcome.success:
+        # No step failed, yet the run did (its worker died, it was canceled): the UI knows why.
+        print(
+            f"  failed: run {outcome.run_id} did not finish successfully; its logs in the UI "
+            f"say why (the processes' output: {_process_log(_instance())})",
+            file=sys.stderr,
+        )
     evaluations = outcome.check_evaluations
     for evaluation in evaluations:
         state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
@@ -121,6 +213,22 @@ def _report_failures_and_checks(outcome) -> int:
     # A warning (files deferred by the quota, MediaMath still processing) is not a failure.
     failed = [e for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
     return 0 if outcome.success and not failed else 1
+
+
+def _step_failures(run_id: str) -> list[tuple[str, object]]:
+    """(step key, error) of each failed step of the run, as its event log keeps them."""
+    import dagster as dg
+
+    records = _instance().all_logs(run_id, dg.DagsterEventType.STEP_FAILURE)
+    return [(r.step_key, r.dagster_event.event_specific_data.error) for r in records]
+
+
+def _innermost(error) -> str:
+    """The message of an error's deepest cause: a step's own exception, not Dagster's
+    "Error occurred while executing op" wrapped around it."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message  # `ClassName: text`
 
 
 # `mm-assets build` exit codes (README): 0 built and every check passed; 1 a check or a step
@@ -213,6 +321,10 @@ def deliver(batch: str) -> int:
     if error := _batch_error(batch):
         print(f"mm-assets deliver: {error}", file=sys.stderr)
         return 2
+    if reason := _resource("delivery").not_ready():
+        # Checked before the run, so nothing is launched or registered that cannot work.
+        print(f"mm-assets deliver: {_shown(reason)}", file=sys.stderr)
+        return 2
     outbox = _resource("storage").outbox(batch)
     if not (outbox / MANIFEST).is_file():
         # Checked before the run, so a mistyped batch registers no partition.
@@ -300,7 +412,116 @@ def approve_snapshot(batch: str, reason: str) -> int:
     return 0
 
 
+def _parser() -> argparse.ArgumentParser:
+    """One `add_parser` block per command."""
+    # On every command, before or after its name (SUPPRESS: a subcommand's default would
+    # otherwise undo the flag given before it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--traceback",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on failure, also print the full trace (the run's logs keep it too)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="mm-assets",
+        description=__doc__.splitlines()[0],
+        parents=[common],
+        epilog="`mm-assets COMMAND --help` describes a command's arguments.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build_cmd = commands.add_parser(
+        "build",
+        parents=[common],
+        help="build the S2S files of one batch folder (a run of build_s2s_files)",
+        description="Launch a run of build_s2s_files (moloco_export_objects -> raw_audiences "
+        "-> merged_segment_loads -> s2s_files + checks) for one batch folder, wait for it and "
+        "print rows read and quarantined, users, files and bytes. Exit 0: built and every "
+        "check passed; 1: a check or a step failed; 2: not a batch folder, or another build "
+        "of it is running; 3: the batch is incomplete (a file could not be read).",
+    )
+    build_cmd.add_argument(
+        "batch_dir",
+        type=Path,
+        metavar="BATCH_DIR",
+        help="the batch folder (its name is the batch; its parent is the export folder)",
+    )
+
+    deliver_cmd = commands.add_parser(
+        "deliver",
+        parents=[common],
+        help="deliver a built batch to MediaMath (a run of deliver_s2s_files)",
+        description="Launch a run of deliver_s2s_files (upload_receipts + checks) and wait: "
+        "send each file the build checks approved once, within the quotas, and print what "
+        "was delivered, deferred, retried, refused or failed. Exit 0: delivered (or "
+        "deferred); 1: a check or a step failed; 2: not a built batch, or the transport "
+        "(the sandbox) is not running.",
+    )
+    deliver_cmd.add_argument("batch", metavar="BATCH", help="the batch name (a built batch)")
+
+    attention_cmd = commands.add_parser(
+        "attention",
+        parents=[common],
+        help="list or settle files whose delivery needs a person",
+        description="List the files whose delivery needs a person (in flight after a killed "
+        "run whose outcome cannot be known yet), or settle one with what you found out.",
+    )
+    attention_cmd.add_argument(
+        "batch", nargs="?", metavar="BATCH", help="only this batch (default: every batch)"
+    )
+    attention_cmd.add_argument("--settle", metavar="FILE", help="the file to settle (with --as)")
+    attention_cmd.add_argument(
+        "--as",
+        dest="settle_as",
+        choices=("delivered", "not-delivered"),
+        help="delivered: write its receipt (never sent again); not-delivered: release it "
+        "(the next deliver sends it)",
+    )
+
+    status_cmd = commands.add_parser(
+        "status",
+        parents=[common],
+        help="the batch report: did the audience get to MediaMath?",
+        description="Print the batch report: rows read and quarantined (by reason), users "
+        "and loads per file family, files with bytes, when and how each was sent, "
+        "MediaMath's verdict per file, quota used and left, what waits until when.",
+    )
+    status_cmd.add_argument(
+        "batch", nargs="?", metavar="BATCH", help="a batch name (default: the latest)"
+    )
+    status_cmd.add_argument("--all", action="store_true", help="one line per batch")
+
+    approve_cmd = commands.add_parser(
+        "approve-snapshot",
+        parents=[common],
+        help="release a snapshot blocked by its removal threshold",
+        description="Snapshot mode: record a person's approval of a snapshot that "
+        "snapshot_removals_within_threshold blocked (too many removals, or an incomplete "
+        "batch); build the batch again and the check releases it.",
+    )
+    approve_cmd.add_argument("batch", metavar="BATCH", help="the batch name")
+    approve_cmd.add_argument("--reason", default="", help="why (kept with the approval)")
+
+    # `validate` and `sandbox` parse their own arguments (their modules own them); listed
+    # here for the help: `mm-assets validate --help`, `mm-assets sandbox --help`.
+    commands.add_parser(
+        "validate",
+        add_help=False,
+        help="check S2S files (FILE...) against every S2S-* rule; exit 1 on a violation",
+    )
+    commands.add_parser(
+        "sandbox",
+        add_help=False,
+        help="run the local MediaMath sandbox (SFTP drop, CFT, processing log) until "
+        "stopped; --status: is one running?",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _TRACEBACK
     argv = sys.argv[1:] if argv is None else argv
     # `validate` and `sandbox` own their arguments (their modules parse them).
     if argv[:1] == ["validate"]:
@@ -309,44 +530,50 @@ def main(argv: list[str] | None = None) -> int:
         from mm_assets.sandbox.run_sandbox import main as sandbox_main
 
         return sandbox_main(argv[1:])
-    parser = argparse.ArgumentParser(
-        prog="mm-assets",
-        description=__doc__.splitlines()[0],
-        epilog="also: mm-assets validate FILE..., mm-assets sandbox",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_cmd = commands.add_parser("build", help="build the S2S files of one batch folder")
-    build_cmd.add_argument("batch_dir", type=Path)
-    deliver_cmd = commands.add_parser("deliver", help="deliver a built batch to MediaMath")
-    deliver_cmd.add_argument("batch")
-    attention_cmd = commands.add_parser(
-        "attention", help="list or settle files whose delivery needs a person"
-    )
-    attention_cmd.add_argument("batch", nargs="?")
-    attention_cmd.add_argument("--settle", metavar="FILE")
-    attention_cmd.add_argument("--as", dest="settle_as", choices=("delivered", "not-delivered"))
-    status_cmd = commands.add_parser(
-        "status", help="the batch report: did the audience get to MediaMath?"
-    )
-    status_cmd.add_argument("batch", nargs="?", help="a batch name (default: the latest)")
-    status_cmd.add_argument("--all", action="store_true", help="one line per batch")
-    approve_cmd = commands.add_parser(
-        "approve-snapshot", help="release a snapshot blocked by its removal threshold"
-    )
-    approve_cmd.add_argument("batch")
-    approve_cmd.add_argument("--reason", default="", help="why (kept with the approval)")
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "approve-snapshot":
-        return approve_snapshot(args.batch, args.reason)
-    if args.command == "build":
-        return build(args.batch_dir)
-    if args.command == "status":
-        return status(args.batch, args.all)
-    if args.command == "attention":
-        if (args.settle is None) != (args.settle_as is None):
-            parser.error("--settle FILE and --as delivered|not-delivered go together")
-        return attention(args.batch, args.settle, args.settle_as)
-    return deliver(args.batch)
+    _TRACEBACK = getattr(args, "traceback", False)
+    try:
+        if args.command == "build":
+            return build(args.batch_dir)
+        if args.command == "deliver":
+            return deliver(args.batch)
+        if args.command == "status":
+            return status(args.batch, args.all)
+        if args.command == "approve-snapshot":
+            return approve_snapshot(args.batch, args.reason)
+        if args.command == "attention":
+            if (args.settle is None) != (args.settle_as is None):
+                parser.error("--settle FILE and --as delivered|not-delivered go together")
+            return attention(args.batch, args.settle, args.settle_as)
+        parser.error(f"unknown command {args.command}")
+    except KeyboardInterrupt:
+        print(f"mm-assets {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # The cause once, in one line; the trace only when asked for.
+        if _TRACEBACK:
+            import traceback
+
+            print(_shown(traceback.format_exc()), file=sys.stderr, end="")
+        print(
+            f"mm-assets {args.command}: {_exception_cause(exc)}"
+            + ("" if _TRACEBACK else "  (the trace: --traceback)"),
+            file=sys.stderr,
+        )
+        return 1
+    return 2
+
+
+def _exception_cause(exc: BaseException) -> str:
+    """The innermost cause of `exc`, in one line: an error loading the code location (raised
+    by its code server) names what failed there, not the gRPC plumbing around it."""
+    infos = getattr(exc, "user_code_process_error_infos", None)
+    if infos:
+        return _cause(_innermost(infos[-1]))
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return _cause(f"{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

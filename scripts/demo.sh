@@ -8,20 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD}
-state=.mm_assets/sandbox
-mkdir -p "$state"
-# A fresh sandbox MediaMath each time: empty drop, no receipts, full quota (host key kept).
-rm -rf "$state/sandbox.json" "$state/sftp_drop" "$state/ledger.sqlite"
-.venv/bin/mm-assets sandbox --state-dir "$state" > .mm_assets/sandbox.log 2>&1 &
-sandbox_pid=$!
+state=${MM_SANDBOX_STATE_DIR:-.mm_assets/sandbox}
+mkdir -p .mm_assets
+source scripts/demo_sandbox.sh
 daemon_pid=
+sandbox_pid=
 stop_all() {
+  # Only what this script started: a sandbox it found running (ui.sh) keeps running.
   for pid in $daemon_pid $sandbox_pid; do kill "$pid" 2>/dev/null || true; done
   for pid in $daemon_pid $sandbox_pid; do wait "$pid" 2>/dev/null || true; done
 }
 trap stop_all EXIT
-for _ in $(seq 100); do [ -f "$state/sandbox.json" ] && break; sleep 0.2; done
-[ -f "$state/sandbox.json" ] || { cat .mm_assets/sandbox.log; exit 1; }
+ensure_sandbox "$state" .mm_assets/sandbox.log || exit 1
 .venv/bin/mm-assets build data/export/batch_20261120
 .venv/bin/mm-assets deliver batch_20261120
 echo
@@ -30,6 +28,12 @@ ls -l "$state/sftp_drop"
 
 echo
 echo "== Unattended: a new batch, the daemon and the sensors, no command typed =="
+if .venv/bin/dagster-daemon liveness-check > /dev/null 2>&1; then
+  # A second daemon on one instance would tick the same sensors with another export folder.
+  echo "a Dagster daemon already runs on $DAGSTER_HOME (scripts/ui.sh?): skipping this part;"
+  echo "in the UI, turn on the sensor moloco_export_batches (Automation) to see it there"
+  exit 0
+fi
 flow_export=$PWD/.mm_assets/demo_export
 rm -rf "$flow_export" && mkdir -p "$flow_export"
 export MM_ASSETS_EXPORT_DIR=$flow_export

@@ -52,7 +52,10 @@ def launch_and_wait(
     """Launch one partition run of `job_name` and wait until it has finished."""
     instance.add_dynamic_partitions(export_batches.name, [batch])
     opts = WorkspaceOpts(workspace=(str(WORKSPACE),))
-    with get_workspace_from_cli_opts(instance, dagster_version, opts) as workspace:
+    # The code server's INFO lines (started, stopping) are noise in a terminal.
+    with get_workspace_from_cli_opts(
+        instance, dagster_version, opts, log_level="WARNING"
+    ) as workspace:
         location = get_code_location_from_workspace(workspace, None)
         repo = get_remote_repository_from_code_location(location, None)
         remote_job = get_remote_job_from_remote_repo(repo, job_name)

@@ -15,7 +15,7 @@ import dagster as dg
 
 from mm_assets.clients.transport import Transport
 from mm_assets.defs.delivery.resources import MediaMathDelivery
-from mm_assets.sandbox.run_sandbox import STATE_FILE, SandboxState
+from mm_assets.sandbox.run_sandbox import STATE_FILE, SandboxState, not_running_reason
 
 
 class SandboxDelivery(MediaMathDelivery):
@@ -39,6 +39,9 @@ class SandboxDelivery(MediaMathDelivery):
         return SandboxState(
             state_dir=self.state_dir(), **{k: v for k, v in data.items() if k in known}
         )
+
+    def not_ready(self) -> str | None:
+        return not_running_reason(self.state_dir())
 
     def transport_label(self) -> str:
         return "sftp"

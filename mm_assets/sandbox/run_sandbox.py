@@ -1,10 +1,15 @@
 """Run the local sandbox: MediaMath's SFTP drop and Cloud File Transfer, on 127.0.0.1.
 
-    mm-assets sandbox [--state-dir .mm_assets/sandbox]
+    mm-assets sandbox [--state-dir .mm_assets/sandbox] [--status]
 
-The state folder keeps what a client needs to reach the sandbox (ports, the SFTP host key as a
-`known_hosts` file, the generated sandbox passwords in 0600 files) and the drop folder. The
-`sandbox` delivery transport reads it. Stop with Ctrl-C (or SIGTERM).
+The state folder keeps what a client needs to reach the sandbox (ports, the process id, the SFTP
+host key as a `known_hosts` file, the generated sandbox passwords in 0600 files) and the drop
+folder. The `sandbox` delivery transport reads it. Stop with Ctrl-C (or SIGTERM).
+
+Ports are settings (`MM_SANDBOX_SFTP_PORT`, `MM_SANDBOX_CFT_PORT`,
+`MM_SANDBOX_PROCESSING_LOG_PORT`; 0 picks a free one), so a second sandbox can run beside the
+first with its own state folder. A sandbox already running in the state folder is never
+replaced: a second start says so in one line.
 """
 
 from __future__ import annotations
@@ -14,12 +19,47 @@ import json
 import os
 import secrets
 import signal
+import socket
+import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-SFTP_PORT, CFT_PORT, PROCESSING_LOG_PORT = 2222, 5055, 5056
 STATE_FILE = "sandbox.json"
+# How long a port may take to answer before the sandbox counts as not running.
+_PROBE_SECONDS = 2.0
+
+
+class SandboxCannotStart(Exception):
+    """The sandbox cannot start here; the message says why and what to do, in one line."""
+
+
+@dataclass(frozen=True)
+class SandboxPorts:
+    """Where the sandbox listens: each port a setting, defaulting to the usual ones."""
+
+    sftp: int = 2222
+    cft: int = 5055
+    processing_log: int = 5056
+
+    @classmethod
+    def from_environment(cls) -> SandboxPorts:
+        """The one place the port settings are read (README: MM_SANDBOX_*_PORT)."""
+        default = cls()
+
+        def port(name: str, fallback: int) -> int:
+            value = os.environ.get(name, "").strip()
+            if not value:
+                return fallback
+            if not value.isdigit() or int(value) > 65535:
+                raise SandboxCannotStart(f"{name}={value!r} is not a port (0-65535)")
+            return int(value)
+
+        return cls(
+            sftp=port("MM_SANDBOX_SFTP_PORT", default.sftp),
+            cft=port("MM_SANDBOX_CFT_PORT", default.cft),
+            processing_log=port("MM_SANDBOX_PROCESSING_LOG_PORT", default.processing_log),
+        )
 
 
 def _password(path: Path) -> str:
@@ -43,6 +83,7 @@ class SandboxState:
     cft_integration: str
     cft_bucket: str
     processing_log_url: str = ""
+    pid: int = 0
 
     @property
     def known_hosts(self) -> Path:
@@ -66,22 +107,115 @@ class SandboxState:
                 f"no sandbox state in {state_dir}: start the sandbox with `mm-assets sandbox`"
             )
         data = json.loads(path.read_text())
-        return cls(state_dir=state_dir, **data)
+        # Only the fields this version knows: the state file may carry newer keys.
+        known = {f.name for f in fields(cls)} - {"state_dir"}
+        return cls(state_dir=state_dir, **{k: v for k, v in data.items() if k in known})
+
+    def describe(self) -> str:
+        return (
+            f"sftp 127.0.0.1:{self.sftp_port}, cft {self.cft_s3_endpoint_url}, "
+            f"processing log {self.processing_log_url}; state in {self.state_dir}"
+        )
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=_PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, but alive
+    return True
+
+
+def running_sandbox(state_dir: Path) -> SandboxState | None:
+    """The sandbox serving from `state_dir`, or None: its state file names a live process and
+    its SFTP port answers (a state file left by a killed sandbox does not count)."""
+    try:
+        state = SandboxState.load(state_dir)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    if not _alive(state.pid) or not _answers(state.sftp_port):
+        return None
+    return state
+
+
+def not_running_reason(state_dir: Path) -> str | None:
+    """Why no sandbox serves from `state_dir`, with how to start one (None: one is running)."""
+    if running_sandbox(state_dir) is not None:
+        return None
+    start = "start it with `mm-assets sandbox` (or `bash scripts/ui.sh`)"
+    if not (state_dir / STATE_FILE).exists():
+        return f"no sandbox is running (no state in {state_dir}): {start}"
+    return f"the sandbox of {state_dir} is not running (it was stopped or killed): {start}"
+
+
+def _port_in_use(port: int) -> bool:
+    if port == 0:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers bind (address reuse on), so a port in TIME_WAIT does not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _refuse_to_start(state_dir: Path, ports: dict[str, int]) -> None:
+    """Raise SandboxCannotStart when a sandbox already serves this state folder or a port is
+    taken: checked before binding, because the HTTP servers exit the process on a bind error."""
+    if (running := running_sandbox(state_dir)) is not None:
+        raise SandboxCannotStart(
+            f"a sandbox is already running from {state_dir} (pid {running.pid}): "
+            f"{running.describe()}; use it, or stop it first"
+        )
+    for setting, port in ports.items():
+        if _port_in_use(port):
+            raise SandboxCannotStart(
+                f"port {port} is in use by another program (another sandbox?): stop it, or "
+                f"set {setting} to another port (0 picks a free one)"
+            )
 
 
 def serve(
     state_dir: Path,
-    sftp_port: int = SFTP_PORT,
-    cft_port: int = CFT_PORT,
+    sftp_port: int | None = None,
+    cft_port: int | None = None,
     stop: threading.Event | None = None,
     *,
-    processing_log_port: int = PROCESSING_LOG_PORT,
+    processing_log_port: int | None = None,
     processing_delay: float = 0.0,
 ) -> None:
+    """Serve until `stop` is set; ports not given come from the settings (SandboxPorts)."""
     from mm_assets.sandbox.cft_server import SandboxCft
     from mm_assets.sandbox.processing_log_server import SandboxProcessingLog, cft_bucket_source
     from mm_assets.sandbox.sftp_server import SandboxSftpServer
 
+    ports = SandboxPorts.from_environment()
+    sftp_port = ports.sftp if sftp_port is None else sftp_port
+    cft_port = ports.cft if cft_port is None else cft_port
+    if processing_log_port is None:
+        processing_log_port = ports.processing_log
+    _refuse_to_start(
+        state_dir,
+        {
+            "MM_SANDBOX_SFTP_PORT": sftp_port,
+            "MM_SANDBOX_CFT_PORT": cft_port,
+            "MM_SANDBOX_PROCESSING_LOG_PORT": processing_log_port,
+        },
+    )
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "sftp_drop").mkdir(exist_ok=True)
     stop = stop or threading.Event()
@@ -119,6 +253,7 @@ def serve(
                         "cft_integration": cft.integration,
                         "cft_bucket": cft.bucket,
                         "processing_log_url": log.url,
+                        "pid": os.getpid(),
                     },
                     indent=2,
                 )
@@ -132,30 +267,76 @@ def serve(
     (state_dir / STATE_FILE).unlink(missing_ok=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`mm-assets sandbox`'s arguments (the CLI's parser shows them in its help). The port
+    defaults are resolved when the sandbox starts, so a bad setting fails only `sandbox`."""
     from mm_assets.defs.settings import STATE_DIR
 
-    parser = argparse.ArgumentParser(prog="mm-assets sandbox", description=__doc__.split("\n")[0])
-    parser.add_argument("--state-dir", type=Path, default=STATE_DIR / "sandbox")
-    parser.add_argument("--sftp-port", type=int, default=SFTP_PORT)
-    parser.add_argument("--cft-port", type=int, default=CFT_PORT)
-    parser.add_argument("--processing-log-port", type=int, default=PROCESSING_LOG_PORT)
+    default = SandboxPorts()
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        # The same folder the `sandbox` delivery transport reads.
+        default=Path(os.environ.get("MM_SANDBOX_STATE_DIR") or STATE_DIR / "sandbox"),
+        help="state folder: ports, host key, passwords, the SFTP drop "
+        "(default: MM_SANDBOX_STATE_DIR or .mm_assets/sandbox)",
+    )
+    for flag, setting, what, port in (
+        ("--sftp-port", "MM_SANDBOX_SFTP_PORT", "SFTP drop", default.sftp),
+        ("--cft-port", "MM_SANDBOX_CFT_PORT", "Cloud File Transfer", default.cft),
+        (
+            "--processing-log-port",
+            "MM_SANDBOX_PROCESSING_LOG_PORT",
+            "processing-log API",
+            default.processing_log,
+        ),
+    ):
+        parser.add_argument(
+            flag, type=int, metavar="PORT", help=f"{what} port (default: {setting} or {port})"
+        )
     parser.add_argument(
         "--processing-delay",
         type=float,
         default=0.0,
+        metavar="S",
         help="seconds before the processing log answers for a new file",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="do not start: say whether a sandbox runs from the state folder (exit 0) or not "
+        "(exit 1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """`mm-assets sandbox` with parsed arguments."""
+    if args.status:
+        running = running_sandbox(args.state_dir)
+        if running is None:
+            print(not_running_reason(args.state_dir))
+            return 1
+        print(f"sandbox running (pid {running.pid}): {running.describe()}")
+        return 0
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    serve(
-        args.state_dir,
-        args.sftp_port,
-        args.cft_port,
-        stop,
-        processing_log_port=args.processing_log_port,
-        processing_delay=args.processing_delay,
-    )
+    try:
+        serve(
+            args.state_dir,
+            args.sftp_port,
+            args.cft_port,
+            stop,
+            processing_log_port=args.processing_log_port,
+            processing_delay=args.processing_delay,
+        )
+    except SandboxCannotStart as exc:
+        print(f"mm-assets sandbox: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mm-assets sandbox", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -77,6 +77,11 @@ class MediaMathDelivery(dg.ConfigurableResource):
     def get_transport(self) -> Transport:
         raise NotImplementedError
 
+    def not_ready(self) -> str | None:
+        """Why a delivery cannot start at all right now, in the user's words, checked before a
+        run is launched (None: go; remote failures are the run's to report)."""
+        return None
+
     def processing_log_endpoint(self, url: str) -> tuple[str, str, str]:
         """(base URL, username, password) of the processing log (S2S-LOG: the SFTP login)."""
         return url or DEFAULT_BASE_URL, self.username, self.password

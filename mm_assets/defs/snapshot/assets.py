@@ -14,18 +14,18 @@ from collections import defaultdict
 import dagster as dg
 
 from mm_assets.core.audience_state import AudienceState, SnapshotOrderError, family_key
+from mm_assets.core.clock import utc_now
 from mm_assets.core.s2s_writer import read_manifest
 from mm_assets.core.snapshot_diff import candidate_for_build
 from mm_assets.defs.delivery.assets import upload_receipts
 from mm_assets.defs.delivery.resources import MediaMathDelivery
+from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
-from mm_assets.processing_log.status_store import FileState, FileStatus
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
-from mm_assets.defs.metadata import table
 from mm_assets.defs.snapshot.build import candidate_dir
 from mm_assets.delivery import gate
-from mm_assets.core.clock import utc_now
+from mm_assets.processing_log.status_store import FileState, FileStatus
 
 
 def family_verdicts(

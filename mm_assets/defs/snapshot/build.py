@@ -24,12 +24,12 @@ from mm_assets.core.audience_state import (
     clear_waiting,
     note_waiting,
 )
+from mm_assets.core.clock import utc_now
 from mm_assets.core.segment_merge import MergeReport, merge_segment_loads
 from mm_assets.core.snapshot_diff import bind_build, diff_and_merge, release_problem
-from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.metadata import table
+from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.delivery import gate
-from mm_assets.core.clock import utc_now
 
 CANDIDATE_STEP = "snapshot_candidate"  # the batch's work folder holding its candidate state
 FAMILY_COLUMNS = [

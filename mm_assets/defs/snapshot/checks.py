@@ -12,10 +12,10 @@ import dagster as dg
 
 from mm_assets.core.audience_state import Candidate, snapshot_approval
 from mm_assets.core.snapshot_diff import families_over_threshold, record_release
+from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.assets import REPORT, load_report, merged_segment_loads
-from mm_assets.defs.metadata import table
 from mm_assets.defs.snapshot.build import FAMILY_COLUMNS, candidate_dir, family_rows
 
 CHECK_NAME = "snapshot_removals_within_threshold"
