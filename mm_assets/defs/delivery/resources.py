@@ -25,6 +25,7 @@ from mm_assets.core.quota import BYTES_PER_DAY, FILES_PER_HOUR, GB, QuotaLimits
 from mm_assets.defs.settings import STATE_DIR, env_settings, is_true
 from mm_assets.delivery.ledger import Ledger
 from mm_assets.delivery.retries import RetryPolicy
+from mm_assets.state.database import DATABASE_URL_ENV
 
 TRANSPORTS = ("sandbox", "sftp", "cft")
 
@@ -158,7 +159,7 @@ class CftDelivery(MediaMathDelivery):
 SHARED_VARIABLES = {
     "username": "MM_SFTP_USERNAME",
     "password": "MM_SFTP_PASSWORD",
-    "ledger_url": "MM_DELIVERY_LEDGER_URL",
+    "ledger_url": DATABASE_URL_ENV,  # also the register's and the locks' (mm_assets.state)
     "files_per_hour": "MM_QUOTA_FILES_PER_HOUR",
     "bytes_per_day": "MM_QUOTA_BYTES_PER_DAY",
     "dry_run": "MM_DELIVERY_DRY_RUN",
