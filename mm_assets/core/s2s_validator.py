@@ -678,9 +678,10 @@ def fast_report(
     """The block path: the report of a file whose content breaks no rule, else None.
 
     Reads ``block_bytes`` of decompressed text at a time (memory is a few times that, plus
-    8 bytes per user to find repeated users). The header goes through the per-line checks (a
-    few lines); the rows through `RowBlockScanner`. None means "not proven valid": a content
-    violation, a broken gzip layer, or a hash collision; `exact_report` then says which.
+    8 bytes per user up to 4 M users, then temporary files, to find repeated users). The
+    header goes through the per-line checks (a few lines); the rows through `RowBlockScanner`.
+    None means "not proven valid": a content violation, a broken gzip layer, or a hash
+    collision; `exact_report` then says which.
     """
     path = Path(path)
     state = _State(path=path, max_per_rule=max(0, max_violations_per_rule))

@@ -14,6 +14,9 @@ writer's libraries (DuckDB, zlib-ng).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,8 +40,10 @@ _LOW_BYTES = np.array(
 # Lines with at most this many loads are checked for a repeated load by comparing every pair
 # of columns of a (lines x loads) matrix; longer lines by sorting their (line, load) keys.
 _PAIRWISE_MAX_LOADS = 16
-# Sorted user hashes are merged with the pending ones once this many are pending.
-_MERGE_PENDING_USERS = 1 << 22
+# User hashes kept in memory (8 bytes each, twice that while sorted at the end); past this
+# many they go to temporary files, one per range of hash values, sorted one by one at the end.
+_USERS_IN_MEMORY = 1 << 22
+_RANGE_BITS = 6  # 64 ranges: a 4 GB file's ~100 M users sort ~1.6 M at a time
 
 
 def _words(buf: bytes) -> np.ndarray:
@@ -139,9 +144,7 @@ class RowBlockScanner:
         self._prev_user: bytes | None = None
         self._prev_line_chars = 0
         self._prev_run_loads: set[bytes] = set()
-        self._users_sorted = np.empty(0, dtype=np.uint64)
-        self._users_pending: list[np.ndarray] = []
-        self._pending = 0
+        self._users = _UserHashes()
 
     def scan(self, block: bytes) -> bool:
         """Rows ending in "\\n" each; False when any of them may break a rule."""
@@ -243,28 +246,71 @@ class RowBlockScanner:
         self._prev_run_loads = run_loads
         self._prev_user = user_at(n - 1)
         self._prev_line_chars = int(line_chars[-1])
-        self._add_users(users[run_start])
+        self._users.add(users[run_start])
         self.lines += n
         self.loads += space_at.size
         return True
 
-    def _add_users(self, hashes: np.ndarray) -> None:
-        self._users_pending.append(hashes)
-        self._pending += hashes.size
-        if self._pending >= _MERGE_PENDING_USERS:
-            self._merge_users()
-
-    def _merge_users(self) -> bool:
-        """Fold the pending user hashes into the sorted ones; False if a user repeats."""
-        merged = np.concatenate([self._users_sorted, *self._users_pending])
-        merged.sort()
-        self._users_sorted = merged
-        self._users_pending = []
-        self._pending = 0
-        return not bool((merged[1:] == merged[:-1]).any())
-
     def finish(self) -> int | None:
         """The number of users when no user appears on two separate runs of lines, else None."""
-        if not self._merge_users():
-            return None
-        return int(self._users_sorted.size)
+        return self._users.distinct()
+
+
+class _UserHashes:
+    """The hash of every run's user, to find a user on two separate runs of lines (S2S-EFF).
+
+    Memory is bounded: past `_USERS_IN_MEMORY` hashes they are appended to temporary files by
+    their top bits, so the end's duplicate search sorts one range of hash values at a time.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[np.ndarray] = []
+        self._count = 0
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+
+    def add(self, hashes: np.ndarray) -> None:
+        self._pending.append(hashes)
+        self._count += hashes.size
+        if self._count >= _USERS_IN_MEMORY:
+            self._write_ranges()
+
+    def _range_file(self, r: int) -> Path:
+        assert self._folder is not None
+        return Path(self._folder.name) / f"{r:02d}.u64"
+
+    def _write_ranges(self) -> None:
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="s2s_validator_users_")
+        if not self._pending:
+            return
+        hashes = np.concatenate(self._pending)
+        self._pending, self._count = [], 0
+        ranges = (hashes >> np.uint64(64 - _RANGE_BITS)).astype(np.uint8)
+        order = np.argsort(ranges, kind="stable")  # radix sort for 8-bit keys
+        edges = np.searchsorted(ranges[order], np.arange((1 << _RANGE_BITS) + 1))
+        for r in range(1 << _RANGE_BITS):
+            if edges[r + 1] > edges[r]:
+                with open(self._range_file(r), "ab") as out:
+                    hashes[order[edges[r] : edges[r + 1]]].tofile(out)
+
+    def distinct(self) -> int | None:
+        """How many users, or None when a hash repeats."""
+        if self._folder is None:
+            return _distinct(np.concatenate([np.empty(0, dtype=np.uint64), *self._pending]))
+        self._write_ranges()
+        total = 0
+        try:
+            for r in range(1 << _RANGE_BITS):
+                path = self._range_file(r)
+                count = _distinct(np.fromfile(path, dtype=np.uint64)) if path.exists() else 0
+                if count is None:
+                    return None
+                total += count
+        finally:
+            self._folder.cleanup()
+        return total
+
+
+def _distinct(hashes: np.ndarray) -> int | None:
+    hashes.sort()
+    return None if (hashes[1:] == hashes[:-1]).any() else int(hashes.size)

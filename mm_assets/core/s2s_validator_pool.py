@@ -18,9 +18,9 @@ from mm_assets.core.s2s_validator import MAX_FILE_BYTES, FileReport, validate_fi
 
 __all__ = ["POOL_MIN_BYTES", "WORKER_MEMORY_BYTES", "validate_files", "validation_workers"]
 
-# Peak memory of one validator process, measured on a 300 MB file (see
-# test_s2s_validator_pool.py): the interpreter with numpy and pyarrow, a few 8 MiB blocks and
-# their arrays, plus 8 bytes per user of the file being read.
+# Peak memory of one validator process: the interpreter with numpy and pyarrow and a 2 MiB
+# block's arrays (~110 MiB measured on a 300 MB file, see test_s2s_validator_pool.py), plus up
+# to 4 M user hashes (32 MiB, twice that while sorted) before they go to temporary files.
 WORKER_MEMORY_BYTES = 256 * 2**20
 # Below this many gzipped bytes in total, validating in the caller beats starting workers.
 POOL_MIN_BYTES = 32 * 2**20

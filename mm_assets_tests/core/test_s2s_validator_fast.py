@@ -17,6 +17,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mm_assets.core import s2s_validator_fast as svf
 from mm_assets.core.s2s_validator import exact_report, fast_report, validate_file
 
 NAME = "Partner_20240101120000.log.gz"
@@ -197,3 +198,32 @@ def test_block_path_accepts_a_user_continued_across_blocks(tmp_path: Path) -> No
     )
     assert fast_report(path, block_bytes=1000) is None
     assert [v.rule for v in exact_report(path).violations] == ["S2S-EFF"]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2**32),
+    change=st.sampled_from(("none", "user_again_later", "case_variant_later")),
+    mobile=st.booleans(),
+)
+def test_users_kept_on_disk_past_the_memory_bound_give_the_same_report(
+    tmp_path: Path, seed: int, change: str, mobile: bool
+) -> None:
+    # Past the in-memory bound, user hashes go to temporary files by range of hash values;
+    # a bound of 3 users makes every file of the property above take that way.
+    path = write(tmp_path, build(seed, change, mobile, hashed=False))
+    exact = exact_report(path)
+    limit = svf._USERS_IN_MEMORY
+    svf._USERS_IN_MEMORY = 3
+    try:
+        fast = fast_report(path, block_bytes=1000)
+    finally:
+        svf._USERS_IN_MEMORY = limit
+    if exact.ok:
+        assert fast == exact
+    else:
+        assert fast is None
