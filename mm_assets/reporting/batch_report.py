@@ -277,7 +277,11 @@ def assemble_batch_report(
         quarantine_reasons=dict(raw.get("quarantine_reasons") or {}),
         input_files=dict(raw.get("files") or {}),
         unusable_files=[(f, m, bool(b)) for f, m, b in raw.get("file_issues") or []],
-        families=[Family(*row[:2], *row[2:5]) for row in merged.get("families") or []],
+        # merged_segment_loads' rows: [agency, ids, users, lines, loads, text bytes]
+        families=[
+            Family(client=r[0], ids=r[1], users=r[2], lines=r[3], loads=r[4])
+            for r in merged.get("families") or []
+        ],
         files=files,
         superseded=[s for s in statuses if s.file_name not in names],
         quota=usage,

@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from mm_assets.cli import EXIT_BATCH_INCOMPLETE, main
+from mm_assets.defs.metadata import table_rows
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
@@ -63,7 +64,8 @@ def test_a_truncated_gzip_makes_the_batch_incomplete_and_nothing_is_built(tmp_pa
     evaluation = completeness_of(result)
     assert (evaluation.passed, evaluation.severity) == (False, dg.AssetCheckSeverity.ERROR)
     assert evaluation.metadata["files_unreadable"].value == 1
-    assert "cut.csv.gz" in evaluation.metadata["unreadable_files"].value
+    [unreadable] = table_rows(evaluation.metadata["unreadable_files"].value)
+    assert unreadable["file"] == "cut.csv.gz"
     assert result.asset_materializations_for_node("s2s_files") == []
     assert not list((tmp_path / "outbox").rglob("*.log.gz"))
 
@@ -74,7 +76,8 @@ def test_a_refused_link_makes_the_batch_incomplete(tmp_path):
     (batch / "link.csv").symlink_to(tmp_path / "elsewhere.csv")
     result = materialise(tmp_path, {})
     assert not completeness_of(result).passed
-    assert "link.csv" in completeness_of(result).metadata["unreadable_files"].value
+    unreadable = table_rows(completeness_of(result).metadata["unreadable_files"].value)
+    assert [row["file"] for row in unreadable] == ["link.csv"]
 
 
 def test_partial_batches_accepted_deliberately_build_with_a_warning(tmp_path):

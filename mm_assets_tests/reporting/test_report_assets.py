@@ -24,6 +24,7 @@ from mm_assets.defs.quota.observations import (
 )
 from mm_assets.defs.report.assets import batch_report
 from mm_assets.defs.resources import BatchStorage
+from mm_assets.sandbox.sftp_server import SandboxSftpServer
 from mm_assets_tests.delivery.test_delivery_assets import (
     BATCH,
     BUILD_ASSETS,
@@ -180,7 +181,7 @@ def test_no_int_metadata_overflows_graphql_int(
 
 
 def test_the_quota_is_observed_on_every_delivery_and_by_the_sensor(
-    instance: Any, storage: BatchStorage, delivery: SftpDelivery
+    instance: Any, storage: BatchStorage, delivery: SftpDelivery, sftp_server: SandboxSftpServer
 ) -> None:
     run_sample(instance, storage, delivery)
     [on_delivery] = quota_observations(instance)
@@ -190,6 +191,9 @@ def test_the_quota_is_observed_on_every_delivery_and_by_the_sensor(
     assert on_delivery["bytes_today"].value > 0
     assert isinstance(on_delivery["next_window_with_room"], dg.TimestampMetadataValue)
 
+    # The tick asks no remote system: with MediaMath's drop down (and no processing-log
+    # resource given at all) it still observes, from the ledger and the outbox.
+    sftp_server.stop()
     tick = mediamath_quota_observer(
         dg.build_sensor_context(
             instance=instance, resources={"delivery": delivery, "storage": storage}

@@ -13,8 +13,10 @@ from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.snapshot import build as snapshot
+from mm_assets.reporting.batch_report import STEP_REPORT
 
-REPORT = "report.json"
+# The steps' summaries in the work folder; the batch report reads them (one name for both).
+REPORT = STEP_REPORT
 QUARANTINE_PREVIEW_COLUMNS = [
     "file",
     "line",
