@@ -127,16 +127,7 @@ def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file, snapshot
     # mobile, user_id), one per key. Whatever these two tables hold becomes the bucket's
     # lines (a snapshot diff replaces `kept` and adds the users it removes from `users`).
     _user_lines(con)
-    for agency, mobile, users, lines, loads, text_bytes in con.execute(
-        "SELECT agency, mobile, count(*), sum(lines), sum(loads), sum(strlen(text)) "
-        "FROM user_lines GROUP BY agency, mobile"
-    ).fetchall():
-        stats = by_file[FileKey(agency, mobile)]
-        stats.users += users
-        stats.lines += lines
-        stats.loads += loads
-        stats.text_bytes += text_bytes
-        totals["users"] += users
+    _count_lines(con, "user_lines", totals, by_file)
     pattern = bucket.name.replace("=", "_")
     _copy_lines(con, "user_lines", merged_dir, pattern)
     con.execute("DROP TABLE user_lines")
@@ -146,8 +137,24 @@ def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file, snapshot
         continued = _continue_long_lines(long_lines)
         totals["continued"] += sum(1 for n in continued.column("lines").to_pylist() if n > 1)
         con.register("continued_lines", continued)
+        # The continued users count in their file's figures like every other user.
+        _count_lines(con, "continued_lines", totals, by_file)
         _copy_lines(con, "continued_lines", merged_dir, pattern + "_long")
         con.unregister("continued_lines")
+
+
+def _count_lines(con, table: str, totals, by_file) -> None:
+    """Add the users, lines, loads and text bytes of `table` to their file's figures."""
+    for agency, mobile, users, lines, loads, text_bytes in con.execute(
+        "SELECT agency, mobile, count(*), sum(lines), sum(loads), sum(strlen(text)) "
+        f"FROM {table} GROUP BY agency, mobile"
+    ).fetchall():
+        stats = by_file[FileKey(agency, mobile)]
+        stats.users += users
+        stats.lines += lines
+        stats.loads += loads
+        stats.text_bytes += text_bytes
+        totals["users"] += users
 
 
 def _resolve(con, files: str) -> None:
