@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from mm_assets.clients.retry import Backoff
 from mm_assets.core.quota import as_utc
 from mm_assets.delivery.ledger import Ledger, UtcDateTime
+from mm_assets.state.database import write
 
 metadata = sa.MetaData()
 
@@ -69,7 +70,9 @@ class RetryBook:
         """Count one more failed run for the file and say when it may be tried again."""
         now = as_utc(now)
         table = retries_table
-        with self.engine.begin() as conn:
+        # A write transaction from the start: a read that upgrades to a write later is
+        # refused outright by SQLite ("database is locked") when another writer got between.
+        with write(self.engine) as conn:
             row = conn.execute(
                 sa.select(table.c.failures).where(table.c.file_name == file_name)
             ).first()

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from mm_assets.delivery.ledger import UtcDateTime
-from mm_assets.state.database import Database
+from mm_assets.state.database import Database, write
 
 
 class FileState(StrEnum):
@@ -162,7 +162,7 @@ class StatusStore(Database):
         uploaded_at: datetime | None,
         deadline_at: datetime | None,
     ) -> FileStatus:
-        with self._tx() as conn:
+        with write(self.engine) as conn:
             known = self._get(conn, file_name)
             if known is None:
                 status = FileStatus(
@@ -217,7 +217,7 @@ class StatusStore(Database):
         if not status.final:
             update = update.where(c.status.not_in([str(s) for s in FINAL_STATES]))
         try:
-            with self._tx() as conn:
+            with write(self.engine) as conn:
                 if conn.execute(update).rowcount:
                     return
                 if self._get(conn, status.file_name) is not None:
@@ -226,7 +226,7 @@ class StatusStore(Database):
         except IntegrityError:
             # Another writer inserted the row after our update found none: the conditional
             # update now decides against theirs.
-            with self._tx() as conn:
+            with write(self.engine) as conn:
                 conn.execute(update)
 
     def batch(self, batch: str) -> list[FileStatus]:
