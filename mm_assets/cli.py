@@ -77,20 +77,17 @@ def _run(job_name: str, batch: str):
 
 
 def _batch_report(batch: str):
-    """The batch report (mm_assets/reporting) from the code location's storage and ledger."""
-    from mm_assets.reporting.batch_report import assemble_batch_report
+    """The batch report (mm_assets/reporting) from the code location's storage and ledger, as
+    the `batch_report` asset assembles it."""
+    from mm_assets.defs.report.assets import report_for
 
-    storage, delivery = _resource("storage"), _resource("delivery")
-    with delivery.get_ledger() as ledger, _resource("processing_log").store(delivery) as store:
-        return assemble_batch_report(
-            batch,
-            work=Path(storage.work_dir) / batch,
-            outbox=storage.outbox(batch),
-            ledger=ledger,
-            store=store,
-            limits=delivery.quota_limits(),
-            now=datetime.now(UTC),
-        )
+    return report_for(
+        batch,
+        _resource("storage"),
+        _resource("delivery"),
+        _resource("processing_log"),
+        now=datetime.now(UTC),
+    )
 
 
 def status(batch: str | None, all_batches: bool) -> int:
