@@ -41,7 +41,9 @@ shoot() {  # NAME PATH
     --virtual-time-budget=15000 --screenshot="docs/screenshots/$1.png" "$url$2" 2> /dev/null
   echo "docs/screenshots/$1.png  <- $2"
 }
-shoot asset_graph "/assets/upload_receipts?view=lineage&lineageScope=upstream&lineageDepth=5"
+shoot asset_graph "/assets/batch_report?view=lineage&lineageScope=upstream&lineageDepth=6"
 shoot batch_partitions "/assets/s2s_files?view=partitions&partition=$batch"
 shoot upload_receipts_metadata "/assets/upload_receipts?partition=$batch"
 shoot delivery_checks "/assets/upload_receipts?view=checks&partition=$batch"
+shoot batch_report "/assets/batch_report?partition=$batch"
+shoot mediamath_quota "/assets/mediamath_quota?view=plots"
