@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from mm_assets.defs.delivery.sensors import deliver_s2s_files_job
 from mm_assets.defs.metadata import table_rows
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.processing_log import checks as processing_log_checks
+from mm_assets.defs.processing_log import sensors as processing_log_sensors
 from mm_assets.defs.processing_log.checks import CHECK_NAME, every_file_accepted_by_mediamath
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.processing_log.sensors import processing_log_poller
@@ -345,12 +347,18 @@ def test_no_answer_by_the_deadline_is_timed_out_and_no_longer_polled(
     storage: BatchStorage,
     delivery: MediaMathDelivery,
     sftp_server: SandboxSftpServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The check's and the poller's clock is the test's: the deadline passes when the test says,
+    # however long the delivery took on a busy machine.
+    now = [datetime.now(UTC)]
+    for module in (processing_log_checks, processing_log_sensors):
+        monkeypatch.setattr(module, "utc_now", lambda: now[0])
     with log_server(sftp_server, delay=3600) as server:
-        log = processing_log(server, deadline="1s")
+        log = processing_log(server, deadline="10m")
         evaluation = deliver(instance, storage, delivery, log)
         assert evaluation.severity is dg.AssetCheckSeverity.WARN
-        time.sleep(1.1)
+        now[0] += timedelta(hours=1)  # past every file's deadline, MediaMath still silent
         result = tick(instance, delivery, log, storage)
         requests_after = len(server.requests_seen)
         assert tick(instance, delivery, log, storage).asset_events == []
