@@ -142,15 +142,12 @@ class StatusStore(Database):
     ) -> FileStatus:
         """Track a file of a batch; idempotent. A file registered before its delivery becomes
         pending once it has a receipt; a known delivered file keeps its status and deadline."""
+        args = (file_name, batch, built_at, transport, nbytes, uploaded_at, deadline_at)
         try:
-            return self._register(
-                file_name, batch, built_at, transport, nbytes, uploaded_at, deadline_at
-            )
+            return self._register(*args)
         except IntegrityError:
             # Another check registered it between our read and our insert: theirs stands.
-            return self._register(
-                file_name, batch, built_at, transport, nbytes, uploaded_at, deadline_at
-            )
+            return self._register(*args)
 
     def _register(
         self,
