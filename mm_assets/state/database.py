@@ -113,17 +113,37 @@ def _take_over_sqlite_transactions(engine: Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            # WAL lets readers (usage display) proceed while a writer holds the lock.
-            cursor.execute("PRAGMA journal_mode=WAL")
-        finally:
-            cursor.close()
+        _use_wal(dbapi_connection)
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("state_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _use_wal(dbapi_connection: Any) -> None:
+    """WAL lets readers (usage display) proceed while a writer holds the lock.
+
+    Switching a new database to WAL takes an exclusive lock that SQLite's busy handler does not
+    wait for: two processes opening a fresh file at once saw "database is locked". Once WAL,
+    the mode is persistent and asking again takes no lock, so only the first switch retries.
+    """
+    from mm_assets.clients.retry import Backoff, retry
+
+    def switch(_attempt: int) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+    retry(
+        switch,
+        attempts=40,
+        backoff=Backoff(base_seconds=0.05, max_seconds=2.0),
+        retryable=lambda exc: "locked" in str(exc) or "busy" in str(exc),
+    )
 
 
 def _create_tables(engine: Engine, metadata: sa.MetaData) -> None:
