@@ -19,6 +19,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from mm_assets.core.bucket_loads import bucket_dirs, loads_relation
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.export_reader import ReadReport, read_export_batch
 from mm_assets.core.s2s_writer import BuiltFile, write_s2s_files
@@ -68,12 +69,10 @@ def quarantine_rows(report: ReadReport) -> list[dict[str, object]]:
 
 def accepted_loads(report: ReadReport) -> list[tuple[str, bool, str, str, int]]:
     """The reader's good rows as (agency, mobile, user_id, segment, ts), sorted."""
-    if not list(report.loads_dir.rglob("*.parquet")):
-        return []
-    pattern = str(report.loads_dir / "*" / "*.parquet").replace("'", "''")
-    rows = duckdb.sql(
-        f"SELECT agency, mobile, user_id, segment, ts FROM read_parquet('{pattern}')"
-    ).fetchall()
+    con = duckdb.connect()
+    loads = loads_relation(con, bucket_dirs(report.loads_dir))
+    rows = con.execute(f"SELECT agency, mobile, user_id, segment, ts FROM {loads}").fetchall()
+    con.close()
     return sorted(rows)
 
 

@@ -8,8 +8,9 @@ quarantined.
 DuckDB does the reading and the row checks (vectorised, spilling to disk past the memory
 budget). CSV and JSONL files are read one physical line per row (a line is a row, whatever its
 quotes), so a malformed line costs that line only and line numbers are physical. The good rows
-are written as Parquet, split into hash buckets of users so the merge can work on one bucket at
-a time within the memory budget.
+come out of DuckDB as Arrow batches and are written as Arrow IPC files, split into hash buckets
+of users so the merge can work on one bucket at a time within the memory budget
+(core/bucket_loads.py: the handoff's one definition).
 """
 
 from __future__ import annotations
@@ -30,8 +31,18 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mm_assets.core.bucket_loads import (
+    LOAD_SCHEMA,
+    BucketWriter,
+    bucket_dirs,
+    count_loads,
+    loads_relation,
+    read_bucket,
+    replace_bucket,
+)
 from mm_assets.core.build_settings import (
     GLOBAL_TAXONOMY,
     INPUT_COLUMNS,
@@ -268,7 +279,10 @@ def read_export_batch(
 # Lines DuckDB's line reader rejected (undecodable bytes, overlong), per file, with their bytes.
 REJECTED_TABLE = """
 CREATE TABLE rejected (source_file VARCHAR, line BIGINT, reason VARCHAR, raw BLOB)"""
-QUARANTINE = "quarantine"  # the partition value of rows that cannot be used
+# Rows per Arrow batch out of DuckDB: large enough that sorting a batch into its buckets costs
+# little per row, small enough that the batches in flight stay a few MB per thread.
+BATCH_ROWS = 2**17
+QUARANTINE_PART = "quarantine.parquet"  # a file's quarantined rows, in its scratch folder
 QUARANTINE_JSON = (
     '{"file": "VARCHAR", "line": "BIGINT", "reason": "VARCHAR", '
     '"user_id": "VARCHAR", "segment": "VARCHAR", "timestamp": "VARCHAR", '
@@ -528,14 +542,14 @@ def _read_file(
         with _opened(path) as name:
             source, integer_timestamps = _file_source(con, name, path, settings, rejects)
             # Written aside first: a file that fails half-way (corrupt gzip) leaves nothing.
-            # Uncompressed: these files live minutes, and compressing them cost 20 % of the read.
-            rows = con.execute(
-                f"COPY ({_normalise_sql(source, buckets, integer_timestamps)}) "
-                f"TO {sql_string(str(scratch))} "
-                f"(FORMAT parquet, PARTITION_BY (bucket), COMPRESSION uncompressed, "
-                f"WRITE_PARTITION_COLUMNS false, FILENAME_PATTERN 'file{index}_{{i}}')",
-                [rel, _hashed(settings), []],
-            ).fetchone()[0]
+            rows, accepted = _write_checked_rows(
+                con.sql(
+                    _normalise_sql(source, buckets, integer_timestamps),
+                    params=[rel, _hashed(settings), []],
+                ),
+                scratch,
+                f"file{index}",
+            )
             if fmt != "parquet":
                 rejected, has_cr = _record_rejects(con, rejects, rel, name, _is_gzip(path))
                 rows += rejected
@@ -544,23 +558,55 @@ def _read_file(
     except _Unusable as unusable:
         shutil.rmtree(scratch, ignore_errors=True)
         return FileIssue(rel, str(unusable), unusable.blocks_batch), (0, 0)
-    except (duckdb.Error, *UNREADABLE_STREAM) as exc:
+    except (duckdb.Error, pa.ArrowException, *UNREADABLE_STREAM) as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         con.execute("DELETE FROM rejected WHERE source_file = ?", [rel])
         return FileIssue(rel, f"cannot be read: {_explain(exc, path)}"), (0, 0)
-    accepted = 0
-    for part in scratch.glob("bucket=*/*.parquet"):
-        if part.parent.name == f"bucket={QUARANTINE}":
-            target = out_dir / "quarantine_parts"
-        else:
-            target = out_dir / f"loads/{part.parent.name}"
-            accepted += pq.ParquetFile(part).metadata.num_rows
+    for part in scratch.glob("bucket=*/*"):
+        target = out_dir / "loads" / part.parent.name
         target.mkdir(exist_ok=True)
         part.rename(target / part.name)
+    if (scratch / QUARANTINE_PART).exists():
+        (scratch / QUARANTINE_PART).rename(out_dir / f"quarantine_parts/file{index}.parquet")
     shutil.rmtree(scratch, ignore_errors=True)
     if rows == 0:
         return FileIssue(rel, "file is empty (no data rows)", blocks_batch=False), (0, 0)
     return None, (rows, accepted)
+
+
+def _write_checked_rows(
+    checked: duckdb.DuckDBPyRelation, scratch: Path, file_name: str
+) -> tuple[int, int]:
+    """Stream the checked rows (`_normalise_sql`) into `scratch`: good rows into their user
+    buckets (bucket_loads.BucketWriter), the others into QUARANTINE_PART. Returns (rows seen,
+    rows accepted)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    loads = BucketWriter(scratch, file_name)
+    quarantine: pq.ParquetWriter | None = None
+    rows = 0
+    try:
+        for batch in checked.to_arrow_reader(BATCH_ROWS):
+            rows += batch.num_rows
+            bucket = batch.column("bucket")
+            if bucket.null_count:  # rows that cannot be used (rare)
+                bad = batch.filter(pc.is_null(bucket)).select(["quarantine"])
+                if quarantine is None:
+                    quarantine = pq.ParquetWriter(scratch / QUARANTINE_PART, bad.schema)
+                quarantine.write_batch(bad)
+                batch = batch.filter(pc.is_valid(bucket))
+                bucket = batch.column("bucket")
+            loads.write(_load_columns(batch), bucket)
+    finally:
+        loads.close()
+        if quarantine is not None:
+            quarantine.close()
+    return rows, loads.rows
+
+
+def _load_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A checked batch's load columns, typed as the handoff's schema."""
+    loads = batch.select(LOAD_SCHEMA.names)
+    return loads if loads.schema.equals(LOAD_SCHEMA) else loads.cast(LOAD_SCHEMA)
 
 
 def _explain(exc: Exception, path: Path) -> str:
@@ -680,8 +726,7 @@ WITH plain AS (
            CASE WHEN mobile THEN lower(u) ELSE u END AS user_id
     FROM checked
 )
-SELECT CASE WHEN reason IS NULL THEN CAST({user_bucket_sql(buckets)} AS VARCHAR)
-            ELSE '{QUARANTINE}' END AS bucket,
+SELECT CASE WHEN reason IS NULL THEN {user_bucket_sql(buckets)} END AS bucket,
        {user_key_sql()} AS user_key, agency,
        -- The raw client name only where it differs from its file name part (rare; the
        -- collision check needs it): a column of mostly NULLs costs next to nothing to write.
@@ -799,13 +844,15 @@ def _parquet_glob(folder: Path) -> str | None:
 
 def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[str, list[str]]:
     """S2S-NAME: distinct client names that sanitise to one file name (case-insensitively)."""
-    if (loads := _parquet_glob(loads_dir)) is None:
-        return {}
-    rows = con.execute(f"""
-        SELECT lower(agency), list(DISTINCT name ORDER BY name)
-        FROM (SELECT agency, coalesce(client, agency) AS name FROM read_parquet({loads}))
-        WHERE agency <> ''
-        GROUP BY lower(agency) HAVING count(DISTINCT name) > 1""").fetchall()
+    loads = loads_relation(con, bucket_dirs(loads_dir), name="all_loads")
+    try:
+        rows = con.execute(f"""
+            SELECT lower(agency), list(DISTINCT name ORDER BY name)
+            FROM (SELECT agency, coalesce(client, agency) AS name FROM {loads})
+            WHERE agency <> ''
+            GROUP BY lower(agency) HAVING count(DISTINCT name) > 1""").fetchall()
+    finally:
+        con.unregister("all_loads")  # releases the mapped files
     return {key: names for key, names in rows}
 
 
@@ -838,19 +885,10 @@ def _quarantine_collisions(
             ).fetchone()[0]
         if file_format(path) != "parquet":
             con.execute(f"DROP TABLE IF EXISTS {rejects}")
-    for bucket in sorted(loads_dir.glob("bucket=*")):
-        kept = bucket.with_name(bucket.name + ".kept")
-        kept.mkdir()
-        con.execute(
-            f"""
-            COPY (SELECT * FROM read_parquet({sql_glob(bucket, "*.parquet")})
-                  WHERE NOT list_contains(?, lower(agency)))
-            TO {sql_string(str(kept / "kept.parquet"))} (FORMAT parquet, COMPRESSION uncompressed)
-            """,
-            [keys],
-        )
-        shutil.rmtree(bucket)
-        kept.rename(bucket)
+    for bucket in bucket_dirs(loads_dir):
+        loads = read_bucket(bucket)
+        colliding = pc.is_in(pc.utf8_lower(loads.column("agency")), value_set=pa.array(keys))
+        replace_bucket(bucket, loads.filter(pc.invert(colliding)))
     return moved
 
 
@@ -934,10 +972,7 @@ def _write_outputs(
         f"TO {sql_string(str(quarantine_path))} (FORMAT parquet)"
     )
     shutil.rmtree(parts_dir)
-    loads = _parquet_glob(loads_dir)
-    accepted = (
-        con.execute(f"SELECT count(*) FROM read_parquet({loads})").fetchone()[0] if loads else 0
-    )
+    accepted = count_loads(loads_dir)
     reasons = Counter(
         dict(con.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall())
     )

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from mm_assets.core.bucket_loads import bucket_load_files, bucket_loads_relation
 from mm_assets.core.build_settings import BuildSettings
-from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
+from mm_assets.core.duckdb_session import open_duckdb, sql_string
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, split_user_line
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def merge_segment_loads(
     by_file: dict[FileKey, FileKeyStats] = defaultdict(FileKeyStats)
     try:
         for bucket in buckets:
-            if any(bucket.glob("*.parquet")):
+            if bucket_load_files(bucket):
                 _merge_bucket(con, bucket, merged_dir, totals, by_file, snapshot)
     finally:
         con.close()
@@ -113,7 +114,7 @@ def user_bucket_sql(buckets: int) -> str:
 
 
 def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file, snapshot=None) -> None:
-    _resolve(con, sql_glob(bucket, "*.parquet"))
+    _resolve(con, bucket_loads_relation(con, bucket))
     if snapshot is not None:
         _snapshot_seam(con, bucket, snapshot)
     rows_in, loads_out, conflicts = con.execute(
@@ -157,19 +158,13 @@ def _count_lines(con, table: str, totals, by_file) -> None:
         totals["users"] += users
 
 
-def _resolve(con, files: str) -> None:
+def _resolve(con, loads: str) -> None:
     """The conflict rule per user and segment (`kept`), and the bucket's users (`users`).
 
     Grouping by the 64-bit user key is lossless only while no two users share a key: checked
     on every bucket; in the (astronomically rare) case they do, the bucket is keyed again by
     a number given to each distinct user.
     """
-    loads = f"read_parquet({files})"
-    if "user_key" not in {
-        row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {loads}").fetchall()
-    }:
-        # Loads read before the reader wrote user keys (a batch read by an older version).
-        loads = f"(SELECT *, {user_key_sql()} AS user_key FROM {loads})"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE users AS
         SELECT DISTINCT user_key, agency, mobile, user_id FROM {loads}""")

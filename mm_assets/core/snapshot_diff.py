@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mm_assets.core.audience_state import (
     MEMBERS_FILE,
@@ -40,20 +38,11 @@ from mm_assets.core.audience_state import (
     family_key,
     held_members_sql,
 )
+from mm_assets.core.bucket_loads import bucket_load_files, write_empty_bucket
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.duckdb_session import sql_string
 from mm_assets.core.segment_merge import RANK_NOW, RANK_REMOVE, MergeReport, merge_segment_loads
 
-# The load columns the export reader writes into each bucket (the merge reads these).
-LOAD_SCHEMA = pa.schema(
-    [
-        ("agency", pa.string()),
-        ("mobile", pa.bool_()),
-        ("user_id", pa.string()),
-        ("segment", pa.string()),
-        ("ts", pa.int64()),
-    ]
-)
 # Per family: members held before, members in the snapshot, what is sent (adds, removals,
 # re-sent), what is not (unchanged; and the rows behind them), and the snapshot's `-1` rows for
 # members not held (nothing to remove: counted, not sent).
@@ -122,9 +111,8 @@ class SnapshotDiff:
                 )
         for index in range(self.buckets):
             bucket = loads_dir / bucket_name(index)
-            if not any(bucket.glob("*.parquet")):
-                bucket.mkdir(parents=True, exist_ok=True)
-                pq.write_table(LOAD_SCHEMA.empty_table(), bucket / "empty.parquet")
+            if not bucket_load_files(bucket):
+                write_empty_bucket(bucket)
 
     def diff_bucket(self, con: duckdb.DuckDBPyConnection, bucket: Path) -> None:
         """Replace the temp table `kept` (the bucket's merged snapshot loads) by its diff
