@@ -56,17 +56,23 @@ def run_core(src: Path, out: Path, memory_budget: str, gzip_level: int, column_m
         gzip_level=gzip_level,
         column_map=parse_column_map(column_map),
     )
-    start = time.perf_counter()
+    start, c_start = time.perf_counter(), time.process_time()
     read = read_export_batch(src, out / "raw", settings)
-    t_read = time.perf_counter()
+    t_read, c_read = time.perf_counter(), time.process_time()
     merged = merge_segment_loads(read.loads_dir, out / "merged", settings)
-    t_merge = time.perf_counter()
+    t_merge, c_merge = time.perf_counter(), time.process_time()
     files = write_s2s_files(merged.merged_dir, out / "outbox" / src.name, settings)
-    end = time.perf_counter()
+    end, c_end = time.perf_counter(), time.process_time()
     return {
         "rows": read.rows_read,
         "seconds": end - start,
         "phases": {"read": t_read - start, "group": t_merge - t_read, "write": end - t_merge},
+        # CPU seconds of this process's threads per phase (child processes not included)
+        "phase_cpu": {
+            "read": c_read - c_start,
+            "group": c_merge - c_read,
+            "write": c_end - c_merge,
+        },
         "gz_bytes": sum(f.bytes for f in files),
         "files": len(files),
         "outbox": str(out / "outbox" / src.name),
@@ -279,6 +285,9 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--steps", action="store_true", help="print each Dagster step's time")
+    parser.add_argument(
+        "--phase-cpu", action="store_true", help="print the core's CPU seconds per phase"
+    )
     parser.add_argument("--worker", choices=["build", "core", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -338,6 +347,9 @@ def main() -> None:
             print(_line(variant, rows or result["rows"], result, rss, cpu, extra), flush=True)
             if args.steps and "steps" in result:
                 print(f"    steps: {result['steps']}", flush=True)
+            if args.phase_cpu and "phase_cpu" in result:
+                cpu = " ".join(f"{k}={v:.1f}s" for k, v in result["phase_cpu"].items())
+                print(f"    phase cpu: {cpu}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
 
 
