@@ -848,7 +848,9 @@ def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[
     try:
         rows = con.execute(f"""
             SELECT lower(agency), list(DISTINCT name ORDER BY name)
-            FROM (SELECT agency, coalesce(client, agency) AS name FROM {loads})
+            FROM (SELECT agency, coalesce(client, agency) AS name
+                  -- the few distinct pairs first: half the CPU of grouping every load
+                  FROM (SELECT DISTINCT agency, client FROM {loads}))
             WHERE agency <> ''
             GROUP BY lower(agency) HAVING count(DISTINCT name) > 1""").fetchall()
     finally:
