@@ -7,8 +7,9 @@ lets DuckDB scan the Arrow buffers in place, with no decoding. Pages of a mapped
 to the page cache: the kernel can drop them under pressure, unlike a process's own memory.
 
 This module is the one place that knows the layout: the reader writes through `BucketWriter`,
-and everything that reads the loads (the merge, the snapshot diff, the reader's own client
-name check, the tests) asks for `bucket_loads_relation` or `loads_relation`. Parquet files in
+and everything that reads the loads (the merge, the snapshot diff's empty buckets, the
+reader's own rewrite of buckets, the tests) goes through this module's functions
+(`bucket_loads_relation` for the merge). Parquet files in
 a bucket (loads written by an earlier version) are still read.
 """
 
@@ -28,13 +29,11 @@ from mm_assets.core.duckdb_session import sql_glob
 
 LOADS_SUFFIX = ".arrow"
 # One load per row. `user_key` is the 64-bit user key the merge groups by
-# (`segment_merge.user_key_sql`); `client` is the raw client name where it differs from the
-# sanitised `agency`, else NULL (the reader's client name collision check needs it).
+# (`segment_merge.user_key_sql`), `agency` the sanitised client name ("" for global data).
 LOAD_SCHEMA = pa.schema(
     [
         ("user_key", pa.uint64()),
         ("agency", pa.string()),
-        ("client", pa.string()),
         ("mobile", pa.bool_()),
         ("user_id", pa.string()),
         ("segment", pa.string()),
@@ -85,8 +84,7 @@ def _parquet_relation(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:
     listed = ", ".join(sql_glob(p.parent, p.name) for p in files)
     scan = f"read_parquet([{listed}], union_by_name = true)"
     return (
-        f"(SELECT {user_key_sql()} AS user_key, agency, NULL::VARCHAR AS client, mobile, "
-        f"user_id, segment, ts FROM {scan})"
+        f"(SELECT {user_key_sql()} AS user_key, agency, mobile, user_id, segment, ts FROM {scan})"
         if "user_key" not in _columns(con, scan)
         else f"(SELECT {RELATION_COLUMNS} FROM {scan})"
     )
@@ -113,7 +111,7 @@ def bucket_loads_relation(
     con: duckdb.DuckDBPyConnection, bucket_dir: Path, name: str = "bucket_loads"
 ) -> str:
     """The seam between read and merge: one bucket's loads as a SQL relation in `con`, with
-    columns user_key, agency, client, mobile, user_id, segment, ts (see LOAD_SCHEMA)."""
+    columns user_key, agency, mobile, user_id, segment, ts (see LOAD_SCHEMA)."""
     return loads_relation(con, [bucket_dir], name)
 
 

@@ -39,7 +39,6 @@ from mm_assets.core.bucket_loads import (
     BucketWriter,
     bucket_dirs,
     count_loads,
-    loads_relation,
     read_bucket,
     replace_bucket,
 )
@@ -241,12 +240,15 @@ def read_export_batch(
     try:
         con.execute(REJECTED_TABLE)
         cr_files: dict[str, Path] = {}
+        client_names: set[tuple[str, str]] = set()  # (agency, raw client name) of good rows
 
         def read_one(item: tuple[int, Path]) -> tuple[FileIssue | None, tuple[int, int]]:
             index, path = item
             rel = path.relative_to(batch_dir).as_posix()
             with con.cursor() as cursor:
-                return _read_file(cursor, path, rel, index, settings, buckets, out_dir, cr_files)
+                return _read_file(
+                    cursor, path, rel, index, settings, buckets, out_dir, cr_files, client_names
+                )
 
         with ThreadPoolExecutor(max_workers=max(1, min(settings.threads, len(files)))) as pool:
             results = list(pool.map(read_one, enumerate(files)))
@@ -255,7 +257,7 @@ def read_export_batch(
             seen[path.relative_to(batch_dir).as_posix()] = counts
             if issue:
                 issues.append(issue)
-        collisions = _client_collisions(con, loads_dir)
+        collisions = _client_collisions(client_names)
         if collisions:
             usable = {rel: batch_dir / rel for rel, (rows, _) in seen.items() if rows}
             moved = _quarantine_collisions(con, usable, settings, loads_dir, parts_dir, collisions)
@@ -529,11 +531,13 @@ def _read_file(
     buckets: int,
     out_dir: Path,
     cr_files: dict[str, Path],
+    client_names: set[tuple[str, str]],
 ) -> tuple[FileIssue | None, tuple[int, int]]:
     """Check one file's rows into the user buckets and the quarantine, in one streaming pass.
 
     Returns the problem when the file cannot be used at all (then nothing of it is kept), and
-    (rows seen, rows accepted). A file holding a CR is noted in `cr_files`.
+    (rows seen, rows accepted). A file holding a CR is noted in `cr_files`; the (agency, raw
+    client name) pairs of its good rows are added to `client_names`.
     """
     rejects = f"rejects_{index}"
     scratch = out_dir / f"reading_{index}"
@@ -542,7 +546,7 @@ def _read_file(
         with _opened(path) as name:
             source, integer_timestamps = _file_source(con, name, path, settings, rejects)
             # Written aside first: a file that fails half-way (corrupt gzip) leaves nothing.
-            rows, accepted = _write_checked_rows(
+            rows, accepted, names = _write_checked_rows(
                 con.sql(
                     _normalise_sql(source, buckets, integer_timestamps),
                     params=[rel, _hashed(settings), []],
@@ -569,6 +573,7 @@ def _read_file(
     if (scratch / QUARANTINE_PART).exists():
         (scratch / QUARANTINE_PART).rename(out_dir / f"quarantine_parts/file{index}.parquet")
     shutil.rmtree(scratch, ignore_errors=True)
+    client_names.update(names)
     if rows == 0:
         return FileIssue(rel, "file is empty (no data rows)", blocks_batch=False), (0, 0)
     return None, (rows, accepted)
@@ -576,14 +581,14 @@ def _read_file(
 
 def _write_checked_rows(
     checked: duckdb.DuckDBPyRelation, scratch: Path, file_name: str
-) -> tuple[int, int]:
+) -> tuple[int, int, set[tuple[str, str]]]:
     """Stream the checked rows (`_normalise_sql`) into `scratch`: good rows into their user
-    buckets (bucket_loads.BucketWriter), the others into QUARANTINE_PART. Returns (rows seen,
-    rows accepted)."""
+    buckets (bucket_loads.BucketWriter), the others into QUARANTINE_PART. Returns rows seen,
+    rows accepted and the good rows' (agency, raw client name) pairs."""
     scratch.mkdir(parents=True, exist_ok=True)
     loads = BucketWriter(scratch, file_name)
     quarantine: pq.ParquetWriter | None = None
-    rows = 0
+    rows, names = 0, set()
     try:
         for batch in checked.to_arrow_reader(BATCH_ROWS):
             rows += batch.num_rows
@@ -595,12 +600,24 @@ def _write_checked_rows(
                 quarantine.write_batch(bad)
                 batch = batch.filter(pc.is_valid(bucket))
                 bucket = batch.column("bucket")
+            names |= _client_names(batch)
             loads.write(_load_columns(batch), bucket)
     finally:
         loads.close()
         if quarantine is not None:
             quarantine.close()
-    return rows, loads.rows
+    return rows, loads.rows, names
+
+
+def _client_names(batch: pa.RecordBatch) -> set[tuple[str, str]]:
+    """The distinct (agency, raw client name) pairs of a batch of good rows (`client` is NULL
+    where the raw name is its file name part, the common case)."""
+    agency, client = batch.column("agency"), batch.column("client")
+    if client.null_count == len(client):
+        return {(name, name) for name in pc.unique(agency).to_pylist()}
+    # An agency is letters and digits only, so the first line end separates the two.
+    pairs = pc.binary_join_element_wise(agency, pc.coalesce(client, agency), "\n")
+    return {tuple(pair.split("\n", 1)) for pair in pc.unique(pairs).to_pylist()}
 
 
 def _load_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -842,20 +859,13 @@ def _parquet_glob(folder: Path) -> str | None:
     return sql_glob(folder, "**/*.parquet") if any(folder.rglob("*.parquet")) else None
 
 
-def _client_collisions(con: duckdb.DuckDBPyConnection, loads_dir: Path) -> dict[str, list[str]]:
+def _client_collisions(client_names: set[tuple[str, str]]) -> dict[str, list[str]]:
     """S2S-NAME: distinct client names that sanitise to one file name (case-insensitively)."""
-    loads = loads_relation(con, bucket_dirs(loads_dir), name="all_loads")
-    try:
-        rows = con.execute(f"""
-            SELECT lower(agency), list(DISTINCT name ORDER BY name)
-            FROM (SELECT agency, coalesce(client, agency) AS name
-                  -- the few distinct pairs first: half the CPU of grouping every load
-                  FROM (SELECT DISTINCT agency, client FROM {loads}))
-            WHERE agency <> ''
-            GROUP BY lower(agency) HAVING count(DISTINCT name) > 1""").fetchall()
-    finally:
-        con.unregister("all_loads")  # releases the mapped files
-    return {key: names for key, names in rows}
+    by_key: dict[str, set[str]] = {}
+    for agency, name in client_names:
+        if agency:
+            by_key.setdefault(agency.lower(), set()).add(name)
+    return {key: sorted(names) for key, names in sorted(by_key.items()) if len(names) > 1}
 
 
 def _quarantine_collisions(

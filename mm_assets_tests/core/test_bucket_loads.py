@@ -30,7 +30,6 @@ def load_rows(n: int, seed: int) -> list[dict[str, object]]:
         {
             "user_key": rng.getrandbits(64),
             "agency": rng.choice(["", "Acme", "Beta"]),
-            "client": rng.choice([None, "Acme Retail"]),
             "mobile": rng.random() < 0.3,
             "user_id": f"user-{rng.randrange(10**9)}",
             "segment": str(rng.randrange(1, 5000)),
@@ -86,8 +85,8 @@ def test_a_bucket_of_older_parquet_loads_and_arrow_loads_reads_as_one_relation(t
     )
     expected = [
         *as_tuples(arrow_rows),
-        (keys["u1"], "", None, False, "u1", "1", 0),
-        (keys["u2"], "Acme", None, True, "u2", "2", -1),
+        (keys["u1"], "", False, "u1", "1", 0),
+        (keys["u2"], "Acme", True, "u2", "2", -1),
     ]
     assert rows == sorted(expected)
     assert count_loads(tmp_path) == 12
