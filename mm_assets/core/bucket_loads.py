@@ -40,6 +40,10 @@ LOAD_SCHEMA = pa.schema(
         ("ts", pa.int64()),
     ]
 )
+# Bytes per load in the IPC files (measured on the benchmark's export: UUID users, ~6-digit
+# segments). While a bucket is merged its files are mapped, and their pages count in the
+# process's memory: the reader sizes the buckets with this too.
+LOAD_BYTES_PER_ROW = 80
 # The columns every relation given to the merge has, in this order.
 RELATION_COLUMNS = ", ".join(LOAD_SCHEMA.names)
 

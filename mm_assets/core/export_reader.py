@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mm_assets.core.bucket_loads import (
+    LOAD_BYTES_PER_ROW,
     LOAD_SCHEMA,
     BucketWriter,
     bucket_dirs,
@@ -235,7 +236,8 @@ def read_export_batch(
     files, issues = batch_files(batch_dir)
     budget = max(settings.memory_budget_bytes // 2, 64 * 2**20)
     if buckets is None:
-        buckets = max(1, -(-sum(map(_estimated_rows, files)) * MERGE_BYTES_PER_ROW // budget))
+        per_row = MERGE_BYTES_PER_ROW + LOAD_BYTES_PER_ROW
+        buckets = max(1, -(-sum(map(_estimated_rows, files)) * per_row // budget))
     con = open_duckdb(":memory:", settings, out_dir / "spill")
     try:
         con.execute(REJECTED_TABLE)
