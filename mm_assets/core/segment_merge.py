@@ -33,6 +33,9 @@ from mm_assets.core.s2s_format import MAX_LINE_CHARS, split_user_line
 if TYPE_CHECKING:
     from mm_assets.core.snapshot_diff import SnapshotDiff
 
+# Users per batch of lines from DuckDB: ~10-30 MB of text, so the batches being compressed
+# and the one being grouped by family stay small beside DuckDB's share of the budget.
+LINES_BATCH_ROWS = 131_072
 GLOBAL_KEY = "_global"  # the taxonomy folder of global data; `_` cannot start an agency name
 # Sort key of a load under the conflict rule: smaller wins. Timestamps are at most 2**38.
 RANK_REMOVE, RANK_NOW = -(2**62), -(2**62) + 1
@@ -137,16 +140,17 @@ def _merge_bucket(
     # conflict are spent), one per user and segment, and `users` its users (user_key, agency,
     # mobile, user_id), one per key. Whatever these two tables hold becomes the bucket's
     # lines (a snapshot diff replaces `kept` and adds the users it removes from `users`).
-    families = _family_lines(_user_lines(con))
-    for family in families:
-        stats = by_file[family.key]
-        stats.users += family.users
-        stats.lines += family.lines
-        stats.loads += family.loads
-        stats.text_bytes += family.text_bytes
-        totals["users"] += family.users
-        totals["continued"] += family.continued
-    parts.submit(number, families)
+    for batch_number, lines in enumerate(_user_lines(con)):
+        families = _family_lines(lines)
+        for family in families:
+            stats = by_file[family.key]
+            stats.users += family.users
+            stats.lines += family.lines
+            stats.loads += family.loads
+            stats.text_bytes += family.text_bytes
+            totals["users"] += family.users
+            totals["continued"] += family.continued
+        parts.submit(f"b{number:05d}-{batch_number:05d}", families)
 
 
 def _resolve(con, files: str) -> None:
@@ -204,8 +208,9 @@ def _snapshot_seam(con, bucket: Path, snapshot: SnapshotDiff) -> None:
         FROM kept k JOIN users u USING (agency, mobile, user_id)""")
 
 
-def _user_lines(con) -> pa.Table:
-    """One line per user (agency, mobile, loads, text), in no particular order."""
+def _user_lines(con) -> Iterator[pa.RecordBatch]:
+    """One line per user (agency, mobile, loads, text), in no particular order, streamed in
+    batches of whole users (memory follows the batch, not the bucket)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE lines_by_key AS
         SELECT user_key, count(*) AS loads,
@@ -215,12 +220,11 @@ def _user_lines(con) -> pa.Table:
         FROM kept GROUP BY user_key""")
     con.execute("DROP TABLE kept")
     # User IDs and loads are ASCII (the reader's rule), so bytes are characters.
-    lines = con.sql("""
+    yield from con.sql("""
         SELECT agency, mobile, loads, user_id || ' ' || loads_text || chr(10) AS text
-        FROM lines_by_key JOIN users USING (user_key)""").to_arrow_table()
+        FROM lines_by_key JOIN users USING (user_key)""").to_arrow_reader(LINES_BATCH_ROWS)
     con.execute("DROP TABLE lines_by_key")
     con.execute("DROP TABLE users")
-    return lines
 
 
 @dataclass
@@ -320,20 +324,20 @@ def _text_buffer(text: pa.Array) -> tuple[memoryview, np.ndarray]:
     return data[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
-def _family_lines(lines: pa.Table) -> list[_FamilyLines]:
-    """Group a bucket's lines by file family (one sort of integer codes and one gather of the
+def _family_lines(lines: pa.RecordBatch) -> list[_FamilyLines]:
+    """Group a batch of lines by file family (one sort of integer codes and one gather of the
     text), and continue the few users whose line would reach 8,000 characters (S2S-LINE)."""
     if not lines.num_rows:
         return []
     text = lines.column("text").cast(pa.large_string())
     agencies = pc.unique(lines.column("agency"))
     family = pc.index_in(lines.column("agency"), value_set=agencies).to_numpy().astype(np.int64)
-    family = family * 2 + lines.column("mobile").to_numpy()
-    long = pc.greater(pc.binary_length(text), MAX_LINE_CHARS + 1).to_numpy()
+    family = family * 2 + lines.column("mobile").to_numpy(zero_copy_only=False)
+    long = pc.greater(pc.binary_length(text), MAX_LINE_CHARS + 1).to_numpy(zero_copy_only=False)
     code = family * 2 + long
     order = np.argsort(code, kind="stable")
     code = code[order]
-    text = text.take(pa.array(order)).combine_chunks()
+    text = text.take(pa.array(order))
     loads = lines.column("loads").to_numpy()[order]
     data, starts = _text_buffer(text)
     runs = np.flatnonzero(np.diff(code)) + 1
@@ -397,33 +401,38 @@ def _write_part(lines_dir: Path, path: str, part: _PartText, level: int) -> Line
 
 
 class _PartCompressor:
-    """Compresses each bucket's parts on a thread pool while DuckDB groups the next bucket
-    (zlib-ng and DuckDB both release the GIL, so both cores stay busy). Bounded: a bucket's
-    parts are submitted only once the previous bucket's are written, so at most two
-    buckets' lines are held at once."""
+    """Compresses each batch's parts on a thread pool while DuckDB makes the next batch or
+    groups the next bucket (zlib-ng and DuckDB both release the GIL, so both cores stay
+    busy). Bounded: a batch's parts are submitted only once those of the batch before the
+    previous one are written, so at most two batches' lines are held at once."""
 
     def __init__(self, lines_dir: Path, settings: BuildSettings) -> None:
         self.lines_dir, self.level = lines_dir, settings.gzip_level
         self.text_limit = part_text_limit(settings)
         self.pool = ThreadPoolExecutor(max(1, settings.threads), thread_name_prefix="line-parts")
-        self.pending: list[tuple[FileKey, Future[LinePart]]] = []
+        # Per batch submitted and not yet collected, its parts' futures in submission order.
+        self.pending: list[list[tuple[FileKey, Future[LinePart]]]] = []
         self.parts: dict[tuple[str, bool], list[LinePart]] = defaultdict(list)
 
-    def submit(self, bucket: int, families: list[_FamilyLines]) -> None:
-        self._collect()
+    def submit(self, batch: str, families: list[_FamilyLines]) -> None:
+        """Queue one batch's parts (named after `batch`, which sorts in submission order)."""
+        self._collect(keep=1)
+        futures = []
         for family in families:
             folder = family_folder(family.key)
             (self.lines_dir / folder).mkdir(parents=True, exist_ok=True)
             for n, part in enumerate(family.parts(self.text_limit)):
-                path = f"{folder}/b{bucket:05d}-{n:05d}.deflate"
+                path = f"{folder}/{batch}-{n:05d}.deflate"
                 future = self.pool.submit(_write_part, self.lines_dir, path, part, self.level)
-                self.pending.append((family.key, future))
+                futures.append((family.key, future))
+        self.pending.append(futures)
 
-    def _collect(self) -> None:
-        # In submission order: a family's parts keep the order of its buckets.
-        for key, future in self.pending:
-            self.parts[(key.agency, key.mobile)].append(future.result())
-        self.pending = []
+    def _collect(self, keep: int = 0) -> None:
+        """Wait for all but the `keep` latest batches, in submission order: a family's parts
+        keep the order of its batches."""
+        while len(self.pending) > keep:
+            for key, future in self.pending.pop(0):
+                self.parts[(key.agency, key.mobile)].append(future.result())
 
     def finish(self) -> dict[tuple[str, bool], list[LinePart]]:
         self._collect()
