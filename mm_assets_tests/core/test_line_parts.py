@@ -11,6 +11,9 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+from mm_assets.core import segment_merge
 from mm_assets.core.line_parts import read_part_text, read_parts_index
 from mm_assets.core.s2s_validator import validate_file
 from mm_assets_tests.conftest import csv_bytes, make_settings, parse_s2s, run_build, write_batch
@@ -59,7 +62,12 @@ def test_each_file_is_one_gzip_member_that_zlib_reads_whole(tmp_path):
         assert validate_file(result.outbox / built.name, max_file_bytes=20_000).ok
 
 
-def test_parts_hold_whole_users_and_their_index_figures_are_their_text(tmp_path):
+@pytest.mark.parametrize("batch_rows", [131_072, 97])
+def test_parts_hold_whole_users_and_their_index_figures_are_their_text(
+    tmp_path, monkeypatch, batch_rows
+):
+    # 97 users a batch: a bucket's lines come in many batches, each cut into its own parts
+    monkeypatch.setattr(segment_merge, "LINES_BATCH_ROWS", batch_rows)
     result = build(tmp_path, audience(2000), max_file_bytes=4096)
     seen: Counter[tuple[str, bool, str]] = Counter()
     long_parts = 0
