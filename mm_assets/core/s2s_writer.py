@@ -242,6 +242,8 @@ def write_s2s_files(
     """Write every file family of a merged batch, with its manifest, and publish them as
     `batch_outbox` atomically (see the module docstring for the layout)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
+    # Read first: the lines of an unfinished merge fail the write before the outbox is touched.
+    families = read_parts_index(merged_dir)
     root = batch_outbox.parent
     root.mkdir(parents=True, exist_ok=True)
     with batch_build_lock(root, batch_outbox.name):
@@ -249,8 +251,6 @@ def write_s2s_files(
         build_dir = root / BUILDS / batch_outbox.name / build_id
         build_dir.mkdir(parents=True)
         register = open_name_register(root)
-
-        families = read_parts_index(merged_dir)
 
         def write_family(key: FileKey) -> list[BuiltFile]:
             writer = _FamilyWriter(key, build_dir, settings, register, now)

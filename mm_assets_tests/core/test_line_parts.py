@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from mm_assets.core import segment_merge
-from mm_assets.core.line_parts import read_part_text, read_parts_index
+from mm_assets.core.line_parts import PARTS_INDEX, read_part_text, read_parts_index
 from mm_assets.core.s2s_validator import validate_file
+from mm_assets.core.s2s_writer import write_s2s_files
 from mm_assets_tests.conftest import csv_bytes, make_settings, parse_s2s, run_build, write_batch
 
 GENERATOR = Path(__file__).resolve().parents[2] / "benchmarks" / "generate_export.py"
@@ -130,3 +131,12 @@ def test_gz_bytes_stay_at_or_under_zlib_level_6_on_the_same_text(tmp_path):
         ours += len(data)
         theirs += len(gzip.compress(gzip.decompress(data), compresslevel=6, mtime=0))
     assert ours <= theirs
+
+
+def test_the_lines_of_an_unfinished_merge_are_refused_before_the_outbox_is_touched(tmp_path):
+    result = build(tmp_path, audience(50))
+    (result.merge.merged_dir / PARTS_INDEX).unlink()  # the merge's last act, not done
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "outbox").rglob("*"))
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        write_s2s_files(result.merge.merged_dir, result.outbox, make_settings(), batch="batch_1")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "outbox").rglob("*")) == before
