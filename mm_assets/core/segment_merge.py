@@ -404,7 +404,7 @@ class _PartCompressor:
     """Compresses each batch's parts on a thread pool while DuckDB makes the next batch or
     groups the next bucket (zlib-ng and DuckDB both release the GIL, so both cores stay
     busy). Bounded: a batch's parts are submitted only once those of the batch before the
-    previous one are written, so at most two batches' lines are held at once."""
+    previous one are written: at most two batches compress while a third is made."""
 
     def __init__(self, lines_dir: Path, settings: BuildSettings) -> None:
         self.lines_dir, self.level = lines_dir, settings.gzip_level
