@@ -1,12 +1,15 @@
 """Write merged user lines as gzipped S2S files in the outbox (S2S-FMT, S2S-HDR, S2S-NAME).
 
-One file family per agency and per kind of ID (cookie / mobile, S2S-MOB). A family whose gzip
-would pass the size limit (S2S-QUOTA) is split into several complete files, each with its own
-header and unique name; a user's lines never straddle two files.
+One file family per agency and per kind of ID (cookie / mobile, S2S-MOB). The merge leaves
+each family's lines as compressed parts (core/line_parts.py: raw deflate ending in a sync
+flush, whole users each, with their CRC-32 and sizes); a file is a gzip header, its header's
+deflate part, as many parts as fit, a final empty block and the combined CRC-32: one gzip
+member, written without inflating or compressing the lines again. A family whose gzip would
+pass the size limit (S2S-QUOTA) is split into several complete files at part boundaries, each
+with its own header and unique name; a user's lines never straddle two files.
 
 Files are written under a hidden `.partial` name and renamed into place when complete, so no
-half-written file is ever visible under an S2S name. Families are compressed in parallel
-threads: zlib-ng releases the GIL.
+half-written file is ever visible under an S2S name. Families are written in parallel threads.
 
 A build replaces a batch's outbox atomically. The outbox layout:
 
@@ -34,20 +37,25 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from zlib_ng import zlib_ng
-
 from mm_assets.core.build_settings import BuildSettings
-from mm_assets.core.s2s_format import FileHeader, FormatError
-from mm_assets.core.segment_merge import GLOBAL_KEY, FileKey
+from mm_assets.core.line_parts import (
+    FINAL_BLOCK,
+    GZIP_HEADER,
+    GZIP_TRAILER_BYTES,
+    LinePart,
+    combine_crc,
+    deflate_part,
+    file_header,
+    gzip_trailer,
+    read_parts_index,
+)
+from mm_assets.core.s2s_format import FormatError
+from mm_assets.core.segment_merge import FileKey, family_folder
 from mm_assets.state.build_lock import (  # noqa: F401 - the build lock's home for its callers
     DELEGATED_BUILD_LOCK_ENV,
     LOCKS,
@@ -61,11 +69,9 @@ from mm_assets.state.name_register import (  # noqa: F401 - NAME_REGISTER: the o
     open_name_register,
 )
 
-CHUNK_ROWS = 32_768
 MANIFEST = "manifest.json"
 BUILDS = ".builds"
-# Bytes a gzip member may still add after our last sync flush: final block and trailer.
-GZIP_CLOSE_BYTES = 32
+COPY_BYTES = 2**20  # a part is copied into its file in pieces of this size
 
 
 @dataclass(frozen=True)
@@ -83,39 +89,42 @@ class BuiltFile:
     md5: str
 
 
-def worst_case_deflate(raw: int) -> int:
-    """Most bytes deflate can emit for `raw` input plus a sync flush (stored blocks)."""
-    return raw + 5 * (raw // 16_000 + 2)
+class _GzipFile:
+    """One S2S file being written: one gzip member joined from deflate parts (line_parts.py);
+    its md5 and sizes are counted as the bytes go out, never by reading the file back."""
 
-
-class _FilePart:
-    """One S2S file being written: header, then gzip chunks ending in sync flushes."""
-
-    def __init__(self, folder: Path, name: str, header: bytes, level: int) -> None:
+    def __init__(self, folder: Path, name: str, header: tuple[bytes, int, int]) -> None:
         self.name = name
         self.final_path = folder / name
         self.partial_path = folder / f".{name}.partial"
         self._file = open(self.partial_path, "wb")  # noqa: SIM115 - closed in finish()
-        self._gzip = zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31)
         self._md5 = hashlib.md5()
         self.bytes = 0
+        header_bytes, self._crc, self._text_bytes = header
         self.users = self.lines = self.loads = 0
-        self.add(header)
+        self._write(GZIP_HEADER)
+        self._write(header_bytes)
 
-    def add(self, raw: bytes | memoryview) -> None:
-        out = self._gzip.compress(raw) + self._gzip.flush(zlib_ng.Z_SYNC_FLUSH)
-        self._file.write(out)
-        self._md5.update(out)
-        self.bytes += len(out)
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._md5.update(data)
+        self.bytes += len(data)
 
-    def fits(self, raw: int, limit: int) -> bool:
-        return self.bytes + worst_case_deflate(raw) + GZIP_CLOSE_BYTES <= limit
+    def fits(self, gz_bytes: int, limit: int) -> bool:
+        return self.bytes + gz_bytes + len(FINAL_BLOCK) + GZIP_TRAILER_BYTES <= limit
+
+    def add(self, lines_dir: Path, part: LinePart) -> None:
+        with open(lines_dir / part.path, "rb") as source:
+            while chunk := source.read(COPY_BYTES):
+                self._write(chunk)
+        self._crc = combine_crc(self._crc, part.crc32, part.text_bytes)
+        self._text_bytes += part.text_bytes
+        self.users += part.users
+        self.lines += part.lines
+        self.loads += part.loads
 
     def finish(self) -> str:
-        out = self._gzip.flush()
-        self._file.write(out)
-        self._md5.update(out)
-        self.bytes += len(out)
+        self._write(FINAL_BLOCK + gzip_trailer(self._crc, self._text_bytes))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -123,16 +132,8 @@ class _FilePart:
         return self._md5.hexdigest()
 
 
-def _text_bytes(texts: pa.Array) -> memoryview:
-    """The concatenated bytes of a string array's values, without a per-row Python loop."""
-    texts = texts.cast(pa.large_string()) if texts.type != pa.large_string() else texts
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)
-    start, end = offsets[texts.offset], offsets[texts.offset + len(texts)]
-    return memoryview(texts.buffers()[2])[start:end]
-
-
 class _FamilyWriter:
-    """Writes one FileKey's users into as many size-limited files as needed."""
+    """Writes one FileKey's parts into as many size-limited files as needed."""
 
     def __init__(
         self,
@@ -145,89 +146,61 @@ class _FamilyWriter:
         self.key, self.folder, self.settings = key, folder, settings
         self.register, self.now = register, now
         self.hashed = settings.is_hashed(key.agency)
-        self.part: _FilePart | None = None
+        self.file: _GzipFile | None = None
         self.done: list[BuiltFile] = []
 
-    def _open(self) -> _FilePart:
+    def _open(self) -> _GzipFile:
         s = self.settings
         name = self.register.allocate(s.partner_name, self.key.agency or None, self.now)
-        header = FileHeader(
-            file_identifier=name,
-            date_created=int(self.now.timestamp()),
-            segment_namespace=s.segment_namespace,
-            mobile=self.key.mobile,
-            user_namespace=s.user_namespace,
-            user_table_id=s.user_table_id,
-            hash_segments=self.hashed,
-            hash_ids=s.hash_ids,
-        ).render()
-        part = _FilePart(self.folder, name, header, s.gzip_level)
-        if not part.fits(0, s.max_file_bytes):
+        header = file_header(
+            s, name, int(self.now.timestamp()), mobile=self.key.mobile, hashed=self.hashed
+        )
+        file = _GzipFile(self.folder, name, deflate_part([header.render()], s.gzip_level))
+        if not file.fits(0, s.max_file_bytes):
             raise FormatError(f"size limit {s.max_file_bytes} bytes cannot hold a header")
-        return part
+        return file
 
     def _close(self) -> None:
-        part, self.part = self.part, None
-        if part is None:
+        file, self.file = self.file, None
+        if file is None:
             return
-        md5 = part.finish()
+        md5 = file.finish()
         self.done.append(
             BuiltFile(
-                name=part.name,
+                name=file.name,
                 agency=self.key.agency,
                 mobile=self.key.mobile,
                 hash_segments=self.hashed,
-                users=part.users,
-                lines=part.lines,
-                loads=part.loads,
-                bytes=part.bytes,
+                users=file.users,
+                lines=file.lines,
+                loads=file.loads,
+                bytes=file.bytes,
                 md5=md5,
             )
         )
 
-    def add(self, batch: pa.RecordBatch) -> None:
-        """Place whole users; halve a chunk that would pass the limit until its users fit."""
-        raw = _text_bytes(batch.column("text"))
+    def add(self, lines_dir: Path, part: LinePart) -> None:
+        """Place a part (whole users) in the current file, or in a new one if it would pass
+        the limit (S2S-QUOTA)."""
         limit = self.settings.max_file_bytes
-        if self.part is None:
-            self.part = self._open()
-        if not self.part.fits(len(raw), limit):
-            if batch.num_rows > 1:
-                half = batch.num_rows // 2
-                self.add(batch.slice(0, half))
-                self.add(batch.slice(half))
-                return
-            if self.part.users:
+        if self.file is None:
+            self.file = self._open()
+        if not self.file.fits(part.gz_bytes, limit):
+            if self.file.users:
                 self._close()
-                self.part = self._open()
-            if not self.part.fits(len(raw), limit):
+                self.file = self._open()
+            if not self.file.fits(part.gz_bytes, limit):
+                # The merge sizes parts to fit (line_parts.part_text_limit): only one user
+                # alone can be this large.
                 raise FormatError(
-                    f"one user's lines ({len(raw)} bytes) cannot fit a file of {limit} bytes"
+                    f"one user's lines ({part.text_bytes} bytes, {part.gz_bytes} gzipped) "
+                    f"cannot fit a file of {limit} bytes"
                 )
-        self.part.add(raw)
-        self.part.users += batch.num_rows
-        self.part.lines += int(pa.compute.sum(batch.column("lines")).as_py())
-        self.part.loads += int(pa.compute.sum(batch.column("loads")).as_py())
+        self.file.add(lines_dir, part)
 
     def finish(self) -> list[BuiltFile]:
         self._close()
         return self.done
-
-
-def _family_batches(folder: Path) -> Iterator[pa.RecordBatch]:
-    for path in sorted(folder.glob("*.parquet")):
-        yield from pq.ParquetFile(path).iter_batches(
-            batch_size=CHUNK_ROWS, columns=["text", "lines", "loads"]
-        )
-
-
-def family_folders(merged_dir: Path) -> dict[FileKey, Path]:
-    families = {}
-    for folder in sorted(merged_dir.glob("taxonomy=*/mobile=*")):
-        taxonomy = folder.parent.name.split("=", 1)[1]
-        agency = "" if taxonomy == GLOBAL_KEY else taxonomy
-        families[FileKey(agency, folder.name.endswith("=1"))] = folder
-    return families
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -269,6 +242,8 @@ def write_s2s_files(
     """Write every file family of a merged batch, with its manifest, and publish them as
     `batch_outbox` atomically (see the module docstring for the layout)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
+    # Read first: the lines of an unfinished merge fail the write before the outbox is touched.
+    families = read_parts_index(merged_dir)
     root = batch_outbox.parent
     root.mkdir(parents=True, exist_ok=True)
     with batch_build_lock(root, batch_outbox.name):
@@ -277,18 +252,16 @@ def write_s2s_files(
         build_dir.mkdir(parents=True)
         register = open_name_register(root)
 
-        def write_family(item: tuple[FileKey, Path]) -> list[BuiltFile]:
-            writer = _FamilyWriter(item[0], build_dir, settings, register, now)
-            for chunk in _family_batches(item[1]):
-                writer.add(chunk)
+        def write_family(key: FileKey) -> list[BuiltFile]:
+            writer = _FamilyWriter(key, build_dir, settings, register, now)
+            for part in families[(key.agency, key.mobile)]:
+                writer.add(merged_dir, part)
             return writer.finish()
 
+        # Families in the order of their folders' names, as the files always were listed.
+        keys = sorted((FileKey(*k) for k in families), key=family_folder)
         with ThreadPoolExecutor(max_workers=max(1, settings.threads)) as pool:
-            built = [
-                f
-                for files in pool.map(write_family, family_folders(merged_dir).items())
-                for f in files
-            ]
+            built = [f for files in pool.map(write_family, keys) for f in files]
         write_manifest(build_dir, batch, now, built)
         _fsync_dir(build_dir)
         _publish(batch_outbox, build_dir)

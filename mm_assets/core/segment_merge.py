@@ -15,20 +15,28 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mm_assets.core.bucket_loads import bucket_load_files, bucket_loads_relation
 from mm_assets.core.build_settings import BuildSettings
-from mm_assets.core.duckdb_session import open_duckdb, sql_string
+from mm_assets.core.duckdb_session import open_duckdb
+from mm_assets.core.line_parts import LinePart, deflate_part, part_text_limit, write_parts_index
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, split_user_line
 
 if TYPE_CHECKING:
     from mm_assets.core.snapshot_diff import SnapshotDiff
 
+# Users per batch of lines from DuckDB: ~10-30 MB of text, so the batches being compressed
+# and the one being grouped by family stay small beside DuckDB's share of the budget.
+LINES_BATCH_ROWS = 131_072
 GLOBAL_KEY = "_global"  # the taxonomy folder of global data; `_` cannot start an agency name
 # Sort key of a load under the conflict rule: smaller wins. Timestamps are at most 2**38.
 RANK_REMOVE, RANK_NOW = -(2**62), -(2**62) + 1
@@ -69,7 +77,8 @@ def merge_segment_loads(
     settings: BuildSettings,
     snapshot: SnapshotDiff | None = None,
 ) -> MergeReport:
-    """Merge the bucketed loads written by the export reader into per-file line tables.
+    """Merge the bucketed loads written by the export reader into compressed line parts
+    (core/line_parts.py), per file family, ready for the writer to join into files.
 
     In snapshot mode (`snapshot`), each bucket's loads are replaced by their diff against the
     held audience state before the lines are built (core/snapshot_diff.py)."""
@@ -81,11 +90,14 @@ def merge_segment_loads(
     con = open_duckdb(":memory:", settings, out_dir / "spill")
     totals = defaultdict(int)
     by_file: dict[FileKey, FileKeyStats] = defaultdict(FileKeyStats)
+    parts = _PartCompressor(merged_dir, settings)
     try:
-        for bucket in buckets:
+        for number, bucket in enumerate(buckets):
             if bucket_load_files(bucket):
-                _merge_bucket(con, bucket, merged_dir, totals, by_file, snapshot)
+                _merge_bucket(con, bucket, number, parts, totals, by_file, snapshot)
+        write_parts_index(merged_dir, parts.finish())
     finally:
+        parts.close()
         con.close()
         shutil.rmtree(out_dir / "spill", ignore_errors=True)
     return MergeReport(
@@ -113,7 +125,9 @@ def user_bucket_sql(buckets: int) -> str:
     return f"{user_key_sql()} % {int(buckets)}"
 
 
-def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file, snapshot=None) -> None:
+def _merge_bucket(
+    con, bucket: Path, number: int, parts: _PartCompressor, totals, by_file, snapshot=None
+) -> None:
     _resolve(con, bucket_loads_relation(con, bucket))
     if snapshot is not None:
         _snapshot_seam(con, bucket, snapshot)
@@ -127,35 +141,17 @@ def _merge_bucket(con, bucket: Path, merged_dir: Path, totals, by_file, snapshot
     # conflict are spent), one per user and segment, and `users` its users (user_key, agency,
     # mobile, user_id), one per key. Whatever these two tables hold becomes the bucket's
     # lines (a snapshot diff replaces `kept` and adds the users it removes from `users`).
-    _user_lines(con)
-    _count_lines(con, "user_lines", totals, by_file)
-    pattern = bucket.name.replace("=", "_")
-    _copy_lines(con, "user_lines", merged_dir, pattern)
-    con.execute("DROP TABLE user_lines")
-    long_lines = con.sql("SELECT * FROM long_lines").to_arrow_table()
-    con.execute("DROP TABLE long_lines")
-    if long_lines.num_rows:
-        continued = _continue_long_lines(long_lines)
-        totals["continued"] += sum(1 for n in continued.column("lines").to_pylist() if n > 1)
-        con.register("continued_lines", continued)
-        # The continued users count in their file's figures like every other user.
-        _count_lines(con, "continued_lines", totals, by_file)
-        _copy_lines(con, "continued_lines", merged_dir, pattern + "_long")
-        con.unregister("continued_lines")
-
-
-def _count_lines(con, table: str, totals, by_file) -> None:
-    """Add the users, lines, loads and text bytes of `table` to their file's figures."""
-    for agency, mobile, users, lines, loads, text_bytes in con.execute(
-        "SELECT agency, mobile, count(*), sum(lines), sum(loads), sum(strlen(text)) "
-        f"FROM {table} GROUP BY agency, mobile"
-    ).fetchall():
-        stats = by_file[FileKey(agency, mobile)]
-        stats.users += users
-        stats.lines += lines
-        stats.loads += loads
-        stats.text_bytes += text_bytes
-        totals["users"] += users
+    for batch_number, lines in enumerate(_user_lines(con)):
+        families = _family_lines(lines)
+        for family in families:
+            stats = by_file[family.key]
+            stats.users += family.users
+            stats.lines += family.lines
+            stats.loads += family.loads
+            stats.text_bytes += family.text_bytes
+            totals["users"] += family.users
+            totals["continued"] += family.continued
+        parts.submit(f"b{number:05d}-{batch_number:05d}", families)
 
 
 def _resolve(con, loads: str) -> None:
@@ -207,9 +203,9 @@ def _snapshot_seam(con, bucket: Path, snapshot: SnapshotDiff) -> None:
         FROM kept k JOIN users u USING (agency, mobile, user_id)""")
 
 
-def _user_lines(con) -> None:
-    """One line per user (`user_lines`); the few users whose line would reach 8,000 characters
-    go to `long_lines` instead (S2S-LINE), to be continued in Python."""
+def _user_lines(con) -> Iterator[pa.RecordBatch]:
+    """One line per user (agency, mobile, loads, text), in no particular order, streamed in
+    batches of whole users (memory follows the batch, not the bucket)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE lines_by_key AS
         SELECT user_key, count(*) AS loads,
@@ -219,41 +215,223 @@ def _user_lines(con) -> None:
         FROM kept GROUP BY user_key""")
     con.execute("DROP TABLE kept")
     # User IDs and loads are ASCII (the reader's rule), so bytes are characters.
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE user_lines AS
-        SELECT agency, mobile, user_id, loads, 1 AS lines,
-               user_id || ' ' || loads_text || chr(10) AS text
-        FROM lines_by_key JOIN users USING (user_key)""")
+    yield from con.sql("""
+        SELECT agency, mobile, loads, user_id || ' ' || loads_text || chr(10) AS text
+        FROM lines_by_key JOIN users USING (user_key)""").to_arrow_reader(LINES_BATCH_ROWS)
     con.execute("DROP TABLE lines_by_key")
     con.execute("DROP TABLE users")
-    long = f"strlen(text) > {MAX_LINE_CHARS + 1}"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE long_lines AS SELECT * FROM user_lines WHERE {long}")
-    con.execute(f"DELETE FROM user_lines WHERE {long}")
 
 
-def _copy_lines(con, table: str, merged_dir: Path, pattern: str) -> None:
-    # Uncompressed: the lines live minutes, and lz4 cost ~40 % more CPU than the plain write.
-    con.execute(f"""
-        COPY (SELECT CASE WHEN agency = '' THEN '{GLOBAL_KEY}' ELSE agency END AS taxonomy,
-                     CAST(mobile AS INTEGER) AS mobile, user_id, loads, lines, text
-              FROM {table})
-        TO {sql_string(str(merged_dir))} (FORMAT parquet, PARTITION_BY (taxonomy, mobile),
-            COMPRESSION uncompressed, OVERWRITE_OR_IGNORE true,
-            FILENAME_PATTERN '{pattern}_{{i}}')""")
+@dataclass
+class _Lines:
+    """Consecutive whole users' lines: their text and, per user, where it starts."""
+
+    text: memoryview
+    starts: np.ndarray  # int64, one more than users: user i is text[starts[i]:starts[i + 1]]
+    lines: np.ndarray  # per user, cumulative, from 0 (one more than users)
+    loads: np.ndarray  # the same for loads
+
+    @property
+    def users(self) -> int:
+        return len(self.starts) - 1
+
+    def span(self, first: int, end: int) -> tuple[memoryview, int, int]:
+        """Users [first, end): their text, lines and loads."""
+        return (
+            self.text[self.starts[first] : self.starts[end]],
+            int(self.lines[end] - self.lines[first]),
+            int(self.loads[end] - self.loads[first]),
+        )
 
 
-def _continue_long_lines(long_lines: pa.Table) -> pa.Table:
+def _cumulative(values) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+
+
+@dataclass
+class _FamilyLines:
+    """One bucket's users of one file family: the short lines, then the continued users."""
+
+    key: FileKey
+    pieces: list[_Lines]
+    continued: int  # users on more than one line (S2S-LINE)
+
+    @property
+    def users(self) -> int:
+        return sum(p.users for p in self.pieces)
+
+    @property
+    def lines(self) -> int:
+        return sum(int(p.lines[-1]) for p in self.pieces)
+
+    @property
+    def loads(self) -> int:
+        return sum(int(p.loads[-1]) for p in self.pieces)
+
+    @property
+    def text_bytes(self) -> int:
+        return sum(len(p.text) for p in self.pieces)
+
+    def parts(self, text_limit: int) -> Iterator[_PartText]:
+        """Whole users in parts of at most `text_limit` bytes of text (a larger user alone)."""
+        part = _PartText()
+        for piece in self.pieces:
+            first = 0
+            while first < piece.users:
+                room = text_limit - part.text_bytes
+                end = int(np.searchsorted(piece.starts, piece.starts[first] + room, "right")) - 1
+                if end <= first:
+                    if part.users:
+                        yield part
+                        part = _PartText()
+                        continue
+                    end = first + 1
+                part.add(*piece.span(first, end), end - first)
+                first = end
+        if part.users:
+            yield part
+
+
+@dataclass
+class _PartText:
+    texts: list[memoryview] = field(default_factory=list)
+    text_bytes: int = 0
+    users: int = 0
+    lines: int = 0
+    loads: int = 0
+
+    def add(self, text: memoryview, lines: int, loads: int, users: int) -> None:
+        self.texts.append(text)
+        self.text_bytes += len(text)
+        self.users, self.lines, self.loads = (
+            self.users + users,
+            self.lines + lines,
+            self.loads + loads,
+        )
+
+
+def _text_buffer(text: pa.Array) -> tuple[memoryview, np.ndarray]:
+    """A large_string array's bytes and its offsets from 0, without a per-row Python loop."""
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
+        text.offset : text.offset + len(text) + 1
+    ]
+    data = memoryview(text.buffers()[2]) if text.buffers()[2] is not None else memoryview(b"")
+    return data[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+
+def _family_lines(lines: pa.RecordBatch) -> list[_FamilyLines]:
+    """Group a batch of lines by file family (one sort of integer codes and one gather of the
+    text), and continue the few users whose line would reach 8,000 characters (S2S-LINE)."""
+    if not lines.num_rows:
+        return []
+    text = lines.column("text").cast(pa.large_string())
+    agencies = pc.unique(lines.column("agency"))
+    family = pc.index_in(lines.column("agency"), value_set=agencies).to_numpy().astype(np.int64)
+    family = family * 2 + lines.column("mobile").to_numpy(zero_copy_only=False)
+    long = pc.greater(pc.binary_length(text), MAX_LINE_CHARS + 1).to_numpy(zero_copy_only=False)
+    code = family * 2 + long
+    order = np.argsort(code, kind="stable")
+    code = code[order]
+    text = text.take(pa.array(order))
+    loads = lines.column("loads").to_numpy()[order]
+    data, starts = _text_buffer(text)
+    runs = np.flatnonzero(np.diff(code)) + 1
+    families: dict[int, _FamilyLines] = {}
+    for first, end in zip([0, *runs], [*runs, len(code)], strict=True):
+        number, is_long = divmod(int(code[first]), 2)
+        agency_number, mobile = divmod(number, 2)
+        key = FileKey(agencies[agency_number].as_py(), bool(mobile))
+        family_lines = families.setdefault(number, _FamilyLines(key, [], 0))
+        if is_long:
+            piece = _continue_long_lines(text.slice(first, end - first), loads[first:end])
+            family_lines.continued += int(np.count_nonzero(np.diff(piece.lines) > 1))
+        else:
+            piece = _Lines(
+                data[starts[first] : starts[end]],
+                starts[first : end + 1] - starts[first],
+                np.arange(end - first + 1, dtype=np.int64),
+                _cumulative(loads[first:end]),
+            )
+        family_lines.pieces.append(piece)
+    return list(families.values())
+
+
+def _continue_long_lines(texts: pa.Array, loads: np.ndarray) -> _Lines:
     """S2S-LINE: a user whose one line would reach 8,000 characters continues on more lines.
 
     Rare (a long tail of users with hundreds of loads), so plain Python is fast enough here.
     """
-    counts, texts = [], []
-    for user_id, text in zip(
-        long_lines.column("user_id").to_pylist(), long_lines.column("text").to_pylist(), strict=True
-    ):
-        lines = list(split_user_line(user_id, text[len(user_id) + 1 : -1].split(" ")))
+    counts, out = [], []
+    for text in texts.to_pylist():
+        user_id, _, loads_text = text[:-1].partition(" ")  # user IDs hold no space (S2S-FMT)
+        lines = list(split_user_line(user_id, loads_text.split(" ")))
         counts.append(len(lines))
-        texts.append("\n".join(lines) + "\n")
-    return long_lines.set_column(
-        long_lines.schema.get_field_index("lines"), "lines", pa.array(counts, pa.int32())
-    ).set_column(long_lines.schema.get_field_index("text"), "text", pa.array(texts))
+        out.append(("\n".join(lines) + "\n").encode())
+    return _Lines(
+        memoryview(b"".join(out)),
+        _cumulative([len(t) for t in out]),
+        _cumulative(counts),
+        _cumulative(loads),
+    )
+
+
+def family_folder(key: FileKey) -> str:
+    """A family's folder in the lines folder (agency names are letters and digits only)."""
+    return f"taxonomy={key.agency or GLOBAL_KEY}/mobile={int(key.mobile)}"
+
+
+def _write_part(lines_dir: Path, path: str, part: _PartText, level: int) -> LinePart:
+    data, crc, text_bytes = deflate_part(part.texts, level)
+    with open(lines_dir / path, "wb") as out:
+        out.write(data)
+    return LinePart(
+        path=path,
+        crc32=crc,
+        text_bytes=text_bytes,
+        gz_bytes=len(data),
+        users=part.users,
+        lines=part.lines,
+        loads=part.loads,
+    )
+
+
+class _PartCompressor:
+    """Compresses each batch's parts on a thread pool while DuckDB makes the next batch or
+    groups the next bucket (zlib-ng and DuckDB both release the GIL, so both cores stay
+    busy). Bounded: a batch's parts are submitted only once those of the batch before the
+    previous one are written: at most two batches compress while a third is made."""
+
+    def __init__(self, lines_dir: Path, settings: BuildSettings) -> None:
+        self.lines_dir, self.level = lines_dir, settings.gzip_level
+        self.text_limit = part_text_limit(settings)
+        self.pool = ThreadPoolExecutor(max(1, settings.threads), thread_name_prefix="line-parts")
+        # Per batch submitted and not yet collected, its parts' futures in submission order.
+        self.pending: list[list[tuple[FileKey, Future[LinePart]]]] = []
+        self.parts: dict[tuple[str, bool], list[LinePart]] = defaultdict(list)
+
+    def submit(self, batch: str, families: list[_FamilyLines]) -> None:
+        """Queue one batch's parts (named after `batch`, which sorts in submission order)."""
+        self._collect(keep=1)
+        futures = []
+        for family in families:
+            folder = family_folder(family.key)
+            (self.lines_dir / folder).mkdir(parents=True, exist_ok=True)
+            for n, part in enumerate(family.parts(self.text_limit)):
+                path = f"{folder}/{batch}-{n:05d}.deflate"
+                future = self.pool.submit(_write_part, self.lines_dir, path, part, self.level)
+                futures.append((family.key, future))
+        self.pending.append(futures)
+
+    def _collect(self, keep: int = 0) -> None:
+        """Wait for all but the `keep` latest batches, in submission order: a family's parts
+        keep the order of its batches."""
+        while len(self.pending) > keep:
+            for key, future in self.pending.pop(0):
+                self.parts[(key.agency, key.mobile)].append(future.result())
+
+    def finish(self) -> dict[tuple[str, bool], list[LinePart]]:
+        self._collect()
+        return dict(self.parts)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

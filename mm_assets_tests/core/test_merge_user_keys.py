@@ -6,6 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mm_assets.core.line_parts import read_part_text, read_parts_index
 from mm_assets.core.segment_merge import merge_segment_loads
 from mm_assets_tests.conftest import make_settings
 
@@ -30,8 +31,9 @@ def write_loads(folder, rows):
 
 
 def merged_lines(report):
-    table = pq.read_table(report.merged_dir, columns=["text"])
-    return sorted(table.column("text").to_pylist())
+    parts = [p for family in read_parts_index(report.merged_dir).values() for p in family]
+    text = b"".join(read_part_text(report.merged_dir, p) for p in parts).decode()
+    return sorted(line + "\n" for line in text.splitlines())
 
 
 def test_users_sharing_a_user_key_keep_their_own_lines_and_loads(tmp_path):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from mm_assets.core import s2s_writer
+from mm_assets.core.line_parts import LinePart
 from mm_assets_tests.conftest import make_settings
 
 
@@ -27,15 +28,15 @@ def main(merged: str, outbox_batch: str, point: str, ready: str) -> int:
     if point == "before_publish":
         s2s_writer._publish = lambda *args: _hold(ready_path)  # type: ignore[assignment]
     elif point == "mid_file":
-        original = s2s_writer._FilePart.add
+        original = s2s_writer._GzipFile.add
 
-        def add(part: s2s_writer._FilePart, raw: bytes | memoryview) -> None:
-            original(part, raw)
-            if part.bytes and len(raw) > 100:  # past the header: the file is half written
-                part._file.flush()
-                _hold(ready_path)
+        def add(file: s2s_writer._GzipFile, lines_dir: Path, part: LinePart) -> None:
+            original(file, lines_dir, part)
+            # Past the header and a part of lines, before the trailer: half written.
+            file._file.flush()
+            _hold(ready_path)
 
-        s2s_writer._FilePart.add = add  # type: ignore[method-assign]
+        s2s_writer._GzipFile.add = add  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown point {point}")
     s2s_writer.write_s2s_files(
