@@ -4,7 +4,9 @@ Per client (agency) and cookie/mobile family, the set of (user, segment) members
 timestamp last exported and when each member was last sent. It lives in the state folder as
 Parquet, one file per user bucket, partitioned by the same hash the build's reader uses
 (`hash(agency, mobile, user_id) % n`, `n` fixed for a state and recorded with it), so a diff
-streams bucket by bucket.
+streams bucket by bucket. Each member carries that hash as its user's 64-bit key, so the diff
+joins on (key, segment) like the merge groups (a state written before keys were kept gets them
+computed as it is read, and its next version stores them).
 
 Crash safety: a state is a complete *version folder* (written under a temporary name, synced,
 renamed) named by a *pointer* (`CURRENT`, replaced atomically). A process that dies before the
@@ -33,8 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
-from mm_assets.core.duckdb_session import sql_glob, sql_string
+from mm_assets.core.duckdb_session import sql_string
+from mm_assets.core.segment_merge import user_key_sql
 
 POINTER = "CURRENT"
 VERSIONS = "versions"
@@ -48,9 +52,15 @@ CANDIDATE_INFO = "candidate.json"
 DEFAULT_STATE_BUCKETS = 16
 _HISTORY = 20  # decisions kept in the pointer, newest last
 # The members' schema, one definition (the diff writes candidates in it, the state reads it).
+# `user_key` is the reader's `user_key_sql()` of the member's user, never a merge's re-key.
 MEMBER_COLUMNS = (
-    "agency VARCHAR, mobile BOOLEAN, user_id VARCHAR, segment VARCHAR, ts BIGINT, sent_at BIGINT"
+    "user_key UBIGINT, agency VARCHAR, mobile BOOLEAN, user_id VARCHAR, segment VARCHAR, "
+    "ts BIGINT, sent_at BIGINT"
 )
+MEMBER_NAMES = ", ".join(c.strip().split(" ")[0] for c in MEMBER_COLUMNS.split(","))
+# Candidates and versions: zstd level 1 (the default level 3 cost the diff ~10 % more for a
+# few % of size; these files are rewritten every batch).
+MEMBERS_PARQUET = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 
 
 class SnapshotOrderError(RuntimeError):
@@ -270,13 +280,15 @@ class AudienceState:
         old = self.version_dir(pointer)
         sizes: dict[str, int] = {}
         for index in range(pointer.buckets):
+            if not (candidate.folder / bucket_name(index) / MEMBERS_FILE).is_file():
+                raise ValueError(f"batch {candidate.batch}: its candidate lacks bucket {index}")
             sources = [
-                f"SELECT * FROM {_members(candidate.folder, index)} "
+                f"SELECT {MEMBER_NAMES} FROM {held_members_sql(candidate.folder, index)} "
                 "WHERE list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
             ]
             if old is not None:
                 sources.append(
-                    f"SELECT * FROM {_members(old, index)} "
+                    f"SELECT {MEMBER_NAMES} FROM {held_members_sql(old, index)} "
                     "WHERE NOT list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
                 )
             out = temp / bucket_name(index)
@@ -286,8 +298,7 @@ class AudienceState:
                 [advanced],
             )
             con.execute(
-                f"COPY promoted TO {sql_string(str(out / MEMBERS_FILE))} "
-                "(FORMAT parquet, COMPRESSION zstd)"
+                f"COPY promoted TO {sql_string(str(out / MEMBERS_FILE))} ({MEMBERS_PARQUET})"
             )
             for agency, mobile, count in con.execute(
                 "SELECT agency, mobile, count(*) FROM promoted GROUP BY ALL"
@@ -310,19 +321,21 @@ class AudienceState:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _members(folder: Path, index: int) -> str:
-    return f"read_parquet({sql_glob(folder / bucket_name(index), '*.parquet')})"
-
-
 def held_members_sql(version_dir: Path | None, index: int) -> str:
-    """The held members of one bucket as a SQL relation (empty when nothing is held)."""
-    if version_dir is None or not (version_dir / bucket_name(index) / MEMBERS_FILE).is_file():
+    """The held members of one bucket (or a candidate's) as a SQL relation with every member
+    column (empty when nothing is held)."""
+    members = None if version_dir is None else version_dir / bucket_name(index) / MEMBERS_FILE
+    if members is None or not members.is_file():
         columns = ", ".join(
             f"NULL::{kind} AS {name}"
             for name, kind in (c.strip().split(" ") for c in MEMBER_COLUMNS.split(","))
         )
         return f"(SELECT {columns} WHERE false)"
-    return _members(version_dir, index)
+    relation = f"read_parquet({sql_string(str(members))})"
+    if "user_key" not in pq.read_schema(members).names:
+        # Written before members carried their user's key: the same key, computed as read.
+        relation = f"(SELECT *, {user_key_sql()} AS user_key FROM {relation})"
+    return relation
 
 
 def _write_atomically(path: Path, text: str) -> None:

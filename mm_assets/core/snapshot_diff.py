@@ -15,8 +15,8 @@ split files: S2S-EFF, S2S-LINE), and the snapshot's members of the bucket are wr
 batch's *candidate* state, which `AudienceState.promote` makes the held state for the families
 MediaMath accepted.
 
-The seam is `segment_merge._merge_bucket`: it computes the bucket's `kept` loads, then calls
-`SnapshotDiff.diff_bucket`, which replaces `kept` by the diff.
+The seam is `segment_merge._snapshot_seam`: after the merge resolved the bucket's `kept` loads
+and `users`, `SnapshotDiff.diff_bucket` replaces them by the diff's, still by user key.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from mm_assets.core.audience_state import (
     MEMBERS_FILE,
+    MEMBERS_PARQUET,
     AudienceState,
     Candidate,
     bucket_name,
@@ -42,7 +43,13 @@ from mm_assets.core.audience_state import (
 )
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.duckdb_session import sql_string
-from mm_assets.core.segment_merge import RANK_NOW, RANK_REMOVE, MergeReport, merge_segment_loads
+from mm_assets.core.segment_merge import (
+    RANK_NOW,
+    RANK_REMOVE,
+    MergeReport,
+    merge_segment_loads,
+    user_key_sql,
+)
 
 # The load columns the export reader writes into each bucket (the merge reads these).
 LOAD_SCHEMA = pa.schema(
@@ -127,37 +134,61 @@ class SnapshotDiff:
                 pq.write_table(LOAD_SCHEMA.empty_table(), bucket / "empty.parquet")
 
     def diff_bucket(self, con: duckdb.DuckDBPyConnection, bucket: Path) -> None:
-        """Replace the temp table `kept` (the bucket's merged snapshot loads) by its diff
-        against the held members of the same bucket; write the bucket's candidate members."""
+        """Replace the temp table `kept` (the bucket's resolved snapshot loads, by user key) by
+        its diff against the held members of the same bucket, keep in `users` the users of what
+        is sent (those of its removals added), and write the bucket's candidate members.
+
+        The diff joins on (user key, segment): the key is the reader's hash, which the state
+        keeps with each member. It is trusted only while one key names one user: when the merge
+        re-keyed the bucket (two snapshot users share a hash), a held member's key names
+        another user of the snapshot, or two removed users share one, the bucket is diffed on
+        keys given to each distinct user by name instead (exact, and astronomically rare).
+        """
         index = int(bucket.name.split("=", 1)[1])
+        held = held_members_sql(self.version_dir, index)
+        keyed = con.execute(
+            f"SELECT count(*) FILTER (WHERE user_key <> {user_key_sql()}) = 0 FROM users"
+        ).fetchone()[0]
+        if not (keyed and self._keyed_diff(con, index, held, stored_key="user_key")):
+            _key_by_name(con, held)
+            self._keyed_diff(con, index, "held_by_name", stored_key=user_key_sql(), check=False)
+            con.execute("DROP TABLE held_by_name")
+
+    def _keyed_diff(
+        self, con: duckdb.DuckDBPyConnection, index: int, held: str, stored_key: str, check=True
+    ) -> bool:
+        """The diff of `kept` against `held` on (user_key, segment); False (nothing changed)
+        when `check` finds a key naming two users. `stored_key`: the SQL of the key the
+        candidate keeps (the reader's hash, whatever keyed this diff)."""
         resend = self.resend_after_seconds
+        # One row per snapshot load or held member: what changes, and the user's names (from
+        # `users`, or the held member's for a user the snapshot no longer lists).
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE snapshot_diff AS
-            WITH held AS (SELECT * FROM {held_members_sql(self.version_dir, index)})
-            SELECT coalesce(s.agency, h.agency) AS agency, coalesce(s.mobile, h.mobile) AS mobile,
-                   coalesce(s.user_id, h.user_id) AS user_id,
-                   coalesce(s.segment, h.segment) AS segment,
-                   s.rank, coalesce(s.n, 1) AS n, coalesce(s.conflict, false) AS conflict,
-                   h.sent_at, h.user_id IS NOT NULL AS was_held,
-                   CASE WHEN s.user_id IS NULL OR s.rank = {RANK_REMOVE}
-                            THEN CASE WHEN h.user_id IS NULL THEN 'not_held' ELSE 'remove' END
-                        WHEN h.user_id IS NULL THEN 'add'
-                        WHEN {resend} > 0 AND h.sent_at <= {self.now - resend} THEN 'resend'
-                        ELSE 'unchanged' END AS change
-            FROM kept s FULL OUTER JOIN held h
-              ON s.agency = h.agency AND s.mobile = h.mobile AND s.user_id = h.user_id
-             AND s.segment = h.segment""")
-        out = self.candidate_dir / bucket_name(index)
-        out.mkdir(exist_ok=True)
-        con.execute(f"""
-            COPY (SELECT agency, mobile, user_id, segment,
-                         CAST(CASE rank WHEN {RANK_NOW} THEN 0 ELSE -rank END AS BIGINT) AS ts,
-                         CAST(CASE WHEN change IN ('add', 'resend') THEN {self.now}
-                              ELSE sent_at END AS BIGINT) AS sent_at
-                  FROM snapshot_diff WHERE change IN ('add', 'unchanged', 'resend'))
-            TO {sql_string(str(out / MEMBERS_FILE))} (FORMAT parquet, COMPRESSION zstd)""")
-        for agency, mobile, *counts in con.execute("""
-            SELECT agency, mobile,
+            SELECT d.user_key, d.segment, d.rank, d.n, d.conflict, d.sent_at, d.was_held,
+                   d.change, coalesce(u.agency, d.held_agency) AS agency,
+                   coalesce(u.mobile, d.held_mobile) AS mobile,
+                   coalesce(u.user_id, d.held_user_id) AS user_id, u.user_key IS NULL AS user_gone,
+                   d.was_held AND u.user_key IS NOT NULL AND (u.agency <> d.held_agency
+                       OR u.mobile <> d.held_mobile OR u.user_id <> d.held_user_id) AS clash
+            FROM (
+                SELECT coalesce(s.user_key, h.user_key) AS user_key,
+                       coalesce(s.segment, h.segment) AS segment,
+                       s.rank, coalesce(s.n, 1) AS n, coalesce(s.conflict, false) AS conflict,
+                       h.sent_at, h.user_key IS NOT NULL AS was_held, h.agency AS held_agency,
+                       h.mobile AS held_mobile, h.user_id AS held_user_id,
+                       CASE WHEN s.user_key IS NULL OR s.rank = {RANK_REMOVE}
+                                THEN CASE WHEN h.user_key IS NULL THEN 'not_held' ELSE 'remove' END
+                            WHEN h.user_key IS NULL THEN 'add'
+                            WHEN {resend} > 0 AND h.sent_at <= {self.now - resend} THEN 'resend'
+                            ELSE 'unchanged' END AS change
+                FROM kept s FULL OUTER JOIN
+                     (SELECT user_key, agency, mobile, user_id, segment, sent_at FROM {held}) h
+                  ON s.user_key = h.user_key AND s.segment = h.segment) d
+            LEFT JOIN users u ON u.user_key = d.user_key""")
+        # The counts and the key check in one pass.
+        families = con.execute("""
+            SELECT agency, mobile, count(*) FILTER (WHERE clash),
                    count(*) FILTER (WHERE was_held),
                    count(*) FILTER (WHERE change IN ('add', 'unchanged', 'resend')),
                    count(*) FILTER (WHERE change = 'add'),
@@ -166,7 +197,28 @@ class SnapshotDiff:
                    count(*) FILTER (WHERE change = 'resend'),
                    coalesce(sum(n) FILTER (WHERE change = 'unchanged'), 0),
                    coalesce(sum(n) FILTER (WHERE change = 'not_held'), 0)
-            FROM snapshot_diff GROUP BY ALL""").fetchall():
+            FROM snapshot_diff GROUP BY ALL""").fetchall()
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE removed_users AS
+            SELECT DISTINCT user_key, agency, mobile, user_id FROM snapshot_diff WHERE user_gone""")
+        if check and (
+            any(clashes for _, _, clashes, *_ in families)
+            or con.execute(
+                "SELECT count(*) <> count(DISTINCT user_key) FROM removed_users"
+            ).fetchone()[0]
+        ):
+            con.execute("DROP TABLE snapshot_diff; DROP TABLE removed_users")
+            return False
+        out = self.candidate_dir / bucket_name(index)
+        out.mkdir(exist_ok=True)
+        con.execute(f"""
+            COPY (SELECT {stored_key} AS user_key, agency, mobile, user_id, segment,
+                         CAST(CASE rank WHEN {RANK_NOW} THEN 0 ELSE -rank END AS BIGINT) AS ts,
+                         CAST(CASE WHEN change IN ('add', 'resend') THEN {self.now}
+                              ELSE sent_at END AS BIGINT) AS sent_at
+                  FROM snapshot_diff WHERE change IN ('add', 'unchanged', 'resend'))
+            TO {sql_string(str(out / MEMBERS_FILE))} ({MEMBERS_PARQUET})""")
+        for agency, mobile, _, *counts in families:
             stats = self.families[family_key(agency, mobile)]
             for name, count in zip(STAT_NAMES, counts, strict=True):
                 stats[name] += int(count)
@@ -176,11 +228,16 @@ class SnapshotDiff:
         sent = "false" if self.seed else "change IN ('add', 'resend', 'remove')"
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE kept AS
-            SELECT agency, mobile, user_id, segment,
+            SELECT user_key, segment,
                    CASE change WHEN 'remove' THEN {RANK_REMOVE} ELSE rank END AS rank,
                    n, conflict
             FROM snapshot_diff WHERE {sent}""")
-        con.execute("DROP TABLE snapshot_diff")
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE users AS
+            SELECT * FROM users WHERE user_key IN (SELECT user_key FROM kept)
+            UNION ALL SELECT * FROM removed_users""")
+        con.execute("DROP TABLE snapshot_diff; DROP TABLE removed_users")
+        return True
 
     def finish(self) -> Candidate:
         """Record the candidate (call after the merge): its batch, base version and counts."""
@@ -194,6 +251,31 @@ class SnapshotDiff:
         )
         candidate.save()
         return candidate
+
+
+def _key_by_name(con: duckdb.DuckDBPyConnection, held: str) -> None:
+    """Key `kept`, `users` and the held members (`held_by_name`) by a number given to each
+    distinct user of the bucket, snapshot's or held, by name: unique by construction."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE held_named AS
+        SELECT agency, mobile, user_id, segment, sent_at FROM {held}""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE kept AS
+        SELECT u.agency, u.mobile, u.user_id, k.segment, k.rank, k.n, k.conflict
+        FROM kept k JOIN users u USING (user_key)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE users AS
+        SELECT row_number() OVER () AS user_key, agency, mobile, user_id
+        FROM (SELECT agency, mobile, user_id FROM kept
+              UNION SELECT agency, mobile, user_id FROM held_named)""")
+    for table, columns in (("kept", "rank, n, conflict"), ("held_by_name", "sent_at")):
+        source = "kept" if table == "kept" else "held_named"
+        names = "" if table == "kept" else "t.agency, t.mobile, t.user_id, "
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {table} AS
+            SELECT u.user_key, {names}t.segment, {columns}
+            FROM {source} t JOIN users u USING (agency, mobile, user_id)""")
+    con.execute("DROP TABLE held_named")
 
 
 def removal_shares(candidate: Candidate) -> dict[str, float]:
