@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
-import pyarrow.parquet as pq
 
 from mm_assets.core.duckdb_session import sql_string
 from mm_assets.core.segment_merge import user_key_sql
@@ -44,6 +43,7 @@ POINTER = "CURRENT"
 VERSIONS = "versions"
 LOCK = ".lock"
 MEMBERS_FILE = "members.parquet"
+USERS_FILE = "users.parquet"
 CANDIDATE_INFO = "candidate.json"
 # Buckets of a new state: fixed for its whole life (recorded in the pointer). At 20 M members
 # a bucket holds ~1.25 M (the delta build's own buckets are as large at 20 M rows); fewer
@@ -51,15 +51,21 @@ CANDIDATE_INFO = "candidate.json"
 # overhead), more keep a larger state's buckets inside the memory budget.
 DEFAULT_STATE_BUCKETS = 16
 _HISTORY = 20  # decisions kept in the pointer, newest last
-# The members' schema, one definition (the diff writes candidates in it, the state reads it).
-# `user_key` is the reader's `user_key_sql()` of the member's user, never a merge's re-key.
+# A bucket's members (of a version, or of a candidate), in one of two layouts, one definition:
+# - keyed: `members.parquet` (MEMBER_COLUMNS, no user IDs) and `users.parquet` (USER_COLUMNS),
+#   one row per (user_key, agency, mobile): the diff reads user IDs only for users, not for
+#   every member. `user_key` is the reader's `user_key_sql()`, never a merge's re-key.
+# - named: `members.parquet` alone, in NAMED_COLUMNS: states written before keys were kept,
+#   and a bucket in which two users share a key (see SnapshotDiff.diff_bucket).
 MEMBER_COLUMNS = (
-    "user_key UBIGINT, agency VARCHAR, mobile BOOLEAN, user_id VARCHAR, segment VARCHAR, "
-    "ts BIGINT, sent_at BIGINT"
+    "user_key UBIGINT, agency VARCHAR, mobile BOOLEAN, segment VARCHAR, ts BIGINT, sent_at BIGINT"
 )
-MEMBER_NAMES = ", ".join(c.strip().split(" ")[0] for c in MEMBER_COLUMNS.split(","))
-# Candidates and versions: zstd level 1 (the default level 3 cost the diff ~10 % more for a
-# few % of size; these files are rewritten every batch).
+USER_COLUMNS = "user_key UBIGINT, agency VARCHAR, mobile BOOLEAN, user_id VARCHAR"
+NAMED_COLUMNS = (
+    "agency VARCHAR, mobile BOOLEAN, user_id VARCHAR, segment VARCHAR, ts BIGINT, sent_at BIGINT"
+)
+# Candidates and versions: zstd level 1 (rewritten every batch; level 3, DuckDB's default,
+# costs more CPU for a few % of size).
 MEMBERS_PARQUET = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 
 
@@ -278,34 +284,42 @@ class AudienceState:
         temp = self.folder / VERSIONS / f".{name}.tmp"
         temp.mkdir(parents=True)
         old = self.version_dir(pointer)
+        if set(pointer.families) <= set(advanced):
+            old = None  # every family held moves to the candidate: nothing of the old is kept
         sizes: dict[str, int] = {}
         for index in range(pointer.buckets):
             if not (candidate.folder / bucket_name(index) / MEMBERS_FILE).is_file():
                 raise ValueError(f"batch {candidate.batch}: its candidate lacks bucket {index}")
-            sources = [
-                f"SELECT {MEMBER_NAMES} FROM {held_members_sql(candidate.folder, index)} "
-                "WHERE list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
-            ]
-            if old is not None:
-                sources.append(
-                    f"SELECT {MEMBER_NAMES} FROM {held_members_sql(old, index)} "
-                    "WHERE NOT list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
-                )
+            keyed = is_keyed(candidate.folder, index) and (old is None or is_keyed(old, index))
+            layout = (
+                ((MEMBERS_FILE, held_members_sql), (USERS_FILE, held_users_sql))
+                if keyed
+                else ((MEMBERS_FILE, named_members_sql),)
+            )
             out = temp / bucket_name(index)
             out.mkdir()
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE promoted AS {' UNION ALL '.join(sources)}",
-                [advanced],
-            )
-            con.execute(
-                f"COPY promoted TO {sql_string(str(out / MEMBERS_FILE))} ({MEMBERS_PARQUET})"
-            )
-            for agency, mobile, count in con.execute(
-                "SELECT agency, mobile, count(*) FROM promoted GROUP BY ALL"
-            ).fetchall():
-                key = family_key(agency, mobile)
-                sizes[key] = sizes.get(key, 0) + count
-            _fsync(out / MEMBERS_FILE)
+            for file, relation in layout:
+                sources = [
+                    f"SELECT * FROM {relation(candidate.folder, index)} "
+                    "WHERE list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
+                ]
+                if old is not None:
+                    sources.append(
+                        f"SELECT * FROM {relation(old, index)} "
+                        "WHERE NOT list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
+                    )
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE promoted AS {' UNION ALL '.join(sources)}",
+                    [advanced],
+                )
+                con.execute(f"COPY promoted TO {sql_string(str(out / file))} ({MEMBERS_PARQUET})")
+                if file == MEMBERS_FILE:
+                    for agency, mobile, count in con.execute(
+                        "SELECT agency, mobile, count(*) FROM promoted GROUP BY ALL"
+                    ).fetchall():
+                        key = family_key(agency, mobile)
+                        sizes[key] = sizes.get(key, 0) + count
+                _fsync(out / file)
         con.execute("DROP TABLE IF EXISTS promoted")
         os.rename(temp, self.folder / VERSIONS / name)
         _fsync_dir(self.folder / VERSIONS)
@@ -321,21 +335,62 @@ class AudienceState:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def held_members_sql(version_dir: Path | None, index: int) -> str:
-    """The held members of one bucket (or a candidate's) as a SQL relation with every member
-    column (empty when nothing is held)."""
-    members = None if version_dir is None else version_dir / bucket_name(index) / MEMBERS_FILE
-    if members is None or not members.is_file():
-        columns = ", ".join(
-            f"NULL::{kind} AS {name}"
-            for name, kind in (c.strip().split(" ") for c in MEMBER_COLUMNS.split(","))
-        )
-        return f"(SELECT {columns} WHERE false)"
-    relation = f"read_parquet({sql_string(str(members))})"
-    if "user_key" not in pq.read_schema(members).names:
-        # Written before members carried their user's key: the same key, computed as read.
-        relation = f"(SELECT *, {user_key_sql()} AS user_key FROM {relation})"
-    return relation
+def is_keyed(folder: Path, index: int) -> bool:
+    """Whether a bucket's members are in the keyed layout (a users file beside them)."""
+    return (folder / bucket_name(index) / USERS_FILE).is_file()
+
+
+def held_members_sql(folder: Path | None, index: int) -> str:
+    """One bucket's members (a version's or a candidate's) in MEMBER_COLUMNS, whatever their
+    layout (empty when nothing is held)."""
+    named = _named_relation(folder, index)
+    if named is None:
+        return _relation(folder, index, MEMBERS_FILE, MEMBER_COLUMNS)
+    # The key the reader gives the same user, computed as read.
+    return (
+        f"(SELECT {user_key_sql()} AS user_key, agency, mobile, segment, ts, sent_at FROM {named})"
+    )
+
+
+def held_users_sql(folder: Path | None, index: int) -> str:
+    """One bucket's users in USER_COLUMNS, one row per (user_key, agency, mobile) unless two
+    users share a key (the diff checks)."""
+    named = _named_relation(folder, index)
+    if named is None:
+        return _relation(folder, index, USERS_FILE, USER_COLUMNS)
+    return f"(SELECT DISTINCT {user_key_sql()} AS user_key, agency, mobile, user_id FROM {named})"
+
+
+def named_members_sql(folder: Path | None, index: int) -> str:
+    """One bucket's members with their user IDs, in NAMED_COLUMNS, whatever their layout."""
+    named = _named_relation(folder, index)
+    if named is not None:
+        return named
+    members = _relation(folder, index, MEMBERS_FILE, MEMBER_COLUMNS)
+    users = _relation(folder, index, USERS_FILE, USER_COLUMNS)
+    return (
+        f"(SELECT m.agency, m.mobile, u.user_id, m.segment, m.ts, m.sent_at FROM {members} m "
+        f"JOIN {users} u USING (user_key, agency, mobile))"
+    )
+
+
+def _named_relation(folder: Path | None, index: int) -> str | None:
+    """A bucket in the named layout as a relation; None for a keyed (or absent) one."""
+    if folder is None or is_keyed(folder, index):
+        return None
+    path = folder / bucket_name(index) / MEMBERS_FILE
+    return _relation(folder, index, MEMBERS_FILE, NAMED_COLUMNS) if path.is_file() else None
+
+
+def _relation(folder: Path | None, index: int, file: str, columns: str) -> str:
+    """A file of a bucket as a relation with `columns` (empty when it does not exist)."""
+    pairs = [c.strip().split(" ") for c in columns.split(",")]
+    path = None if folder is None else folder / bucket_name(index) / file
+    if path is None or not path.is_file():
+        nulls = ", ".join(f"NULL::{kind} AS {name}" for name, kind in pairs)
+        return f"(SELECT {nulls} WHERE false)"
+    names = ", ".join(name for name, _ in pairs)
+    return f"(SELECT {names} FROM read_parquet({sql_string(str(path))}))"
 
 
 def _write_atomically(path: Path, text: str) -> None:
