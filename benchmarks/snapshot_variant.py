@@ -51,6 +51,7 @@ def run_snapshot(src: Path, out: Path, memory_budget: str, gzip_level: int, seed
     options = SnapshotOptions(state_dir=out / "state", seed_batch=src.name if seed else "")
     start = time.perf_counter()
     read = read_export_batch(src, out / "raw", settings, buckets=state.pointer().buckets)
+    t_read = time.perf_counter()
     merged, candidate = diff_and_merge(
         state,
         src.name,
@@ -61,8 +62,11 @@ def run_snapshot(src: Path, out: Path, memory_budget: str, gzip_level: int, seed
         options,
         now=int(time.time()),
     )
+    t_merge = time.perf_counter()
     files = write_s2s_files(merged.merged_dir, out / "outbox" / src.name, settings)
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    seconds = end - start
+    phases = {"read": t_read - start, "group": t_merge - t_read, "write": end - t_merge}
     # As if MediaMath accepted every file: the state asset's work, timed apart (another run).
     promote_start, promote_cpu = time.perf_counter(), time.process_time()
     state.promote(candidate, set(candidate.families), decided_at="benchmark")
@@ -76,6 +80,7 @@ def run_snapshot(src: Path, out: Path, memory_budget: str, gzip_level: int, seed
         "seconds": seconds,
         "promote_seconds": promote_seconds,
         "promote_cpu": promote_cpu,
+        "phases": phases,
         "files": len(files),
         **totals,
     }
@@ -111,9 +116,14 @@ def snapshot_benchmark(root: Path, sizes: list[int], memory_budget: str, gzip_le
             f"added_wall={added:+.0%} delta_cpu={delta_cpu:.1f}s snapshot_cpu={snap_cpu:.1f}s "
             f"added_cpu={snap_cpu / delta_cpu - 1:+.0%} "
             f"adds={snap['adds']:,} removals={snap['removals']:,} "
-            f"unchanged={snap['unchanged']:,} files={snap['files']}",
+            f"unchanged={snap['unchanged']:,} files={snap['files']} "
+            f"(delta {_phases(delta)}; snapshot {_phases(snap)}, group = merge + diff)",
             flush=True,
         )
+
+
+def _phases(result: dict) -> str:
+    return " ".join(f"{name}={seconds:.1f}s" for name, seconds in result["phases"].items())
 
 
 if __name__ == "__main__":
