@@ -3,7 +3,8 @@
 For each size: a held state of the export's members (seeded, not timed), then a second
 snapshot of the same audience with ~5 % of its rows gone and ~5 % new, built twice, each in
 its own process: as a delta build (today's) and as a snapshot diff against the state. Printed:
-wall time and peak RSS of both, the added wall time, and the diff's adds/removals/unchanged.
+wall time, CPU seconds and peak RSS of both, the added wall and CPU time (on a shared machine
+the CPU figure says what the wall time cannot), and the diff's adds/removals/unchanged.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def run_snapshot(src: Path, out: Path, memory_budget: str, gzip_level: int, seed
     options = SnapshotOptions(state_dir=out / "state", seed_batch=src.name if seed else "")
     start = time.perf_counter()
     read = read_export_batch(src, out / "raw", settings, buckets=state.pointer().buckets)
+    t_read = time.perf_counter()
     merged, candidate = diff_and_merge(
         state,
         src.name,
@@ -60,17 +62,28 @@ def run_snapshot(src: Path, out: Path, memory_budget: str, gzip_level: int, seed
         options,
         now=int(time.time()),
     )
+    t_merge = time.perf_counter()
     files = write_s2s_files(merged.merged_dir, out / "outbox" / src.name, settings)
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    seconds = end - start
+    phases = {"read": t_read - start, "group": t_merge - t_read, "write": end - t_merge}
     # As if MediaMath accepted every file: the state asset's work, timed apart (another run).
-    promote_start = time.perf_counter()
+    promote_start, promote_cpu = time.perf_counter(), time.process_time()
     state.promote(candidate, set(candidate.families), decided_at="benchmark")
     promote_seconds = time.perf_counter() - promote_start
+    promote_cpu = time.process_time() - promote_cpu
     totals = {
         name: sum(f[name] for f in candidate.families.values())
         for name in ("held", "members", "adds", "removals", "unchanged")
     }
-    return {"seconds": seconds, "promote_seconds": promote_seconds, "files": len(files), **totals}
+    return {
+        "seconds": seconds,
+        "promote_seconds": promote_seconds,
+        "promote_cpu": promote_cpu,
+        "phases": phases,
+        "files": len(files),
+        **totals,
+    }
 
 
 def snapshot_benchmark(root: Path, sizes: list[int], memory_budget: str, gzip_level: int) -> None:
@@ -87,20 +100,30 @@ def snapshot_benchmark(root: Path, sizes: list[int], memory_budget: str, gzip_le
         work = root / f"snapshot_work_{rows}"
         measure([str(first), str(work), "seed", *common], script=__file__)
         delta_out = str(root / f"delta_{rows}")
-        delta, delta_rss, _ = measure(
+        delta, delta_rss, delta_cpu = measure(
             ["--worker", "core", "--src", str(second), "--out", delta_out, *common]
         )
-        snap, snap_rss, _ = measure([str(second), str(work), "diff", *common], script=__file__)
+        snap, snap_rss, snap_cpu = measure(
+            [str(second), str(work), "diff", *common], script=__file__
+        )
         added = snap["seconds"] / delta["seconds"] - 1
+        snap_cpu -= snap["promote_cpu"]  # the build's CPU seconds, as the wall time's
         print(
             f"snapshot rows={rows:>11,} held={snap['held']:,} "
             f"delta_wall={delta['seconds']:.1f}s delta_peak_rss_MB={delta_rss:.0f} "
             f"snapshot_wall={snap['seconds']:.1f}s snapshot_peak_rss_MB={snap_rss:.0f} "
             f"state_advance={snap['promote_seconds']:.1f}s "
-            f"added_wall={added:+.0%} adds={snap['adds']:,} removals={snap['removals']:,} "
-            f"unchanged={snap['unchanged']:,} files={snap['files']}",
+            f"added_wall={added:+.0%} delta_cpu={delta_cpu:.1f}s snapshot_cpu={snap_cpu:.1f}s "
+            f"added_cpu={snap_cpu / delta_cpu - 1:+.0%} "
+            f"adds={snap['adds']:,} removals={snap['removals']:,} "
+            f"unchanged={snap['unchanged']:,} files={snap['files']} "
+            f"(delta {_phases(delta)}; snapshot {_phases(snap)}, group = merge + diff)",
             flush=True,
         )
+
+
+def _phases(result: dict) -> str:
+    return " ".join(f"{name}={seconds:.1f}s" for name, seconds in result["phases"].items())
 
 
 if __name__ == "__main__":

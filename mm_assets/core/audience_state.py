@@ -4,7 +4,9 @@ Per client (agency) and cookie/mobile family, the set of (user, segment) members
 timestamp last exported and when each member was last sent. It lives in the state folder as
 Parquet, one file per user bucket, partitioned by the same hash the build's reader uses
 (`hash(agency, mobile, user_id) % n`, `n` fixed for a state and recorded with it), so a diff
-streams bucket by bucket.
+streams bucket by bucket. Each member carries that hash as its user's 64-bit key, so the diff
+joins on (key, segment) like the merge groups (a state written before keys were kept gets them
+computed as it is read, and its next version stores them).
 
 Crash safety: a state is a complete *version folder* (written under a temporary name, synced,
 renamed) named by a *pointer* (`CURRENT`, replaced atomically). A process that dies before the
@@ -34,12 +36,14 @@ from pathlib import Path
 
 import duckdb
 
-from mm_assets.core.duckdb_session import sql_glob, sql_string
+from mm_assets.core.duckdb_session import sql_string
+from mm_assets.core.segment_merge import user_key_sql
 
 POINTER = "CURRENT"
 VERSIONS = "versions"
 LOCK = ".lock"
 MEMBERS_FILE = "members.parquet"
+USERS_FILE = "users.parquet"
 CANDIDATE_INFO = "candidate.json"
 # Buckets of a new state: fixed for its whole life (recorded in the pointer). At 20 M members
 # a bucket holds ~1.25 M (the delta build's own buckets are as large at 20 M rows); fewer
@@ -47,10 +51,22 @@ CANDIDATE_INFO = "candidate.json"
 # overhead), more keep a larger state's buckets inside the memory budget.
 DEFAULT_STATE_BUCKETS = 16
 _HISTORY = 20  # decisions kept in the pointer, newest last
-# The members' schema, one definition (the diff writes candidates in it, the state reads it).
+# A bucket's members (of a version, or of a candidate), in one of two layouts, one definition:
+# - keyed: `members.parquet` (MEMBER_COLUMNS, no user IDs) and `users.parquet` (USER_COLUMNS),
+#   one row per (user_key, agency, mobile): the diff reads user IDs only for users, not for
+#   every member. `user_key` is the reader's `user_key_sql()`, never a merge's re-key.
+# - named: `members.parquet` alone, in NAMED_COLUMNS: states written before keys were kept,
+#   and a bucket in which two users share a key (see SnapshotDiff.diff_bucket).
 MEMBER_COLUMNS = (
+    "user_key UBIGINT, agency VARCHAR, mobile BOOLEAN, segment VARCHAR, ts BIGINT, sent_at BIGINT"
+)
+USER_COLUMNS = "user_key UBIGINT, agency VARCHAR, mobile BOOLEAN, user_id VARCHAR"
+NAMED_COLUMNS = (
     "agency VARCHAR, mobile BOOLEAN, user_id VARCHAR, segment VARCHAR, ts BIGINT, sent_at BIGINT"
 )
+# Candidates and versions: zstd level 1 (rewritten every batch; level 3, DuckDB's default,
+# costs more CPU for a few % of size).
+MEMBERS_PARQUET = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 
 
 class SnapshotOrderError(RuntimeError):
@@ -268,33 +284,42 @@ class AudienceState:
         temp = self.folder / VERSIONS / f".{name}.tmp"
         temp.mkdir(parents=True)
         old = self.version_dir(pointer)
+        if set(pointer.families) <= set(advanced):
+            old = None  # every family held moves to the candidate: nothing of the old is kept
         sizes: dict[str, int] = {}
         for index in range(pointer.buckets):
-            sources = [
-                f"SELECT * FROM {_members(candidate.folder, index)} "
-                "WHERE list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
-            ]
-            if old is not None:
-                sources.append(
-                    f"SELECT * FROM {_members(old, index)} "
-                    "WHERE NOT list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
-                )
+            if not (candidate.folder / bucket_name(index) / MEMBERS_FILE).is_file():
+                raise ValueError(f"batch {candidate.batch}: its candidate lacks bucket {index}")
+            keyed = is_keyed(candidate.folder, index) and (old is None or is_keyed(old, index))
+            layout = (
+                ((MEMBERS_FILE, held_members_sql), (USERS_FILE, held_users_sql))
+                if keyed
+                else ((MEMBERS_FILE, named_members_sql),)
+            )
             out = temp / bucket_name(index)
             out.mkdir()
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE promoted AS {' UNION ALL '.join(sources)}",
-                [advanced],
-            )
-            con.execute(
-                f"COPY promoted TO {sql_string(str(out / MEMBERS_FILE))} "
-                "(FORMAT parquet, COMPRESSION zstd)"
-            )
-            for agency, mobile, count in con.execute(
-                "SELECT agency, mobile, count(*) FROM promoted GROUP BY ALL"
-            ).fetchall():
-                key = family_key(agency, mobile)
-                sizes[key] = sizes.get(key, 0) + count
-            _fsync(out / MEMBERS_FILE)
+            for file, relation in layout:
+                sources = [
+                    f"SELECT * FROM {relation(candidate.folder, index)} "
+                    "WHERE list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
+                ]
+                if old is not None:
+                    sources.append(
+                        f"SELECT * FROM {relation(old, index)} "
+                        "WHERE NOT list_contains($1, agency || '|' || CAST(mobile AS INTEGER))"
+                    )
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE promoted AS {' UNION ALL '.join(sources)}",
+                    [advanced],
+                )
+                con.execute(f"COPY promoted TO {sql_string(str(out / file))} ({MEMBERS_PARQUET})")
+                if file == MEMBERS_FILE:
+                    for agency, mobile, count in con.execute(
+                        "SELECT agency, mobile, count(*) FROM promoted GROUP BY ALL"
+                    ).fetchall():
+                        key = family_key(agency, mobile)
+                        sizes[key] = sizes.get(key, 0) + count
+                _fsync(out / file)
         con.execute("DROP TABLE IF EXISTS promoted")
         os.rename(temp, self.folder / VERSIONS / name)
         _fsync_dir(self.folder / VERSIONS)
@@ -310,19 +335,62 @@ class AudienceState:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _members(folder: Path, index: int) -> str:
-    return f"read_parquet({sql_glob(folder / bucket_name(index), '*.parquet')})"
+def is_keyed(folder: Path, index: int) -> bool:
+    """Whether a bucket's members are in the keyed layout (a users file beside them)."""
+    return (folder / bucket_name(index) / USERS_FILE).is_file()
 
 
-def held_members_sql(version_dir: Path | None, index: int) -> str:
-    """The held members of one bucket as a SQL relation (empty when nothing is held)."""
-    if version_dir is None or not (version_dir / bucket_name(index) / MEMBERS_FILE).is_file():
-        columns = ", ".join(
-            f"NULL::{kind} AS {name}"
-            for name, kind in (c.strip().split(" ") for c in MEMBER_COLUMNS.split(","))
-        )
-        return f"(SELECT {columns} WHERE false)"
-    return _members(version_dir, index)
+def held_members_sql(folder: Path | None, index: int) -> str:
+    """One bucket's members (a version's or a candidate's) in MEMBER_COLUMNS, whatever their
+    layout (empty when nothing is held)."""
+    named = _named_relation(folder, index)
+    if named is None:
+        return _relation(folder, index, MEMBERS_FILE, MEMBER_COLUMNS)
+    # The key the reader gives the same user, computed as read.
+    return (
+        f"(SELECT {user_key_sql()} AS user_key, agency, mobile, segment, ts, sent_at FROM {named})"
+    )
+
+
+def held_users_sql(folder: Path | None, index: int) -> str:
+    """One bucket's users in USER_COLUMNS, one row per (user_key, agency, mobile) unless two
+    users share a key (the diff checks)."""
+    named = _named_relation(folder, index)
+    if named is None:
+        return _relation(folder, index, USERS_FILE, USER_COLUMNS)
+    return f"(SELECT DISTINCT {user_key_sql()} AS user_key, agency, mobile, user_id FROM {named})"
+
+
+def named_members_sql(folder: Path | None, index: int) -> str:
+    """One bucket's members with their user IDs, in NAMED_COLUMNS, whatever their layout."""
+    named = _named_relation(folder, index)
+    if named is not None:
+        return named
+    members = _relation(folder, index, MEMBERS_FILE, MEMBER_COLUMNS)
+    users = _relation(folder, index, USERS_FILE, USER_COLUMNS)
+    return (
+        f"(SELECT m.agency, m.mobile, u.user_id, m.segment, m.ts, m.sent_at FROM {members} m "
+        f"JOIN {users} u USING (user_key, agency, mobile))"
+    )
+
+
+def _named_relation(folder: Path | None, index: int) -> str | None:
+    """A bucket in the named layout as a relation; None for a keyed (or absent) one."""
+    if folder is None or is_keyed(folder, index):
+        return None
+    path = folder / bucket_name(index) / MEMBERS_FILE
+    return _relation(folder, index, MEMBERS_FILE, NAMED_COLUMNS) if path.is_file() else None
+
+
+def _relation(folder: Path | None, index: int, file: str, columns: str) -> str:
+    """A file of a bucket as a relation with `columns` (empty when it does not exist)."""
+    pairs = [c.strip().split(" ") for c in columns.split(",")]
+    path = None if folder is None else folder / bucket_name(index) / file
+    if path is None or not path.is_file():
+        nulls = ", ".join(f"NULL::{kind} AS {name}" for name, kind in pairs)
+        return f"(SELECT {nulls} WHERE false)"
+    names = ", ".join(name for name, _ in pairs)
+    return f"(SELECT {names} FROM read_parquet({sql_string(str(path))}))"
 
 
 def _write_atomically(path: Path, text: str) -> None:

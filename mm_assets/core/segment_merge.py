@@ -183,24 +183,9 @@ def _resolve(con, loads: str) -> None:
 
 
 def _snapshot_seam(con, bucket: Path, snapshot: SnapshotDiff) -> None:
-    """Snapshot mode: the bucket's resolved loads become their diff against the held state.
-
-    The diff speaks in users' names (the state keeps no keys), so `kept` is named for it and
-    keyed again afterwards: its removals bring users the snapshot no longer lists.
-    """
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE kept AS
-        SELECT u.agency, u.mobile, u.user_id, k.segment, k.rank, k.n, k.conflict
-        FROM kept k JOIN users u USING (user_key)""")
+    """Snapshot mode: the bucket's resolved loads become their diff against the held state,
+    keyed as they are (`kept` and `users` keep their columns; see SnapshotDiff.diff_bucket)."""
     snapshot.diff_bucket(con, bucket)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE users AS
-        SELECT row_number() OVER () AS user_key, agency, mobile, user_id
-        FROM (SELECT DISTINCT agency, mobile, user_id FROM kept)""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE kept AS
-        SELECT u.user_key, k.segment, k.rank, k.n, k.conflict
-        FROM kept k JOIN users u USING (agency, mobile, user_id)""")
 
 
 def _user_lines(con) -> Iterator[pa.RecordBatch]:

@@ -15,8 +15,8 @@ split files: S2S-EFF, S2S-LINE), and the snapshot's members of the bucket are wr
 batch's *candidate* state, which `AudienceState.promote` makes the held state for the families
 MediaMath accepted.
 
-The seam is `segment_merge._merge_bucket`: it computes the bucket's `kept` loads, then calls
-`SnapshotDiff.diff_bucket`, which replaces `kept` by the diff.
+The seam is `segment_merge._snapshot_seam`: after the merge resolved the bucket's `kept` loads
+and `users`, `SnapshotDiff.diff_bucket` replaces them by the diff's, still by user key.
 """
 
 from __future__ import annotations
@@ -32,16 +32,26 @@ import duckdb
 
 from mm_assets.core.audience_state import (
     MEMBERS_FILE,
+    MEMBERS_PARQUET,
+    USERS_FILE,
     AudienceState,
     Candidate,
     bucket_name,
     family_key,
     held_members_sql,
+    held_users_sql,
+    named_members_sql,
 )
 from mm_assets.core.bucket_loads import bucket_load_files, write_empty_bucket
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.duckdb_session import sql_string
-from mm_assets.core.segment_merge import RANK_NOW, RANK_REMOVE, MergeReport, merge_segment_loads
+from mm_assets.core.segment_merge import (
+    RANK_NOW,
+    RANK_REMOVE,
+    MergeReport,
+    merge_segment_loads,
+    user_key_sql,
+)
 
 # Per family: members held before, members in the snapshot, what is sent (adds, removals,
 # re-sent), what is not (unchanged; and the rows behind them), and the snapshot's `-1` rows for
@@ -115,39 +125,95 @@ class SnapshotDiff:
                 write_empty_bucket(bucket)
 
     def diff_bucket(self, con: duckdb.DuckDBPyConnection, bucket: Path) -> None:
-        """Replace the temp table `kept` (the bucket's merged snapshot loads) by its diff
-        against the held members of the same bucket; write the bucket's candidate members."""
+        """Replace the temp table `kept` (the bucket's resolved snapshot loads, by user key) by
+        its diff against the held members of the same bucket, keep in `users` the users of what
+        is sent (those of its removals added), and write the bucket's candidate members.
+
+        The diff joins on (user key, segment): the key is the reader's hash, which the state
+        keeps with each member. It is trusted only while one key names one user: when the merge
+        re-keyed the bucket (two snapshot users share a hash), two held users share a key, or a
+        held user's key names another user of the snapshot, the bucket is diffed on keys given
+        to each distinct user by name instead (exact, and astronomically rare).
+        """
         index = int(bucket.name.split("=", 1)[1])
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE held_users AS
+            SELECT * FROM {held_users_sql(self.version_dir, index)}""")
+        trusted = con.execute(f"""
+            SELECT (SELECT count(*) FILTER (WHERE user_key <> {user_key_sql()}) = 0 FROM users)
+               AND (SELECT count(*) = count(DISTINCT user_key) FROM held_users)
+               AND (SELECT count(*) = 0 FROM held_users h JOIN users u USING (user_key)
+                    WHERE h.agency <> u.agency OR h.mobile <> u.mobile
+                       OR h.user_id <> u.user_id)""").fetchone()[0]
+        if trusted:
+            members = f"(SELECT * FROM {held_members_sql(self.version_dir, index)})"
+            self._keyed_diff(con, index, members, by_name=False)
+        else:
+            _key_by_name(con, named_members_sql(self.version_dir, index))
+            self._keyed_diff(con, index, "held_by_name", by_name=True)
+            con.execute("DROP TABLE held_by_name")
+        con.execute("DROP TABLE held_users")
+
+    def _keyed_diff(
+        self, con: duckdb.DuckDBPyConnection, index: int, members: str, *, by_name: bool
+    ) -> None:
+        """The diff of `kept` against the held `members` (user_key, agency, mobile, segment,
+        sent_at) on (user_key, segment), one key naming one user of `users` or `held_users`.
+        `by_name`: the keys are numbers given by name, so the candidate keeps its members with
+        their user IDs (the named layout) instead of by the reader's key."""
         resend = self.resend_after_seconds
+        # One row per snapshot load or held member: what changes, and its family.
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE snapshot_diff AS
-            WITH held AS (SELECT * FROM {held_members_sql(self.version_dir, index)})
-            SELECT coalesce(s.agency, h.agency) AS agency, coalesce(s.mobile, h.mobile) AS mobile,
-                   coalesce(s.user_id, h.user_id) AS user_id,
-                   coalesce(s.segment, h.segment) AS segment,
-                   s.rank, coalesce(s.n, 1) AS n, coalesce(s.conflict, false) AS conflict,
-                   h.sent_at, h.user_id IS NOT NULL AS was_held,
-                   CASE WHEN s.user_id IS NULL OR s.rank = {RANK_REMOVE}
-                            THEN CASE WHEN h.user_id IS NULL THEN 'not_held' ELSE 'remove' END
-                        WHEN h.user_id IS NULL THEN 'add'
-                        WHEN {resend} > 0 AND h.sent_at <= {self.now - resend} THEN 'resend'
-                        ELSE 'unchanged' END AS change
-            FROM kept s FULL OUTER JOIN held h
-              ON s.agency = h.agency AND s.mobile = h.mobile AND s.user_id = h.user_id
-             AND s.segment = h.segment""")
+            SELECT d.*, coalesce(d.held_agency, u.agency) AS agency,
+                   coalesce(d.held_mobile, u.mobile) AS mobile
+            FROM (
+                SELECT coalesce(s.user_key, h.user_key) AS user_key,
+                       coalesce(s.segment, h.segment) AS segment,
+                       s.rank, coalesce(s.n, 1) AS n, coalesce(s.conflict, false) AS conflict,
+                       h.sent_at, h.user_key IS NOT NULL AS was_held, h.agency AS held_agency,
+                       h.mobile AS held_mobile,
+                       CASE WHEN s.user_key IS NULL OR s.rank = {RANK_REMOVE}
+                                THEN CASE WHEN h.user_key IS NULL THEN 'not_held' ELSE 'remove' END
+                            WHEN h.user_key IS NULL THEN 'add'
+                            WHEN {resend} > 0 AND h.sent_at <= {self.now - resend} THEN 'resend'
+                            ELSE 'unchanged' END AS change
+                FROM kept s FULL OUTER JOIN
+                     (SELECT user_key, agency, mobile, segment, sent_at FROM {members}) h
+                  ON s.user_key = h.user_key AND s.segment = h.segment) d
+            LEFT JOIN users u ON u.user_key = d.user_key AND d.held_agency IS NULL""")
         out = self.candidate_dir / bucket_name(index)
         out.mkdir(exist_ok=True)
-        con.execute(f"""
-            COPY (SELECT agency, mobile, user_id, segment,
-                         CAST(CASE rank WHEN {RANK_NOW} THEN 0 ELSE -rank END AS BIGINT) AS ts,
-                         CAST(CASE WHEN change IN ('add', 'resend') THEN {self.now}
-                              ELSE sent_at END AS BIGINT) AS sent_at
-                  FROM snapshot_diff WHERE change IN ('add', 'unchanged', 'resend'))
-            TO {sql_string(str(out / MEMBERS_FILE))} (FORMAT parquet, COMPRESSION zstd)""")
-        for agency, mobile, *counts in con.execute("""
+        member = "change IN ('add', 'unchanged', 'resend')"
+        ts = f"CAST(CASE rank WHEN {RANK_NOW} THEN 0 ELSE -rank END AS BIGINT) AS ts"
+        sent_at = (
+            f"CAST(CASE WHEN change IN ('add', 'resend') THEN {self.now} ELSE sent_at END "
+            "AS BIGINT) AS sent_at"
+        )
+        if by_name:
+            _copy_members(
+                con,
+                f"SELECT d.agency, d.mobile, u.user_id, d.segment, {ts}, {sent_at} "
+                f"FROM snapshot_diff d JOIN users u USING (user_key) WHERE {member}",
+                out / MEMBERS_FILE,
+            )
+        else:
+            _copy_members(
+                con,
+                f"SELECT user_key, agency, mobile, segment, {ts}, {sent_at} "
+                f"FROM snapshot_diff WHERE {member}",
+                out / MEMBERS_FILE,
+            )
+            _copy_members(
+                con,
+                "SELECT user_key, agency, mobile, user_id FROM users WHERE user_key IN "
+                f"(SELECT user_key FROM snapshot_diff WHERE {member})",
+                out / USERS_FILE,
+            )
+        for agency, mobile, *counts in con.execute(f"""
             SELECT agency, mobile,
                    count(*) FILTER (WHERE was_held),
-                   count(*) FILTER (WHERE change IN ('add', 'unchanged', 'resend')),
+                   count(*) FILTER (WHERE {member}),
                    count(*) FILTER (WHERE change = 'add'),
                    count(*) FILTER (WHERE change = 'remove'),
                    count(*) FILTER (WHERE change = 'unchanged'),
@@ -164,10 +230,20 @@ class SnapshotDiff:
         sent = "false" if self.seed else "change IN ('add', 'resend', 'remove')"
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE kept AS
-            SELECT agency, mobile, user_id, segment,
+            SELECT user_key, segment,
                    CASE change WHEN 'remove' THEN {RANK_REMOVE} ELSE rank END AS rank,
                    n, conflict
             FROM snapshot_diff WHERE {sent}""")
+        # The users of the lines: those of the snapshot with something sent, and the held
+        # users the snapshot no longer lists (their removals).
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE users AS
+            SELECT user_key, agency, mobile, user_id FROM users
+            WHERE user_key IN (SELECT user_key FROM kept)
+            UNION ALL
+            SELECT user_key, agency, mobile, user_id FROM held_users h
+            WHERE user_key IN (SELECT user_key FROM kept)
+              AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_key = h.user_key)""")
         con.execute("DROP TABLE snapshot_diff")
 
     def finish(self) -> Candidate:
@@ -182,6 +258,36 @@ class SnapshotDiff:
         )
         candidate.save()
         return candidate
+
+
+def _copy_members(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    con.execute(f"COPY ({query}) TO {sql_string(str(path))} ({MEMBERS_PARQUET})")
+
+
+def _key_by_name(con: duckdb.DuckDBPyConnection, named_members: str) -> None:
+    """Key `kept`, `users`, `held_users` and the held members (`held_by_name`) by a number
+    given to each distinct user of the bucket, the snapshot's or held, by name: unique by
+    construction, whatever the reader's hash says."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE held_named AS SELECT * FROM {named_members}")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE kept AS
+        SELECT u.agency, u.mobile, u.user_id, k.segment, k.rank, k.n, k.conflict
+        FROM kept k JOIN users u USING (user_key)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE users AS
+        SELECT row_number() OVER () AS user_key, agency, mobile, user_id
+        FROM (SELECT agency, mobile, user_id FROM kept
+              UNION SELECT agency, mobile, user_id FROM held_named)""")
+    con.execute("CREATE OR REPLACE TEMP TABLE held_users AS SELECT * FROM users")
+    for table, source, columns in (
+        ("kept", "kept", "rank, n, conflict"),
+        ("held_by_name", "held_named", "t.agency, t.mobile, sent_at"),
+    ):
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {table} AS
+            SELECT u.user_key, t.segment, {columns}
+            FROM {source} t JOIN users u USING (agency, mobile, user_id)""")
+    con.execute("DROP TABLE held_named")
 
 
 def removal_shares(candidate: Candidate) -> dict[str, float]:

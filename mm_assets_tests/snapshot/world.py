@@ -8,7 +8,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm_assets.core.audience_state import AudienceState, Candidate, Decision, family_key
+from mm_assets.core.audience_state import (
+    AudienceState,
+    Candidate,
+    Decision,
+    family_key,
+    named_members_sql,
+)
 from mm_assets.core.export_reader import read_export_batch
 from mm_assets.core.s2s_validator import validate_file
 from mm_assets.core.s2s_writer import write_s2s_files
@@ -87,14 +93,18 @@ class SnapshotWorld:
         )
 
     def held(self) -> set[tuple[str, bool, str, str]]:
-        """The members held now, read from the state's Parquet files."""
+        """The members held now, read from the state's Parquet files (either layout)."""
         import duckdb
 
         version = self.state.version_dir()
         if version is None:
             return set()
-        rows = duckdb.sql(
-            f"SELECT agency, mobile, user_id, segment FROM read_parquet('{version}/*/*.parquet')"
-        ).fetchall()
+        rows = [
+            row
+            for index in range(self.state.pointer().buckets)
+            for row in duckdb.sql(
+                "SELECT agency, mobile, user_id, segment FROM " + named_members_sql(version, index)
+            ).fetchall()
+        ]
         assert len(rows) == len(set(rows)), "a member held twice"
         return set(rows)
