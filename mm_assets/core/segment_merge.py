@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from mm_assets.core.batch_work import LINES
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, split_user_line
@@ -74,7 +75,7 @@ def merge_segment_loads(
     held audience state before the lines are built (core/snapshot_diff.py)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    merged_dir = out_dir / "lines"
+    merged_dir = out_dir / LINES
     merged_dir.mkdir(parents=True)
     buckets = sorted(loads_dir.glob("bucket=*"))
     con = open_duckdb(":memory:", settings, out_dir / "spill")
