@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
@@ -348,6 +349,10 @@ class WriteSummary:
 
     seconds: float
     files: int
+
+    @classmethod
+    def of(cls, built: Sequence[object], seconds: float) -> WriteSummary:
+        return cls(seconds=round(seconds, 3), files=len(built))
 
     def to_json(self) -> str:
         return _dumps({"seconds": self.seconds, "files": self.files})

@@ -130,7 +130,7 @@ def s2s_files(
     started = time.perf_counter()
     snapshot.require_release(work, s2s)  # snapshot mode: only a released diff
     built = write_s2s_files(work.lines, work.outbox, s2s.build_settings(), batch=work.batch)
-    work.save(WriteSummary(seconds=round(time.perf_counter() - started, 3), files=len(built)))
+    work.save(WriteSummary.of(built, time.perf_counter() - started))
     snapshot.bind(work, s2s)
     rows = [
         [
