@@ -40,7 +40,6 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 PARTNER, NAMESPACE = "BenchPartner", "bp"
 MAX_BASELINE_ROWS = 20_000_000
-REPORT = "report.json"  # each build step's report in the work folder
 
 
 def run_core(src: Path, out: Path, memory_budget: str, gzip_level: int, column_map: str) -> dict:
@@ -136,12 +135,12 @@ def run_build(src: Path, out: Path, memory_budget: str, gzip_level: int, column_
         raise SystemExit(
             f"mm-assets build exited {proc.returncode}:\n{stdout.decode()}\n{stderr.decode()}"
         )
+    from mm_assets.core.batch_work import MergeSummary, ReadSummary, WorkRoots, WriteSummary
+
     batch = src.name
+    work = WorkRoots(export=src.parent, work=out / "work", outbox=out / "outbox").batch(batch)
     reports = {
-        step: json.loads(path.read_text())
-        if (path := out / "work" / batch / step / REPORT).exists()
-        else {}
-        for step in ("raw_audiences", "merged_segment_loads", "s2s_files")
+        kind.STEP: work.load_if_any(kind) for kind in (ReadSummary, MergeSummary, WriteSummary)
     }
     run_id = next(
         line.split("(run ", 1)[1].rstrip(")")
@@ -149,9 +148,9 @@ def run_build(src: Path, out: Path, memory_budget: str, gzip_level: int, column_
         if "(run " in line
     )
     checks, steps = _step_seconds(home, run_id)
-    # A build without the core's seconds in its reports (an older version): its steps' times.
+    # A step without its report: the step's time in the run.
     phases = {
-        phase: reports[step].get("seconds", steps[step])
+        phase: report.seconds if (report := reports[step]) else steps[step]
         for phase, step in (
             ("read", "raw_audiences"),
             ("group", "merged_segment_loads"),
@@ -160,14 +159,15 @@ def run_build(src: Path, out: Path, memory_budget: str, gzip_level: int, column_
     }
     phases["checks"] = checks
     phases["dagster"] = seconds - sum(phases.values())
-    manifest = json.loads((out / "outbox" / batch / "manifest.json").read_text())
+    manifest = json.loads((work.outbox / "manifest.json").read_text())
+    read = reports[ReadSummary.STEP]
     return {
-        "rows": reports["raw_audiences"].get("rows_read", 0),
+        "rows": read.rows_read if read else 0,
         "seconds": seconds,
         "phases": phases,
         "gz_bytes": sum(f["bytes"] for f in manifest["files"]),
         "files": len(manifest["files"]),
-        "outbox": str(out / "outbox" / batch),
+        "outbox": str(work.outbox),
         "tree_rss_MB": peak_tree / 2**20,
         # Processes the CLI does not wait for (code server) escape os.wait4's usage.
         "tree_cpu": sum(cpu_by_pid.values()),

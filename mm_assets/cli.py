@@ -99,7 +99,7 @@ def status(batch: str | None, all_batches: bool) -> int:
         return 2
     storage = _resource("storage")
     with _resource("delivery").get_ledger() as ledger:
-        batches = known_batches(Path(storage.work_dir), Path(storage.outbox_dir), ledger)
+        batches = known_batches(storage.roots(), ledger)
     if all_batches:
         for name in batches:
             print(_batch_report(name).headline)
@@ -237,9 +237,9 @@ EXIT_BATCH_INCOMPLETE = 3
 def build(batch_dir: Path) -> int:
     import dagster as dg
 
+    from mm_assets.core.batch_work import ReadSummary
     from mm_assets.core.s2s_writer import BuildInProgress, batch_build_lock, delegated_build_lock
     from mm_assets.defs.resources import default_batch_storage
-    from mm_assets.defs.s2s_build.assets import REPORT, load_report
     from mm_assets.defs.s2s_build.jobs import build_s2s_files_job
 
     batch_dir = batch_dir.resolve()
@@ -268,19 +268,18 @@ def build(batch_dir: Path) -> int:
             del os.environ["MM_ASSETS_EXPORT_DIR"]
         else:
             os.environ["MM_ASSETS_EXPORT_DIR"] = previous
-    raw_report = storage.work(batch, "raw_audiences") / REPORT
-    if raw_report.exists():
-        raw = load_report(raw_report)
-        print(f"  rows read        {raw['rows_read']:>12,}")
-        print(f"  rows quarantined {raw['rows_quarantined']:>12,}")
-        for reason, count in raw["quarantine_reasons"].items():
+    work = storage.work_for(batch)
+    if (raw := work.load_if_any(ReadSummary)) is not None:
+        print(f"  rows read        {raw.rows_read:>12,}")
+        print(f"  rows quarantined {raw.rows_quarantined:>12,}")
+        for reason, count in raw.quarantine_reasons.items():
             print(f"      {count:>8,}  {reason}")
-        for name, counts in raw["files"].items():
+        for name, counts in raw.files.items():
             print(
                 f"  file {name}: {counts['rows']:,} rows seen = {counts['accepted']:,} accepted"
                 f" + {counts['quarantined']:,} quarantined"
             )
-        for name, message, blocks in raw["file_issues"]:
+        for name, message, blocks in raw.unusable_files:
             kind = "unreadable file " if blocks else "empty file      "
             print(f"  {kind} {name}: {message}")
     files = outcome.materializations.get("s2s_files")
@@ -292,7 +291,7 @@ def build(batch_dir: Path) -> int:
         print(f"  files            {meta['files'].value:>12,}")
         print(f"  gz bytes         {int(meta['gz_bytes'].value):>12,}")
         print(f"  outbox           {meta['outbox'].value}")
-        print("\n".join(render_built_files(storage.outbox(batch))))
+        print("\n".join(render_built_files(work.outbox)))
     status = _report_failures_and_checks(outcome)
     incomplete = [
         e

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mm_assets.core.batch_work import LOADS, QUARANTINE_TABLE
 from mm_assets.core.bucket_loads import (
     LOAD_BYTES_PER_ROW,
     LOAD_SCHEMA,
@@ -230,7 +231,7 @@ def read_export_batch(
         raise FileNotFoundError(f"export batch folder {batch_dir} does not exist")
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
+    loads_dir, parts_dir = out_dir / LOADS, out_dir / "quarantine_parts"
     loads_dir.mkdir(parents=True)
     parts_dir.mkdir()
     files, issues = batch_files(batch_dir)
@@ -569,7 +570,7 @@ def _read_file(
         con.execute("DELETE FROM rejected WHERE source_file = ?", [rel])
         return FileIssue(rel, f"cannot be read: {_explain(exc, path)}"), (0, 0)
     for part in scratch.glob("bucket=*/*"):
-        target = out_dir / "loads" / part.parent.name
+        target = out_dir / LOADS / part.parent.name
         target.mkdir(exist_ok=True)
         part.rename(target / part.name)
     if (scratch / QUARANTINE_PART).exists():
@@ -944,7 +945,7 @@ def _write_outputs(
     seen: dict[str, tuple[int, int]],
     cr_files: dict[str, Path],
 ) -> ReadReport:
-    loads_dir, parts_dir = out_dir / "loads", out_dir / "quarantine_parts"
+    loads_dir, parts_dir = out_dir / LOADS, out_dir / "quarantine_parts"
     for bucket in range(buckets):  # every bucket exists, possibly empty: the merge relies on it
         (loads_dir / f"bucket={bucket}").mkdir(exist_ok=True)
     parts = _parquet_glob(parts_dir)
@@ -980,7 +981,7 @@ def _write_outputs(
                NULL::VARCHAR AS device_type, raw
         FROM rejected""")
     _number_lines_as_the_file_does(con, cr_files)
-    quarantine_path = out_dir / "quarantine.parquet"
+    quarantine_path = out_dir / QUARANTINE_TABLE
     con.execute(
         f"COPY (SELECT * FROM quarantine ORDER BY file, line) "
         f"TO {sql_string(str(quarantine_path))} (FORMAT parquet)"

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mm_assets.core.batch_work import LINES
 from mm_assets.core.bucket_loads import bucket_load_files, bucket_loads_relation
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.duckdb_session import open_duckdb
@@ -84,7 +85,7 @@ def merge_segment_loads(
     held audience state before the lines are built (core/snapshot_diff.py)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    merged_dir = out_dir / "lines"
+    merged_dir = out_dir / LINES
     merged_dir.mkdir(parents=True)
     buckets = sorted(loads_dir.glob("bucket=*"))
     con = open_duckdb(":memory:", settings, out_dir / "spill")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from mm_assets.core.batch_work import BatchWork, WorkRoots
 from mm_assets.core.build_settings import BuildSettings, parse_column_map, parse_size
 from mm_assets.core.quota import GB, MAX_FILE_BYTES
 from mm_assets.core.snapshot_diff import SnapshotOptions, parse_share
@@ -19,14 +20,21 @@ class BatchStorage(dg.ConfigurableResource):
     work_dir: str = str(STATE_DIR / "work")
     outbox_dir: str = str(STATE_DIR / "outbox")
 
-    def batch_dir(self, batch: str) -> Path:
-        return Path(self.export_dir) / batch
+    def roots(self) -> WorkRoots:
+        return WorkRoots(
+            export=Path(self.export_dir), work=Path(self.work_dir), outbox=Path(self.outbox_dir)
+        )
 
-    def work(self, batch: str, step: str) -> Path:
-        return Path(self.work_dir) / batch / step
+    def work_for(self, batch: str) -> BatchWork:
+        """Every folder and file of the batch's build (the steps hand each other these)."""
+        return self.roots().batch(batch)
+
+    # Shortcuts for the source and delivery steps, which need one folder of the batch.
+    def batch_dir(self, batch: str) -> Path:
+        return self.work_for(batch).export
 
     def outbox(self, batch: str) -> Path:
-        return Path(self.outbox_dir) / batch
+        return self.work_for(batch).outbox
 
     def list_batches(self) -> list[str]:
         root = Path(self.export_dir)

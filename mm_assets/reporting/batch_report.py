@@ -2,9 +2,9 @@
 
 Assembled from what the steps leave behind, never from a run's logs:
 
-- the work folder: `raw_audiences/report.json` (rows read, accepted, quarantined by reason, per
-  input file) and `merged_segment_loads/report.json` (users and loads per client and
-  cookie/mobile family);
+- the work folder (`BatchWork`): the read step's `ReadSummary` (rows read, accepted,
+  quarantined by reason, per input file) and the merge's `MergeSummary` (users and loads per
+  client and cookie/mobile family);
 - the outbox manifest: the built files, their bytes and md5, when they were built;
 - the delivery ledger: receipts (when, how, where each file was sent), in-flight rows, retry
   schedules, and the quota use of the current windows (S2S-QUOTA);
@@ -26,17 +26,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from mm_assets.core.batch_work import BatchWork, MergeSummary, ReadSummary, WorkRoots
 from mm_assets.core.quota import QuotaLimits, QuotaUsage, decide
 from mm_assets.core.s2s_writer import MANIFEST, BuiltFile, read_manifest
 from mm_assets.delivery.ledger import Ledger, receipts_table
 from mm_assets.delivery.retries import retries_table
 from mm_assets.processing_log.polling import batch_verdict, human_duration
 from mm_assets.processing_log.status_store import FileStatus, StatusStore
-
-# The build steps' own summaries in the work folder (`BatchStorage.work(batch, step)`).
-STEP_REPORT = "report.json"
-READ_STEP = "raw_audiences"
-MERGE_STEP = "merged_segment_loads"
 
 
 class Delivery:
@@ -169,19 +165,18 @@ def _family_of(built: BuiltFile) -> tuple[str, str]:
 
 
 def assemble_batch_report(
-    batch: str,
+    work: BatchWork,
     *,
-    work: Path,
-    outbox: Path,
     ledger: Ledger,
     store: StatusStore | None,
     limits: QuotaLimits,
     now: datetime,
 ) -> BatchReport:
-    """The batch's report from its work folder (`work`: the batch's own), its outbox folder,
-    the ledger and the status store (None: MediaMath's verdicts unknown here)."""
-    raw = _load_json(work / READ_STEP / STEP_REPORT) or {}
-    merged = _load_json(work / MERGE_STEP / STEP_REPORT) or {}
+    """The batch's report from its work folder and outbox (`work`), the ledger and the status
+    store (None: MediaMath's verdicts unknown here)."""
+    batch, outbox = work.batch, work.outbox
+    raw = work.load_if_any(ReadSummary)
+    merged = work.load_if_any(MergeSummary)
     built = read_manifest(outbox) if (outbox / MANIFEST).is_file() else []
     receipts = {r.file_name: r for r in ledger.receipts(batch)}
     flying = {f.file_name: f for f in ledger.in_flight(batch)}
@@ -271,16 +266,15 @@ def assemble_batch_report(
         batch=batch,
         now=now,
         built_at=_built_at(outbox),
-        rows_read=raw.get("rows_read"),
-        rows_accepted=raw.get("rows_accepted"),
-        rows_quarantined=raw.get("rows_quarantined"),
-        quarantine_reasons=dict(raw.get("quarantine_reasons") or {}),
-        input_files=dict(raw.get("files") or {}),
-        unusable_files=[(f, m, bool(b)) for f, m, b in raw.get("file_issues") or []],
-        # merged_segment_loads' rows: [agency, ids, users, lines, loads, text bytes]
+        rows_read=raw.rows_read if raw else None,
+        rows_accepted=raw.rows_accepted if raw else None,
+        rows_quarantined=raw.rows_quarantined if raw else None,
+        quarantine_reasons=dict(raw.quarantine_reasons) if raw else {},
+        input_files=dict(raw.files) if raw else {},
+        unusable_files=list(raw.unusable_files) if raw else [],
         families=[
-            Family(client=r[0], ids=r[1], users=r[2], lines=r[3], loads=r[4])
-            for r in merged.get("families") or []
+            Family(client=f.agency, ids=f.ids, users=f.users, lines=f.lines, loads=f.loads)
+            for f in (merged.families if merged else [])
         ],
         files=files,
         superseded=[s for s in statuses if s.file_name not in names],
@@ -290,15 +284,10 @@ def assemble_batch_report(
     )
 
 
-def known_batches(work_dir: Path, outbox_dir: Path, ledger: Ledger) -> list[str]:
+def known_batches(roots: WorkRoots, ledger: Ledger) -> list[str]:
     """Every batch with a trace here (work folder, outbox or receipts), latest activity last:
     the build time in its manifest, else its folders' modification time."""
-    found: dict[str, float] = {}
-    for root in (Path(work_dir), Path(outbox_dir)):
-        if root.is_dir():
-            for p in root.iterdir():
-                if p.is_dir() and not p.name.startswith((".", "_")):
-                    found[p.name] = max(found.get(p.name, 0.0), p.stat().st_mtime)
+    found = roots.batches_present()
     with ledger.engine.connect() as conn:
         r = receipts_table.c
         for batch, last in conn.execute(
@@ -308,7 +297,7 @@ def known_batches(work_dir: Path, outbox_dir: Path, ledger: Ledger) -> list[str]
                 stamp = last.replace(tzinfo=UTC).timestamp()
                 found[batch] = max(found.get(batch, 0.0), stamp)
     for batch in found:
-        built_at = _built_at(Path(outbox_dir) / batch)
+        built_at = _built_at(roots.batch(batch).outbox)
         if built_at is not None:
             found[batch] = max(found[batch], built_at.timestamp())
     return sorted(found, key=lambda b: (found[b], b))

@@ -154,7 +154,7 @@ def test_a_build_step_started_beside_another_build_refuses_and_leaves_its_work(
         work_dir=str(tmp_path / "work"),
         outbox_dir=str(tmp_path / "outbox"),
     )
-    earlier_work = Path(storage.work("batch_1", "raw_audiences")) / "kept"
+    earlier_work = storage.work_for("batch_1").read_dir / "kept"
     earlier_work.parent.mkdir(parents=True)
     earlier_work.write_text("the running build's work")
     ready = tmp_path / "ready"

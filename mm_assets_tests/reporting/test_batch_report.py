@@ -65,9 +65,7 @@ def deliver_three_and_answer(storage: BatchStorage, delivery: SftpDelivery) -> l
 def report_of(storage: BatchStorage, delivery: SftpDelivery, now: datetime = NOW) -> BatchReport:
     with Ledger(delivery.ledger_url) as ledger, StatusStore(delivery.ledger_url) as store:
         return assemble_batch_report(
-            BATCH,
-            work=Path(storage.work_dir) / BATCH,
-            outbox=storage.outbox(BATCH),
+            storage.work_for(BATCH),
             ledger=ledger,
             store=store,
             limits=LIMITS,
@@ -202,4 +200,4 @@ def test_mm_assets_status_prints_the_latest_batch_and_lists_batches(
     assert cli.main(["status", "no_such_batch"]) == 2
     assert "nothing is known about batch no_such_batch" in capsys.readouterr().err
     with Ledger(delivery.ledger_url) as ledger:
-        assert known_batches(Path(storage.work_dir), Path(storage.outbox_dir), ledger) == [BATCH]
+        assert known_batches(storage.roots(), ledger) == [BATCH]

@@ -227,7 +227,7 @@ def test_three_snapshots_through_dagster(flow, monkeypatch):
         [global_file] = [p.name for p in s2s_files_in(outbox) if p.name.count("_") == 1]
         break_s2s_header(outbox, global_file)
         approve_outbox(outbox, run_id="validator-shares-the-bug")
-        snapshot_build.bind(flow.storage, flow.s2s, "batch_2")
+        snapshot_build.bind(flow.storage.work_for("batch_2"), flow.s2s)
         flow.deliver("batch_2", log)
         held = flow.advance("batch_2", log)
         assert held["families_kept"] == 1 and held["last_advanced_batch"] == "batch_2"

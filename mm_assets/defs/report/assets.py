@@ -8,7 +8,6 @@ a materialisation with the new report beside the check evaluation). Its metadata
 """
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -53,9 +52,7 @@ def report_for(
         # runs before the processing-log check of the same run.
         register_batch(store, storage, delivery, batch)
         return assemble_batch_report(
-            batch,
-            work=Path(storage.work_dir) / batch,
-            outbox=storage.outbox(batch),
+            storage.work_for(batch),
             ledger=ledger,
             store=store,
             limits=delivery.quota_limits(),

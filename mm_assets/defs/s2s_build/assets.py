@@ -1,11 +1,10 @@
 """Build MediaMath S2S files for one export batch: read, merge, write (DESIGN.md asset graph)."""
 
-import json
 import time
-from pathlib import Path
 
 import dagster as dg
 
+from mm_assets.core.batch_work import MergeSummary, ReadSummary, WriteSummary
 from mm_assets.core.export_reader import read_export_batch
 from mm_assets.core.s2s_writer import batch_build_lock, write_s2s_files
 from mm_assets.defs.metadata import byte_count, table
@@ -13,10 +12,7 @@ from mm_assets.defs.moloco_source.assets import moloco_export_objects
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.snapshot import build as snapshot
-from mm_assets.reporting.batch_report import STEP_REPORT
 
-# The steps' summaries in the work folder; the batch report reads them (one name for both).
-REPORT = STEP_REPORT
 QUARANTINE_PREVIEW_COLUMNS = [
     "file",
     "line",
@@ -30,15 +26,6 @@ QUARANTINE_PREVIEW_COLUMNS = [
 ]
 
 
-def save_report(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str))
-
-
-def load_report(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
 @dg.asset(
     deps=[moloco_export_objects],
     partitions_def=export_batches,
@@ -50,33 +37,17 @@ def load_report(path: Path) -> dict:
 def raw_audiences(
     context: dg.AssetExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.MaterializeResult:
-    batch = context.partition_key
+    work = storage.work_for(context.partition_key)
     # Each build step holds the batch's build lock (s2s_files' writer holds it too): a second
     # build of the batch started alongside (UI next to the CLI) refuses instead of replacing
     # this one's work under it.
     started = time.perf_counter()
-    with batch_build_lock(Path(storage.outbox_dir), batch):
+    with batch_build_lock(work.outbox_root, work.batch):
         report = read_export_batch(
-            storage.batch_dir(batch),
-            storage.work(batch, "raw_audiences"),
-            s2s.build_settings(),
-            buckets=snapshot.read_buckets(s2s),
+            work.export, work.read_dir, s2s.build_settings(), buckets=snapshot.read_buckets(s2s)
         )
-    save_report(
-        storage.work(batch, "raw_audiences") / REPORT,
-        {
-            # The core's own time (the benchmark's "read" phase; the step's is in the run).
-            "seconds": round(time.perf_counter() - started, 3),
-            "rows_read": report.rows_read,
-            "rows_accepted": report.rows_accepted,
-            "rows_quarantined": report.rows_quarantined,
-            "quarantine_reasons": report.quarantine_reasons,
-            # [file, problem, whether it makes the batch incomplete]
-            "file_issues": [[i.file, i.message, i.blocks_batch] for i in report.file_issues],
-            "files": report.files,
-            "user_buckets": report.buckets,
-        },
-    )
+    # The core's own time (the benchmark's "read" phase; the step's is in the run).
+    work.save(ReadSummary.of(report, time.perf_counter() - started))
     for issue in report.file_issues:
         context.log.warning(f"{issue.file}: {issue.message}")
     return dg.MaterializeResult(
@@ -120,33 +91,13 @@ def raw_audiences(
 def merged_segment_loads(
     context: dg.AssetExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.MaterializeResult:
-    batch = context.partition_key
-    out = storage.work(batch, "merged_segment_loads")
+    work = storage.work_for(context.partition_key)
     started = time.perf_counter()
-    with batch_build_lock(Path(storage.outbox_dir), batch):
+    with batch_build_lock(work.outbox_root, work.batch):
         # Delta mode: the merge as it was. Snapshot mode: the diff against the held state.
-        report, snapshot_metadata = snapshot.merge(storage, s2s, batch)
-    families = [
-        [
-            k.agency or "(global)",
-            "mobile" if k.mobile else "cookie",
-            v.users,
-            v.lines,
-            v.loads,
-            v.text_bytes,
-        ]
-        for k, v in report.by_file.items()
-    ]
-    save_report(
-        out / REPORT,
-        {
-            "seconds": round(time.perf_counter() - started, 3),
-            "loads_out": report.loads_out,
-            "users": report.users,
-            "conflicts": report.conflicts,
-            "families": families,
-        },
-    )
+        report, snapshot_metadata = snapshot.merge(work, s2s)
+    summary = MergeSummary.of(report, time.perf_counter() - started)
+    work.save(summary)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": report.users,
@@ -157,7 +108,7 @@ def merged_segment_loads(
             "users_continued_on_more_lines": report.continued_users,
             "user_buckets": report.buckets,
             "file_families": table(
-                ["agency", "ids", "users", "lines", "loads", "text_bytes"], families
+                ["agency", "ids", "users", "lines", "loads", "text_bytes"], summary.families
             ),
             **snapshot_metadata,
         }
@@ -175,21 +126,12 @@ def merged_segment_loads(
 def s2s_files(
     context: dg.AssetExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.MaterializeResult:
-    batch = context.partition_key
-    outbox = storage.outbox(batch)
+    work = storage.work_for(context.partition_key)
     started = time.perf_counter()
-    snapshot.require_release(storage, s2s, batch)  # snapshot mode: only a released diff
-    built = write_s2s_files(
-        storage.work(batch, "merged_segment_loads") / "lines",
-        outbox,
-        s2s.build_settings(),
-        batch=batch,
-    )
-    save_report(
-        storage.work(batch, "s2s_files") / REPORT,
-        {"seconds": round(time.perf_counter() - started, 3), "files": len(built)},
-    )
-    snapshot.bind(storage, s2s, batch)
+    snapshot.require_release(work, s2s)  # snapshot mode: only a released diff
+    built = write_s2s_files(work.lines, work.outbox, s2s.build_settings(), batch=work.batch)
+    work.save(WriteSummary.of(built, time.perf_counter() - started))
+    snapshot.bind(work, s2s)
     rows = [
         [
             f.name,
@@ -213,6 +155,6 @@ def s2s_files(
             "manifest": table(
                 ["name", "agency", "mobile", "hashed", "users", "loads", "bytes", "md5"], rows
             ),
-            "outbox": dg.MetadataValue.path(str(outbox)),
+            "outbox": dg.MetadataValue.path(str(work.outbox)),
         }
     )

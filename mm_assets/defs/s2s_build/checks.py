@@ -13,13 +13,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from mm_assets.core.batch_work import MergeSummary
 from mm_assets.core.clock import utc_now
 from mm_assets.core.s2s_format import SUFFIX
 from mm_assets.core.s2s_writer import read_manifest
 from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
-from mm_assets.defs.s2s_build.assets import REPORT, load_report, s2s_files
+from mm_assets.defs.s2s_build.assets import s2s_files
 from mm_assets.delivery import gate
 
 
@@ -37,7 +38,7 @@ def files_conform_to_s2s_spec(
     # Imported here: the validator's numpy and pyarrow load in this check's step only.
     from mm_assets.core.s2s_validator_pool import validate_files
 
-    outbox = storage.outbox(context.partition_key)
+    outbox = storage.work_for(context.partition_key).outbox
     digest = gate.manifest_sha256(outbox)
     settings = s2s.build_settings()
     manifest = read_manifest(outbox)
@@ -100,8 +101,8 @@ def _streamed_md5s(outbox: Path, names: list[str]) -> dict[str, str | None]:
 def outbox_matches_manifest(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage
 ) -> dg.AssetCheckResult:
-    batch = context.partition_key
-    outbox = storage.outbox(batch)
+    work = storage.work_for(context.partition_key)
+    outbox = work.outbox
     digest = gate.manifest_sha256(outbox)
     manifest = read_manifest(outbox)
     problems = []
@@ -122,10 +123,10 @@ def outbox_matches_manifest(
         for p in outbox.glob("*" + SUFFIX)
         if p.name not in listed
     ]
-    merged = load_report(storage.work(batch, "merged_segment_loads") / REPORT)
+    merged = work.load(MergeSummary)
     written_loads = sum(b.loads for b in manifest)
-    if written_loads != merged["loads_out"]:
-        problems.append(["(batch)", f"{written_loads} loads written, {merged['loads_out']} merged"])
+    if written_loads != merged.loads_out:
+        problems.append(["(batch)", f"{written_loads} loads written, {merged.loads_out} merged"])
     gate.record_approval(
         outbox,
         gate.MANIFEST_CHECK,
@@ -141,7 +142,7 @@ def outbox_matches_manifest(
         metadata={
             "files": len(manifest),
             "loads_written": written_loads,
-            "loads_merged": merged["loads_out"],
+            "loads_merged": merged.loads_out,
             "problems": table(["file", "problem"], problems),
         },
     )

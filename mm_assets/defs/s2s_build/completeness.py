@@ -6,10 +6,11 @@ then warns instead of blocking)."""
 
 import dagster as dg
 
+from mm_assets.core.batch_work import ReadSummary
 from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
-from mm_assets.defs.s2s_build.assets import REPORT, load_report, raw_audiences
+from mm_assets.defs.s2s_build.assets import raw_audiences
 
 CHECK_NAME = "batch_is_complete"
 
@@ -26,9 +27,9 @@ CHECK_NAME = "batch_is_complete"
 def batch_is_complete(
     context: dg.AssetCheckExecutionContext, storage: BatchStorage, s2s: S2sFileSettings
 ) -> dg.AssetCheckResult:
-    report = load_report(storage.work(context.partition_key, "raw_audiences") / REPORT)
-    lost = [[name, message] for name, message, blocks in report["file_issues"] if blocks]
-    empty = [[name, message] for name, message, blocks in report["file_issues"] if not blocks]
+    report = storage.work_for(context.partition_key).load(ReadSummary)
+    lost = [[f.file, f.problem] for f in report.unreadable]
+    empty = [[f.file, f.problem] for f in report.unusable_files if not f.blocks_batch]
     accept_partial = s2s.accepts_partial_batches()
     return dg.AssetCheckResult(
         passed=not lost,

@@ -23,7 +23,6 @@ from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
-from mm_assets.defs.snapshot.build import candidate_dir
 from mm_assets.delivery import gate
 from mm_assets.processing_log.status_store import FileState, FileStatus
 
@@ -64,12 +63,11 @@ def mediamath_audience_state(
     options = s2s.snapshot_options()
     if options is None:
         raise dg.Failure(description="MM_EXPORT_MODE is delta: there is no held audience state")
-    batch = context.partition_key
+    work = storage.work_for(context.partition_key)
+    batch = work.batch
     state = AudienceState(options.state_dir)
     try:
-        candidate = candidate_for_build(
-            candidate_dir(storage, batch), gate.manifest_sha256(storage.outbox(batch))
-        )
+        candidate = candidate_for_build(work.candidate, gate.manifest_sha256(work.outbox))
     except (OSError, ValueError) as exc:
         raise dg.Failure(description=f"batch {batch}: no snapshot build to apply ({exc})") from None
     with processing_log.store(delivery) as store:

@@ -11,7 +11,6 @@ the build assets stay as they are in delta mode.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -24,14 +23,14 @@ from mm_assets.core.audience_state import (
     clear_waiting,
     note_waiting,
 )
+from mm_assets.core.batch_work import BatchWork, ReadSummary
 from mm_assets.core.clock import utc_now
 from mm_assets.core.segment_merge import MergeReport, merge_segment_loads
 from mm_assets.core.snapshot_diff import bind_build, diff_and_merge, release_problem
 from mm_assets.defs.metadata import table
-from mm_assets.defs.resources import BatchStorage, S2sFileSettings
+from mm_assets.defs.resources import S2sFileSettings
 from mm_assets.delivery import gate
 
-CANDIDATE_STEP = "snapshot_candidate"  # the batch's work folder holding its candidate state
 FAMILY_COLUMNS = [
     "agency",
     "ids",
@@ -45,31 +44,21 @@ FAMILY_COLUMNS = [
 ]
 
 
-def candidate_dir(storage: BatchStorage, batch: str) -> Path:
-    return storage.work(batch, CANDIDATE_STEP)
-
-
 def read_buckets(s2s: S2sFileSettings) -> int | None:
     """The user buckets the reader must use: the held state's in snapshot mode, else None."""
     options = s2s.snapshot_options()
     return AudienceState(options.state_dir).pointer().buckets if options else None
 
 
-def merge(
-    storage: BatchStorage, s2s: S2sFileSettings, batch: str
-) -> tuple[MergeReport, dict[str, Any]]:
+def merge(work: BatchWork, s2s: S2sFileSettings) -> tuple[MergeReport, dict[str, Any]]:
     """The merge step: as today in delta mode; in snapshot mode the diff, with its metadata."""
-    loads = storage.work(batch, "raw_audiences") / "loads"
-    out = storage.work(batch, "merged_segment_loads")
+    batch = work.batch
     options = s2s.snapshot_options()
     if options is None:
-        return merge_segment_loads(loads, out, s2s.build_settings()), {}
-    # Imported here: the build assets import this module.
-    from mm_assets.defs.s2s_build.assets import REPORT, load_report
-
+        return merge_segment_loads(work.loads, work.merge_dir, s2s.build_settings()), {}
     state = AudienceState(options.state_dir)
     # The diff pairs a bucket of loads with the same bucket of the state: same hash, same n.
-    read_with = load_report(storage.work(batch, "raw_audiences") / REPORT).get("user_buckets")
+    read_with = work.load(ReadSummary).user_buckets
     if read_with != state.pointer().buckets:
         raise dg.Failure(
             description=f"batch {batch} was read into {read_with} user buckets, the audience "
@@ -79,9 +68,9 @@ def merge(
         report, candidate = diff_and_merge(
             state,
             batch,
-            loads,
-            out,
-            candidate_dir(storage, batch),
+            work.loads,
+            work.merge_dir,
+            work.candidate,
             s2s.build_settings(),
             options,
             now=int(utc_now().timestamp()),
@@ -131,15 +120,15 @@ def snapshot_metadata(candidate: Candidate) -> dict[str, Any]:
     }
 
 
-def require_release(storage: BatchStorage, s2s: S2sFileSettings, batch: str) -> None:
+def require_release(work: BatchWork, s2s: S2sFileSettings) -> None:
     """Snapshot mode: refuse to write files from a diff the safety check did not release."""
     if s2s.snapshot_options() is None:
         return
-    problem = release_problem(candidate_dir(storage, batch))
+    problem = release_problem(work.candidate)
     if problem:
-        raise dg.Failure(description=f"batch {batch} is not written for delivery: {problem}")
+        raise dg.Failure(description=f"batch {work.batch} is not written for delivery: {problem}")
 
 
-def bind(storage: BatchStorage, s2s: S2sFileSettings, batch: str) -> None:
+def bind(work: BatchWork, s2s: S2sFileSettings) -> None:
     if s2s.snapshot_options() is not None:
-        bind_build(candidate_dir(storage, batch), gate.manifest_sha256(storage.outbox(batch)))
+        bind_build(work.candidate, gate.manifest_sha256(work.outbox))

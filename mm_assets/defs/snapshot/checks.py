@@ -11,12 +11,13 @@ diff, so a blocked snapshot cannot leave however the build or delivery is starte
 import dagster as dg
 
 from mm_assets.core.audience_state import Candidate, snapshot_approval
+from mm_assets.core.batch_work import ReadSummary
 from mm_assets.core.snapshot_diff import families_over_threshold, record_release
 from mm_assets.defs.metadata import table
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
-from mm_assets.defs.s2s_build.assets import REPORT, load_report, merged_segment_loads
-from mm_assets.defs.snapshot.build import FAMILY_COLUMNS, candidate_dir, family_rows
+from mm_assets.defs.s2s_build.assets import merged_segment_loads
+from mm_assets.defs.snapshot.build import FAMILY_COLUMNS, family_rows
 
 CHECK_NAME = "snapshot_removals_within_threshold"
 
@@ -39,11 +40,11 @@ def snapshot_removals_within_threshold(
         return dg.AssetCheckResult(
             passed=True, description="delta mode: nothing is diffed", metadata={"mode": "delta"}
         )
-    batch = context.partition_key
-    candidate = Candidate.load(candidate_dir(storage, batch))
+    work = storage.work_for(context.partition_key)
+    batch = work.batch
+    candidate = Candidate.load(work.candidate)
     over = families_over_threshold(candidate, options.removal_threshold)
-    raw = load_report(storage.work(batch, "raw_audiences") / REPORT)
-    unreadable = [name for name, _, blocks in raw["file_issues"] if blocks]
+    unreadable = work.load(ReadSummary).unreadable
     problems = [
         f"family {key} would lose {candidate.families[key]['removals']} of "
         f"{candidate.families[key]['held']} held members"

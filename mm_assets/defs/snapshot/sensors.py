@@ -16,7 +16,6 @@ from mm_assets.defs.processing_log.resources import MediaMathProcessingLog
 from mm_assets.defs.resources import BatchStorage, S2sFileSettings
 from mm_assets.defs.s2s_build.jobs import build_s2s_files_job
 from mm_assets.defs.snapshot.assets import advance_audience_state_job, family_verdicts
-from mm_assets.defs.snapshot.build import candidate_dir
 from mm_assets.defs.snapshot.checks import CHECK_NAME
 from mm_assets.delivery import gate
 
@@ -50,9 +49,10 @@ def advance_audience_state(
             partition_key=waiting[0],
             run_key=f"snapshot-after:{pointer.last_decided_batch}:{waiting[0]}",
         )
-    digest = gate.manifest_sha256(storage.outbox(batch))
+    work = storage.work_for(batch)
+    digest = gate.manifest_sha256(work.outbox)
     try:
-        candidate_for_build(candidate_dir(storage, batch), digest)
+        candidate_for_build(work.candidate, digest)
     except (OSError, ValueError):
         return dg.SkipReason(
             f"batch {batch} was diffed but not written for delivery: if check {CHECK_NAME} "
