@@ -71,6 +71,7 @@ class _WorkspaceLocationInThisProcess(InProcessCodeLocation):
             InProcessCodeLocationOrigin(
                 workspace_origin.loadable_target_origin,
                 location_name=workspace_origin.location_name,
+                container_context={},  # what a code server of the workspace reports
             ),
             instance,
         )
