@@ -89,7 +89,7 @@ def workspace_origin() -> CodeLocationOrigin:
 
 @contextmanager
 def _fresh_definitions(origin: CodeLocationOrigin) -> Iterator[None]:
-    """Load the location's module as a code server would: fresh, in today's environment.
+    """Load the location's module as a code server would: fresh, in the current environment.
 
     The definitions read their settings from the environment when the module runs, and this
     process may have imported it earlier under another one (`mm-assets build` sets the batch's
@@ -147,7 +147,8 @@ def launch_and_wait(
 
 
 def _ignore(_event: object) -> None:
-    """A run worker streams its events to its launcher too; here they are in the instance."""
+    """The run worker's event stream (`dagster api execute_run` buffers it unread): every event
+    is in the instance already."""
 
 
 def _outcome(instance: dg.DagsterInstance, run: Any) -> RunOutcome:

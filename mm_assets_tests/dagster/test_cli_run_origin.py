@@ -39,8 +39,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     # The UI's instance launches a submitted run at once (as the daemon's queue would, later).
     (home / "dagster.yaml").write_text(
-        "run_coordinator:\n  module: dagster.core.run_coordinator\n"
-        "  class: DefaultRunCoordinator\n"
+        "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("MM_ASSETS_WORK_DIR", str(tmp_path / "work"))
