@@ -63,7 +63,7 @@ def _instance():
 
 
 def _run(job_name: str, batch: str):
-    """Launch one job run for one batch partition in the code location, and wait for it."""
+    """Run the job for one batch partition as a run of the code location, in this process."""
     from mm_assets.defs.launch import launch_and_wait
 
     # The terminal shows the summary below and each failure once; the run's own events
@@ -121,9 +121,9 @@ def _process_log(instance) -> Path:
 
 @contextmanager
 def _process_output_to_log(instance) -> Iterator[None]:
-    """While a run is launched and waited for, the output of the processes it starts (the code
-    server, the run worker and its step processes: Dagster's DEBUG engine lines, warnings)
-    goes to a log file instead of the terminal, unless --traceback asks for everything."""
+    """While a run executes (in this process), what it writes (Dagster's DEBUG engine lines,
+    warnings, the output of processes its steps start) goes to a log file instead of the
+    terminal, unless --traceback asks for everything."""
     if _TRACEBACK:
         yield
         return

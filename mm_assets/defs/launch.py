@@ -1,36 +1,52 @@
-"""Launch a job of the code location the way `dagster job launch` and the UI do, and wait.
+"""Start a run of the code location the way `dagster job launch` and the UI do, in this process.
 
 `mm-assets build` / `deliver` used to run jobs with `execute_in_process`: such runs carry no
 code-location origin, so the UI leaves them off the Overview timeline and the Jobs page and
-warns on re-execution. Here the run is created from the workspace's own code location
-(`workspace.yaml`, the one `dagster dev` loads) and started by the instance's run launcher:
-an ordinary run, re-executable from the UI. Settings reach the run
-through the environment, which the code server (and so the run worker) inherits.
+warns on re-execution. Here the run is created for the workspace's own code location
+(`workspace.yaml`, the one `dagster dev` loads): the run records that location's origin, so it
+is an ordinary run, re-executable from the UI.
+
+What a launch through a code server and the instance's run launcher costs, and what runs here
+instead (dagster 1.13 source):
+- `dagster job launch` starts a gRPC code server that imports the definitions, asks it for the
+  job's snapshot and execution plan (`_cli/job.py::_create_run`), and has the run launcher start
+  a run worker, a second process that imports the definitions again and runs
+  `dagster api execute_run` (`_cli/api.py::_execute_run_command_body`), while the caller polls.
+  Two processes importing the definitions were most of `mm-assets build`'s fixed time.
+- Here the workspace's code location is loaded in this process (`InProcessCodeLocation`, under
+  the workspace's own origin, so the run's origins are the ones a code server gives: tested),
+  the run is created from it with `_create_run`, and `_execute_run_command_body`, the run
+  worker's body, executes it in this process: the same events, materialisations and checks in
+  the instance, and the run ends when the call returns (nothing to poll).
+Settings reach the run through the environment, as they reached a code server.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
+import importlib
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from dagster import __version__ as dagster_version
+from dagster._cli.api import _execute_run_command_body  # the body of the run worker
 from dagster._cli.job import _create_run  # the body of `dagster job launch`
 from dagster._cli.workspace.cli_target import (
-    WorkspaceOpts,
-    get_code_location_from_workspace,
     get_remote_job_from_remote_repo,
     get_remote_repository_from_code_location,
-    get_workspace_from_cli_opts,
 )
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.events import DagsterEvent, DagsterEventType
+from dagster._core.remote_origin import CodeLocationOrigin, InProcessCodeLocationOrigin
+from dagster._core.remote_representation.code_location import InProcessCodeLocation
+from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.settings import PROJECT_ROOT
 
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
-POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,57 @@ class RunOutcome:
     failures: list[str]  # step error messages
 
 
+class _WorkspaceLocationInThisProcess(InProcessCodeLocation):
+    """The workspace's code location, loaded in this process instead of a code server.
+
+    Its origin is the workspace's (not an in-process one): the handles of its repository and
+    jobs, and so the runs created from them, carry the origin `dagster dev` and the daemon know.
+    """
+
+    def __init__(self, workspace_origin: CodeLocationOrigin, instance: dg.DagsterInstance):
+        self._workspace_origin = workspace_origin
+        super().__init__(
+            InProcessCodeLocationOrigin(
+                workspace_origin.loadable_target_origin,
+                location_name=workspace_origin.location_name,
+                container_context={},  # what a code server of the workspace reports
+            ),
+            instance,
+        )
+
+    @property
+    def origin(self) -> CodeLocationOrigin:  # type: ignore[override]
+        return self._workspace_origin
+
+
+def workspace_origin() -> CodeLocationOrigin:
+    """The origin of the one code location of `workspace.yaml`."""
+    [origin] = WorkspaceFileTarget(paths=[str(WORKSPACE)]).create_origins()
+    return origin
+
+
+@contextmanager
+def _fresh_definitions(origin: CodeLocationOrigin) -> Iterator[None]:
+    """Load the location's module as a code server would: fresh, in the current environment.
+
+    The definitions read their settings from the environment when the module runs, and this
+    process may have imported it earlier under another one (`mm-assets build` sets the batch's
+    export folder after reading its storage settings; tests build in one process). Dagster keeps
+    the last job definition per job name (`ReconstructableJob.get_definition`'s lru_cache), so
+    that cache is cleared too, before and after: no run sees a previous load's resources.
+    """
+    module_name = origin.loadable_target_origin.module_name
+    if module := sys.modules.get(module_name):
+        importlib.reload(module)
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
+    try:
+        yield
+    finally:
+        ReconstructableJob.get_definition.cache_clear()
+        ReconstructableJob.get_repository_definition.cache_clear()
+
+
 def launch_and_wait(
     instance: dg.DagsterInstance,
     job_name: str,
@@ -49,14 +116,11 @@ def launch_and_wait(
     tags: Mapping[str, str] | None = None,
     run_config: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
-    """Launch one partition run of `job_name` and wait until it has finished."""
+    """Create one partition run of `job_name` for the workspace's code location and run it."""
     instance.add_dynamic_partitions(export_batches.name, [batch])
-    opts = WorkspaceOpts(workspace=(str(WORKSPACE),))
-    # The code server's INFO lines (started, stopping) are noise in a terminal.
-    with get_workspace_from_cli_opts(
-        instance, dagster_version, opts, log_level="WARNING"
-    ) as workspace:
-        location = get_code_location_from_workspace(workspace, None)
+    origin = workspace_origin()
+    with _fresh_definitions(origin):
+        location = _WorkspaceLocationInThisProcess(origin, instance)
         repo = get_remote_repository_from_code_location(location, None)
         remote_job = get_remote_job_from_remote_repo(repo, job_name)
         run = _create_run(
@@ -69,13 +133,22 @@ def launch_and_wait(
             op_selection=None,
             run_id=None,
         )
-        # Launched, not queued: the CLI waits for it, and without a daemon running (the
-        # QueuedRunCoordinator's dequeuer) a queued run would never start.
-        instance.launch_run(run.run_id, workspace)
-        # Inside the workspace: the run's code server stays up until the run is over.
-        while not (current := instance.get_run_by_id(run.run_id)) or not current.is_finished:
-            time.sleep(POLL_SECONDS)
-    return _outcome(instance, current)
+        # Not queued: the CLI waits for it, and without a daemon running (the
+        # QueuedRunCoordinator's dequeuer) a queued run would never start. STARTING is what
+        # `instance.launch_run` records before it hands a run to its launcher; the run worker's
+        # body then writes every event to the instance and reports a failure there before it
+        # returns, whatever raised.
+        starting = DagsterEvent(DagsterEventType.PIPELINE_STARTING.value, job_name=run.job_name)
+        instance.report_dagster_event(starting, run_id=run.run_id)
+        _execute_run_command_body(
+            run.run_id, instance, write_stream_fn=_ignore, set_exit_code_on_failure=False
+        )
+    return _outcome(instance, instance.get_run_by_id(run.run_id))
+
+
+def _ignore(_event: object) -> None:
+    """The run worker's event stream (`dagster api execute_run` buffers it unread): every event
+    is in the instance already."""
 
 
 def _outcome(instance: dg.DagsterInstance, run: Any) -> RunOutcome:
