@@ -8,6 +8,7 @@ from mm_assets.defs.alerts.sensors import (
     alert_on_failed_checks,
     alert_on_run_failure,
     default_alert_webhook,
+    fail_runs_of_dead_commands,
 )
 from mm_assets.defs.delivery import assets as delivery_assets
 from mm_assets.defs.delivery import sensors as delivery_sensors
@@ -76,6 +77,7 @@ def build_definitions(export_dir: str | None = None) -> dg.Definitions:
             mediamath_quota_observer,
             alert_on_failed_checks,
             alert_on_run_failure,
+            fail_runs_of_dead_commands,
             advance_audience_state,
         ],
         resources={

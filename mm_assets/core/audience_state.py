@@ -37,7 +37,7 @@ from pathlib import Path
 import duckdb
 
 from mm_assets.core.duckdb_session import sql_string
-from mm_assets.core.segment_merge import user_key_sql
+from mm_assets.core.user_buckets import bucket_hash_probe, bucket_name, user_key_sql
 
 POINTER = "CURRENT"
 VERSIONS = "versions"
@@ -85,16 +85,6 @@ class SnapshotBusy(RuntimeError):
 def family_key(agency: str, mobile: bool) -> str:
     """A family's name in the pointer and in SQL lists: `Acme|1`; `|0` is global cookies."""
     return f"{agency}|{int(mobile)}"
-
-
-def bucket_hash_probe() -> int:
-    """The hash the export reader buckets users with, of a fixed (agency, mobile, user)."""
-    with duckdb.connect(":memory:") as con:
-        return int(con.execute("SELECT hash('Probe', true, 'probe-user-0')").fetchone()[0])
-
-
-def bucket_name(index: int) -> str:
-    return f"bucket={index}"
 
 
 @dataclass

@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mm_assets.core.audience_state import bucket_name
 from mm_assets.core.duckdb_session import sql_glob
+from mm_assets.core.user_buckets import bucket_name, user_key_sql
 
 LOADS_SUFFIX = ".arrow"
 # One load per row. `user_key` is the 64-bit user key the merge groups by
-# (`segment_merge.user_key_sql`), `agency` the sanitised client name ("" for global data).
+# (`user_buckets.user_key_sql`), `agency` the sanitised client name ("" for global data).
 LOAD_SCHEMA = pa.schema(
     [
         ("user_key", pa.uint64()),
@@ -84,7 +84,6 @@ def read_bucket(bucket_dir: Path) -> pa.Table:
 def _parquet_relation(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:
     """Loads written as Parquet by an earlier version, with the columns of LOAD_SCHEMA."""
     # Imported here: the merge imports this module, and owns the definition of the key.
-    from mm_assets.core.segment_merge import user_key_sql
 
     listed = ", ".join(sql_glob(p.parent, p.name) for p in files)
     scan = f"read_parquet([{listed}], union_by_name = true)"

@@ -53,7 +53,7 @@ from mm_assets.core.build_settings import (
 )
 from mm_assets.core.duckdb_session import open_duckdb, sql_glob, sql_string
 from mm_assets.core.s2s_format import MAX_LINE_CHARS, MAX_SEGMENT_CODE
-from mm_assets.core.segment_merge import user_bucket_sql, user_key_sql
+from mm_assets.core.user_buckets import user_bucket_sql, user_key_sql
 
 try:  # isal inflates about 3x faster than the standard library (as in the validator)
     from isal import igzip as _gzip

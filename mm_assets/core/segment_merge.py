@@ -114,18 +114,6 @@ def merge_segment_loads(
     )
 
 
-def user_key_sql() -> str:
-    """SQL of a user's 64-bit key (columns `agency`, `mobile`, `user_id`): the reader writes it
-    with every load, and the merge groups by it instead of by the three texts (measured ~2x
-    faster). A key two users share is detected in the merge, never trusted (see _resolve)."""
-    return "hash(agency, mobile, user_id)"
-
-
-def user_bucket_sql(buckets: int) -> str:
-    """SQL of a user's bucket: one user's loads always meet in one bucket, merged alone."""
-    return f"{user_key_sql()} % {int(buckets)}"
-
-
 def _merge_bucket(
     con, bucket: Path, number: int, parts: _PartCompressor, totals, by_file, snapshot=None
 ) -> None:

@@ -36,7 +36,6 @@ from mm_assets.core.audience_state import (
     USERS_FILE,
     AudienceState,
     Candidate,
-    bucket_name,
     family_key,
     held_members_sql,
     held_users_sql,
@@ -50,8 +49,8 @@ from mm_assets.core.segment_merge import (
     RANK_REMOVE,
     MergeReport,
     merge_segment_loads,
-    user_key_sql,
 )
+from mm_assets.core.user_buckets import bucket_name, user_key_sql
 
 # Per family: members held before, members in the snapshot, what is sent (adds, removals,
 # re-sent), what is not (unchanged; and the rows behind them), and the snapshot's `-1` rows for

@@ -24,6 +24,7 @@ Settings reach the run through the environment, as they reached a code server.
 from __future__ import annotations
 
 import importlib
+import socket
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import psutil
 from dagster._cli.api import _execute_run_command_body  # the body of the run worker
 from dagster._cli.job import _create_run  # the body of `dagster job launch`
 from dagster._cli.workspace.cli_target import (
@@ -47,6 +49,12 @@ from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.settings import PROJECT_ROOT
 
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+# The process a command's run executes in: no run worker or run launcher watches it, so a run
+# whose command died (kill -9, a lost machine) would stay STARTED for ever, and hold its batch's
+# run slot (`dagster/partition` limit 1 in dagster.yaml) and its assets "in progress" for the
+# automation. `fail_runs_of_dead_commands` finds such runs by these tags and fails them.
+COMMAND_HOST_TAG = "mm-assets/command-host"
+COMMAND_PROCESS_TAG = "mm-assets/command-process"  # "<pid>:<process creation time>"
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,7 @@ def launch_and_wait(
 ) -> RunOutcome:
     """Create one partition run of `job_name` for the workspace's code location and run it."""
     instance.add_dynamic_partitions(export_batches.name, [batch])
+    fail_runs_of_dead_commands(instance)
     origin = workspace_origin()
     with _fresh_definitions(origin):
         location = _WorkspaceLocationInThisProcess(origin, instance)
@@ -129,7 +138,7 @@ def launch_and_wait(
             remote_repo=repo,
             remote_job=remote_job,
             run_config=dict(run_config or {}),
-            tags={"dagster/partition": batch, **(tags or {})},
+            tags={"dagster/partition": batch, **_this_command(), **(tags or {})},
             op_selection=None,
             run_id=None,
         )
@@ -144,6 +153,49 @@ def launch_and_wait(
             run.run_id, instance, write_stream_fn=_ignore, set_exit_code_on_failure=False
         )
     return _outcome(instance, instance.get_run_by_id(run.run_id))
+
+
+def _this_command() -> dict[str, str]:
+    me = psutil.Process()
+    return {
+        COMMAND_HOST_TAG: socket.gethostname(),
+        COMMAND_PROCESS_TAG: f"{me.pid}:{me.create_time():.3f}",
+    }
+
+
+def _command_is_alive(process_tag: str) -> bool:
+    pid, _, created = process_tag.partition(":")
+    try:
+        # The creation time tells a live command from a later process given its number.
+        return f"{psutil.Process(int(pid)).create_time():.3f}" == created
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def fail_runs_of_dead_commands(instance: dg.DagsterInstance) -> list[str]:
+    """Fail the unfinished runs of `mm-assets` commands of this machine whose process is gone;
+    returns their run IDs. Runs of other machines are left to a process on those machines."""
+    unfinished = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+            tags={COMMAND_HOST_TAG: socket.gethostname()},
+        ),
+        limit=100,
+    )
+    failed = []
+    for run in unfinished:
+        process = run.tags.get(COMMAND_PROCESS_TAG, "")
+        if (
+            process
+            and process != _this_command()[COMMAND_PROCESS_TAG]
+            and not (_command_is_alive(process))
+        ):
+            pid = process.partition(":")[0]
+            instance.report_run_failed(
+                run, message=f"the mm-assets command running it (process {pid}) is gone"
+            )
+            failed.append(run.run_id)
+    return failed
 
 
 def _ignore(_event: object) -> None:

@@ -20,7 +20,8 @@ from mm_assets.core.bucket_loads import (
     write_empty_bucket,
 )
 from mm_assets.core.export_reader import BATCH_ROWS, read_export_batch
-from mm_assets.core.segment_merge import merge_segment_loads, user_key_sql
+from mm_assets.core.segment_merge import merge_segment_loads
+from mm_assets.core.user_buckets import user_key_sql
 from mm_assets_tests.conftest import accepted_loads, csv_bytes, make_settings, write_batch
 
 

@@ -4,7 +4,6 @@ record), so the UI re-executes it through that code location like any run it lau
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -16,9 +15,8 @@ from dagster_graphql.test.utils import execute_dagster_graphql
 
 from mm_assets.cli import main
 from mm_assets.defs.launch import WORKSPACE
-from mm_assets.defs.settings import SAMPLE_EXPORT_DIR
+from mm_assets_tests.dagster.conftest import BATCH
 
-BATCH = "batch_20261120"
 LOCATION = "mm_assets.definitions:defs"
 # Generous: only a hung re-execution (a code server and a run worker on 2 busy cores) reaches it.
 REEXECUTION_TIMEOUT = 600
@@ -31,21 +29,6 @@ mutation ($parentRunId: String!) {
     ... on PythonError { message }
   }
 }"""
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    # The UI's instance launches a submitted run at once (as the daemon's queue would, later).
-    (home / "dagster.yaml").write_text(
-        "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
-    )
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("MM_ASSETS_WORK_DIR", str(tmp_path / "work"))
-    monkeypatch.setenv("MM_ASSETS_OUTBOX_DIR", str(tmp_path / "outbox"))
-    shutil.copytree(SAMPLE_EXPORT_DIR / BATCH, tmp_path / "export" / BATCH)
-    return tmp_path
 
 
 def _materialized_assets(instance: dg.DagsterInstance, run_id: str) -> set[str]:

@@ -14,11 +14,11 @@ from mm_assets.core.audience_state import (
     NAMED_COLUMNS,
     USERS_FILE,
     AudienceState,
-    bucket_name,
     is_keyed,
     named_members_sql,
 )
 from mm_assets.core.snapshot_diff import SnapshotOptions, diff_and_merge
+from mm_assets.core.user_buckets import bucket_name
 from mm_assets_tests.conftest import NOW, make_settings
 from mm_assets_tests.core.test_merge_user_keys import merged_lines, write_loads
 from mm_assets_tests.snapshot.test_snapshot_diff import FIRST, SECOND

@@ -135,3 +135,17 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertWebho
     if partition:
         text += f" (batch {partition})"
     alerts.post(f"{text} failed: {context.failure_event.message}")
+
+
+@dg.sensor(
+    name="fail_runs_of_dead_commands",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Fails the runs an `mm-assets build` / `deliver` ran in its own process when "
+    "that process died (kill -9): they would otherwise stay STARTED and hold their batch.",
+)
+def fail_runs_of_dead_commands(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    from mm_assets.defs.launch import fail_runs_of_dead_commands as fail_dead
+
+    failed = fail_dead(context.instance)
+    return dg.SkipReason(f"{len(failed)} run(s) of dead commands failed: {', '.join(failed)}")
