@@ -1,8 +1,8 @@
 """A code location for the two-batches-at-once test: one job per export batch that takes
 delivery slots in the shared ledger (S2S-QUOTA) and then holds the `moloco_key_rotation` pool
-(MCM-DKR), as the real build and delivery do. The daemon loads it through a workspace file;
-each run executes in its own process, so everything shared goes through PostgreSQL or the
-rendezvous folder named in the environment.
+and the rotation lease (MCM-DKR), as the real build and delivery do. The daemon loads it
+through a workspace file; each run executes in its own process, so everything shared goes
+through PostgreSQL or the rendezvous folder named in the environment.
 """
 
 import os
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from mm_assets.clients.moloco_export.key_rotation import DatabaseRotationLock
 from mm_assets.clients.transport import OutgoingFile
 from mm_assets.core.quota import QuotaLimits
 from mm_assets.delivery.ledger import Ledger
@@ -52,19 +53,26 @@ def reserve_uploads(context: dg.OpExecutionContext) -> str:
 
 @dg.op(pool="moloco_key_rotation")
 def rotate_key(context: dg.OpExecutionContext, batch: str) -> None:
-    """Hold the key as a rotation does: a second holder at the same time is recorded."""
-    holder = _folder() / "holder"
-    try:
-        fd = os.open(holder, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        (_folder() / f"overlap-{batch}").touch()
-        return
-    try:
-        time.sleep(HOLD_SECONDS)
-        (_folder() / f"rotated-{batch}").touch()
-    finally:
-        os.close(fd)
-        holder.unlink()
+    """Hold the key as a rotation does: in the pool, under the deployment's rotation lock (the
+    database lease `DatabaseRotationLock`, as `MolocoSource` takes it). The lease is what
+    guarantees one holder: Dagster's pool on PostgreSQL can give one slot to two steps that
+    claim it at the same moment (its claim selects the free slot `FOR UPDATE` on an autocommit
+    connection, so the row lock ends before the slot is taken; seen under load). A second holder
+    at the same time is recorded."""
+    lock = DatabaseRotationLock(os.environ[LEDGER_ENV], spacing_s=0)
+    with lock.held(wait_timeout_s=WAIT_SECONDS):
+        holder = _folder() / "holder"
+        try:
+            fd = os.open(holder, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            (_folder() / f"overlap-{batch}").touch()
+            return
+        try:
+            time.sleep(HOLD_SECONDS)
+            (_folder() / f"rotated-{batch}").touch()
+        finally:
+            os.close(fd)
+            holder.unlink()
 
 
 @dg.job
