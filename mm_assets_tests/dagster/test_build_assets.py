@@ -246,5 +246,6 @@ def test_definitions_load_and_the_asset_graph_matches_the_snapshot():
         "mediamath_quota_observer",
         "alert_on_failed_checks",
         "alert_on_run_failure",
+        "fail_runs_of_dead_commands",
         "advance_audience_state",
     }

@@ -32,6 +32,15 @@ SECOND = [
     ("c3", "12", "-1", "", ""),  # an explicit removal in a snapshot
     ("c4", "14", "", "", ""),
 ]
+# What the second snapshot sends after the first was accepted: its adds and `-1` loads.
+SECOND_LOADS = {
+    ("", False, "c1", "11", "-1"),
+    ("", False, "c2", "13", "0"),
+    ("", False, "c3", "12", "-1"),
+    ("", False, "c4", "14", "0"),
+    ("Acme", False, "m1", "20", "-1"),
+    ("Beta", False, "m1", "20", "0"),
+}
 
 
 def test_first_snapshot_is_all_adds_then_the_second_sends_only_the_difference(tmp_path):
@@ -49,14 +58,7 @@ def test_first_snapshot_is_all_adds_then_the_second_sends_only_the_difference(tm
     world.decide(first)
 
     second = world.build("batch_2", SECOND)
-    assert second.loads == {
-        ("", False, "c1", "11", "-1"),
-        ("", False, "c2", "13", "0"),
-        ("", False, "c3", "12", "-1"),
-        ("", False, "c4", "14", "0"),
-        ("Acme", False, "m1", "20", "-1"),
-        ("Beta", False, "m1", "20", "0"),
-    }
+    assert second.loads == SECOND_LOADS
     families = second.candidate.families
     assert families["|0"] == {
         "held": 4,

@@ -21,17 +21,8 @@ from mm_assets.core.snapshot_diff import SnapshotOptions, diff_and_merge
 from mm_assets.core.user_buckets import bucket_name
 from mm_assets_tests.conftest import NOW, make_settings
 from mm_assets_tests.core.test_merge_user_keys import merged_lines, write_loads
-from mm_assets_tests.snapshot.test_snapshot_diff import FIRST, SECOND
+from mm_assets_tests.snapshot.test_snapshot_diff import FIRST, SECOND, SECOND_LOADS
 from mm_assets_tests.snapshot.world import SnapshotWorld
-
-SECOND_LOADS = {
-    ("", False, "c1", "11", "-1"),
-    ("", False, "c2", "13", "0"),
-    ("", False, "c3", "12", "-1"),
-    ("", False, "c4", "14", "0"),
-    ("Acme", False, "m1", "20", "-1"),
-    ("Beta", False, "m1", "20", "0"),
-}
 
 
 def rewrite_as_named_layout(world: SnapshotWorld) -> None:
