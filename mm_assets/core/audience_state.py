@@ -36,6 +36,7 @@ from pathlib import Path
 
 import duckdb
 
+from mm_assets.core.atomic_files import fsync_path, write_text_atomically
 from mm_assets.core.duckdb_session import sql_string
 from mm_assets.core.user_buckets import bucket_hash_probe, bucket_name, user_key_sql
 
@@ -126,7 +127,7 @@ class Candidate:
     def save(self) -> None:
         data = asdict(self)
         del data["folder"]
-        _write_atomically(self.folder / CANDIDATE_INFO, json.dumps(data, indent=2))
+        write_text_atomically(self.folder / CANDIDATE_INFO, json.dumps(data, indent=2))
 
 
 @dataclass(frozen=True)
@@ -309,14 +310,14 @@ class AudienceState:
                     ).fetchall():
                         key = family_key(agency, mobile)
                         sizes[key] = sizes.get(key, 0) + count
-                _fsync(out / file)
+                fsync_path(out / file)
         con.execute("DROP TABLE IF EXISTS promoted")
         os.rename(temp, self.folder / VERSIONS / name)
-        _fsync_dir(self.folder / VERSIONS)
+        fsync_path(self.folder / VERSIONS)
         return name, sizes
 
     def _write_pointer(self, pointer: StatePointer) -> None:
-        _write_atomically(self.folder / POINTER, json.dumps(asdict(pointer), indent=2))
+        write_text_atomically(self.folder / POINTER, json.dumps(asdict(pointer), indent=2))
 
     def _remove_orphans(self, pointer: StatePointer) -> None:
         """Version folders the pointer does not name: superseded ones, or a crashed write's."""
@@ -383,29 +384,6 @@ def _relation(folder: Path | None, index: int, file: str, columns: str) -> str:
     return f"(SELECT {names} FROM read_parquet({sql_string(str(path))}))"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-    with open(temp, "w") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync(path)
-
-
 APPROVALS = "approvals"
 
 
@@ -413,7 +391,7 @@ def approve_snapshot(state_dir: Path, batch: str, *, by: str, reason: str, at: s
     """A person's deliberate release of a batch's snapshot that the safety check blocked
     (removals over the threshold, or an incomplete batch). Kept in the state folder."""
     record = {"batch": batch, "approved_by": by, "reason": reason, "approved_at": at}
-    _write_atomically(state_dir / APPROVALS / f"{batch}.json", json.dumps(record, indent=2))
+    write_text_atomically(state_dir / APPROVALS / f"{batch}.json", json.dumps(record, indent=2))
     return record
 
 

@@ -25,11 +25,12 @@ before it) still loads.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
+
+from mm_assets.core.atomic_files import write_text_atomically
 
 if TYPE_CHECKING:  # the reader and the merge import DuckDB; the summaries only need their fields
     from mm_assets.core.export_reader import ReadReport
@@ -145,10 +146,7 @@ class BatchWork:
         """Write a step's summary in its step folder, whole or not at all (a reader never
         sees half a report)."""
         path = self.report_path(type(summary))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(summary.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(path, summary.to_json())
         return path
 
     def load(self, kind: type[S]) -> S:

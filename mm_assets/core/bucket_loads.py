@@ -83,8 +83,6 @@ def read_bucket(bucket_dir: Path) -> pa.Table:
 
 def _parquet_relation(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:
     """Loads written as Parquet by an earlier version, with the columns of LOAD_SCHEMA."""
-    # Imported here: the merge imports this module, and owns the definition of the key.
-
     listed = ", ".join(sql_glob(p.parent, p.name) for p in files)
     scan = f"read_parquet([{listed}], union_by_name = true)"
     return (

@@ -28,13 +28,13 @@ the writer splits a family into files at part boundaries only.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zlib_ng import zlib_ng
 
+from mm_assets.core.atomic_files import write_text_atomically
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.s2s_format import FileHeader
 
@@ -130,14 +130,11 @@ def combine_crc(crc: int, part_crc: int, part_bytes: int) -> int:
 
 def write_parts_index(lines_dir: Path, families: dict[tuple[str, bool], list[LinePart]]) -> None:
     """Write the index last and atomically: a lines folder without it is incomplete."""
-    tmp = lines_dir / f".{PARTS_INDEX}.partial"
     entries = [
         {"agency": agency, "mobile": mobile, "parts": [asdict(p) for p in parts]}
         for (agency, mobile), parts in sorted(families.items())
     ]
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump({"families": entries}, out)
-    os.replace(tmp, lines_dir / PARTS_INDEX)
+    write_text_atomically(lines_dir / PARTS_INDEX, json.dumps({"families": entries}))
 
 
 def read_parts_index(lines_dir: Path) -> dict[tuple[str, bool], list[LinePart]]:

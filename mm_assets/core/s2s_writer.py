@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mm_assets.core.atomic_files import fsync_path
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.line_parts import (
     FINAL_BLOCK,
@@ -203,14 +204,6 @@ class _FamilyWriter:
         return self.done
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(batch_outbox: Path, build_dir: Path) -> None:
     """Point `batch_outbox` at `build_dir` with one atomic rename, then prune old builds."""
     root = batch_outbox.parent
@@ -224,7 +217,7 @@ def _publish(batch_outbox: Path, build_dir: Path) -> None:
     link = root / f".{batch_outbox.name}.link.{secrets.token_hex(4)}"
     os.symlink(os.path.relpath(build_dir, root), link)
     os.replace(link, batch_outbox)
-    _fsync_dir(root)
+    fsync_path(root)
     keep = {build_dir.resolve(), previous}
     for old in builds.iterdir():
         if old.resolve() not in keep:
@@ -263,7 +256,7 @@ def write_s2s_files(
         with ThreadPoolExecutor(max_workers=max(1, settings.threads)) as pool:
             built = [f for files in pool.map(write_family, keys) for f in files]
         write_manifest(build_dir, batch, now, built)
-        _fsync_dir(build_dir)
+        fsync_path(build_dir)
         _publish(batch_outbox, build_dir)
     return built
 

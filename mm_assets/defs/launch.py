@@ -182,14 +182,11 @@ def fail_runs_of_dead_commands(instance: dg.DagsterInstance) -> list[str]:
         ),
         limit=100,
     )
+    this_command = _this_command()[COMMAND_PROCESS_TAG]
     failed = []
     for run in unfinished:
         process = run.tags.get(COMMAND_PROCESS_TAG, "")
-        if (
-            process
-            and process != _this_command()[COMMAND_PROCESS_TAG]
-            and not (_command_is_alive(process))
-        ):
+        if process and process != this_command and not _command_is_alive(process):
             pid = process.partition(":")[0]
             instance.report_run_failed(
                 run, message=f"the mm-assets command running it (process {pid}) is gone"

@@ -26,7 +26,7 @@ def main(state_dir: str, candidate_dir: str, point: str) -> None:
     state = AudienceState(Path(state_dir))
     if point == "mid-version":
         calls = {"n": 0}
-        real_fsync = audience_state._fsync
+        real_fsync = audience_state.fsync_path
 
         def fsync_then_die(path: Path) -> None:
             real_fsync(path)
@@ -34,7 +34,7 @@ def main(state_dir: str, candidate_dir: str, point: str) -> None:
             if calls["n"] == 2:
                 _die()
 
-        audience_state._fsync = fsync_then_die
+        audience_state.fsync_path = fsync_then_die
     elif point == "before-pointer":
         # The version folder is complete; the pointer swap never happens.
         AudienceState._write_pointer = lambda self, pointer: _die()
