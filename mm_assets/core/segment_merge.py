@@ -26,7 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mm_assets.core.batch_work import LINES
-from mm_assets.core.bucket_loads import bucket_load_files, bucket_loads_relation
+from mm_assets.core.bucket_loads import (
+    LOADS_SUFFIX,
+    bucket_load_files,
+    bucket_loads_relation,
+    read_bucket,
+)
 from mm_assets.core.build_settings import BuildSettings
 from mm_assets.core.duckdb_session import open_duckdb
 from mm_assets.core.line_parts import LinePart, deflate_part, part_text_limit, write_parts_index
@@ -117,20 +122,28 @@ def merge_segment_loads(
 def _merge_bucket(
     con, bucket: Path, number: int, parts: _PartCompressor, totals, by_file, snapshot=None
 ) -> None:
-    _resolve(con, bucket_loads_relation(con, bucket))
-    if snapshot is not None:
-        _snapshot_seam(con, bucket, snapshot)
-    rows_in, loads_out, conflicts = con.execute(
-        "SELECT sum(n), count(*), count(*) FILTER (WHERE conflict) FROM kept"
-    ).fetchone()
+    sorted_lines = None
+    if snapshot is None:
+        sorted_lines = _sorted_user_lines(bucket)
+    if sorted_lines is not None:
+        user_lines, (rows_in, loads_out, conflicts) = sorted_lines
+    else:
+        _resolve(con, bucket_loads_relation(con, bucket))
+        if snapshot is not None:
+            _snapshot_seam(con, bucket, snapshot)
+        rows_in, loads_out, conflicts = con.execute(
+            "SELECT sum(n), count(*), count(*) FILTER (WHERE conflict) FROM kept"
+        ).fetchone()
+        # The bucket's seam: `kept` holds its resolved loads (user_key, segment, rank; n and
+        # conflict are spent), one per user and segment, and `users` its users (user_key,
+        # agency, mobile, user_id), one per key. Whatever these two tables hold becomes the
+        # bucket's lines (a snapshot diff replaces `kept` and adds the users it removes from
+        # `users`).
+        user_lines = _user_lines(con)
     totals["rows_in"] += rows_in or 0
     totals["loads_out"] += loads_out or 0
     totals["conflicts"] += conflicts or 0
-    # The bucket's seam: `kept` holds its resolved loads (user_key, segment, rank; n and
-    # conflict are spent), one per user and segment, and `users` its users (user_key, agency,
-    # mobile, user_id), one per key. Whatever these two tables hold becomes the bucket's
-    # lines (a snapshot diff replaces `kept` and adds the users it removes from `users`).
-    for batch_number, lines in enumerate(_user_lines(con)):
+    for batch_number, lines in enumerate(user_lines):
         families = _family_lines(lines)
         for family in families:
             stats = by_file[family.key]
@@ -169,6 +182,199 @@ def _resolve(con, loads: str) -> None:
                min(CASE ts WHEN -1 THEN {RANK_REMOVE} WHEN 0 THEN {RANK_NOW} ELSE -ts END) AS rank,
                count(*) AS n, min(ts) <> max(ts) AS conflict
         FROM {source} GROUP BY user_key, segment""")
+
+
+def _sorted_user_lines(
+    bucket: Path,
+) -> tuple[Iterator[pa.RecordBatch], tuple[int, int, int]] | None:
+    """The bucket's lines and (rows in, loads out, conflicts), by sorting instead of DuckDB's
+    hash aggregations: one sort of 64-bit words (user key, segment, row), then the conflict
+    rule and the text as vectorised numpy and Arrow passes (measured at 20 M rows: ~3x less
+    CPU than DISTINCT + GROUP BY + string_agg + JOIN). Yields the same lines as `_resolve` +
+    `_user_lines`, in batches of whole users.
+
+    None when this path cannot be exact, and the SQL path merges the bucket instead: loads
+    written as Parquet by an earlier version, a bucket too large to pack its sort words, or
+    users that share a user key (the key is never trusted: every row's agency, kind of ID and
+    user ID are compared with its key's first row).
+    """
+    files = bucket_load_files(bucket)
+    if any(path.suffix != LOADS_SUFFIX for path in files):
+        return None
+    table = read_bucket(bucket)
+    n = table.num_rows
+    if n == 0:
+        return iter(()), (0, 0, 0)
+    column = {name: table.column(name).combine_chunks() for name in table.column_names}
+    key = column["user_key"].to_numpy()
+    # Segment codes, numbered in the order of their text: a line lists its loads in that
+    # order, whatever the order of the rows (the same lines from the same loads).
+    segments = pc.dictionary_encode(column["segment"])
+    by_text = pc.sort_indices(segments.dictionary).to_numpy()
+    seg_names = segments.dictionary.take(by_text).cast(pa.large_string())
+    distinct_segments = len(seg_names)
+    seg_number = np.empty(distinct_segments, dtype=np.uint64)
+    seg_number[by_text] = np.arange(distinct_segments, dtype=np.uint64)
+    row_bits = max(1, (n - 1).bit_length())
+    seg_bits = max(1, (distinct_segments - 1).bit_length())
+    key_bits = 64 - row_bits - seg_bits
+    if key_bits < 16:
+        return None
+    low_bits = np.uint64(row_bits + seg_bits)
+    # One word per row: the key's top bits, the segment, the row; sorting the words orders the
+    # rows by (key prefix, segment) and says where each row came from.
+    words = (key >> np.uint64(64 - key_bits)) << low_bits
+    words |= seg_number[segments.indices.to_numpy()] << np.uint64(row_bits)
+    words |= np.arange(n, dtype=np.uint64)
+    words.sort()
+    order = (words & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+    segment = (words >> np.uint64(row_bits)) & np.uint64((1 << seg_bits) - 1)
+    prefix = words >> low_bits
+    del words
+    full = key[order]
+    _sort_shared_prefixes(prefix, full, segment, order)
+    del prefix
+    new_user = np.empty(n, dtype=bool)
+    new_user[0] = True
+    np.not_equal(full[1:], full[:-1], out=new_user[1:])
+    del full
+    new_load = new_user.copy()
+    new_load[1:] |= segment[1:] != segment[:-1]
+    users = _users_of_keys(column, order, new_user)
+    if users is None:
+        return None
+    agency, mobile, user_ids = users
+    # The conflict rule (module docstring) with timestamps >= -1 (the reader's rule): the
+    # smallest timestamp is -1 (a removal wins) or 0 (add now wins over a dated add),
+    # otherwise the largest (latest) wins.
+    load_starts = np.flatnonzero(new_load)
+    ts = column["ts"].to_numpy()[order]
+    low, high = _min_max_of_runs(ts, load_starts)
+    del ts, order
+    conflicts = int(np.count_nonzero(low != high))
+    kept_ts = np.where(low <= 0, low, high)
+    kept_segment = segment[load_starts].astype(np.int64)
+    loads_out = len(load_starts)
+    user_loads = np.append(np.flatnonzero(new_user[load_starts]), loads_out)
+    del low, high, segment, new_load, new_user
+    text = _lines_text(user_ids, seg_names, kept_segment, kept_ts, user_loads)
+    lines = pa.RecordBatch.from_arrays(
+        [agency, mobile, pa.array(np.diff(user_loads)), text],
+        names=["agency", "mobile", "loads", "text"],
+    )
+    batches = (
+        lines.slice(first, LINES_BATCH_ROWS) for first in range(0, lines.num_rows, LINES_BATCH_ROWS)
+    )
+    return batches, (n, loads_out, conflicts)
+
+
+def _sort_shared_prefixes(
+    prefix: np.ndarray, full: np.ndarray, segment: np.ndarray, order: np.ndarray
+) -> None:
+    """Where users share a key prefix their rows interleave: re-sort those runs' rows by
+    (key, segment), in place (a few dozen runs a bucket)."""
+    same = prefix[1:] == prefix[:-1]
+    clashes = np.flatnonzero(same & (full[1:] != full[:-1])) + 1
+    if not clashes.size:
+        return
+    run_starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    run_ends = np.append(run_starts[1:], len(prefix))
+    runs = np.unique(np.searchsorted(run_starts, clashes, "right") - 1)
+    at = np.concatenate([np.arange(run_starts[r], run_ends[r]) for r in runs])
+    moved = at[np.lexsort((segment[at], full[at], prefix[at]))]
+    for values in (full, segment, order):
+        values[at] = values[moved]
+
+
+def _users_of_keys(
+    column: dict[str, pa.Array], order: np.ndarray, new_user: np.ndarray
+) -> tuple[pa.Array, pa.Array, pa.Array] | None:
+    """Per user (a run of one key in the sorted rows): agency, mobile and user ID; None when
+    a row names another user than the row before it with the same key (a key two users
+    share is never trusted)."""
+    same_user = ~new_user[1:]
+    agencies = pc.dictionary_encode(column["agency"])
+    family = agencies.indices.to_numpy().astype(np.int64) * 2
+    family += column["mobile"].to_numpy(zero_copy_only=False)
+    family = family[order]
+    if np.any(same_user & (family[1:] != family[:-1])):
+        return None
+    user_ids = column["user_id"].take(order)
+    differs = pc.invert(pc.equal(user_ids.slice(1), user_ids.slice(0, len(order) - 1)))
+    if np.any(same_user & differs.to_numpy(zero_copy_only=False)):
+        return None
+    family = family[new_user]
+    return (
+        agencies.dictionary.take(pa.array(family // 2)),
+        pa.array(family % 2 == 1),
+        user_ids.filter(pa.array(new_user)),
+    )
+
+
+def _min_max_of_runs(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest value of each run (runs begin at `starts`): most runs are one
+    row long, so only the longer ones are reduced."""
+    low = values[starts]
+    lengths = np.diff(np.append(starts, len(values)))
+    longer = np.flatnonzero(lengths > 1)
+    if longer.size:
+        rows = np.repeat(lengths > 1, lengths)
+        sub_starts = np.cumsum(np.append(0, lengths[longer][:-1]))
+        sub = values[rows]
+        high = low.copy()
+        low[longer] = np.minimum.reduceat(sub, sub_starts)
+        high[longer] = np.maximum.reduceat(sub, sub_starts)
+        return low, high
+    return low, low.copy()
+
+
+def _lines_text(
+    user_ids: pa.Array,
+    seg_names: pa.Array,
+    kept_segment: np.ndarray,
+    kept_ts: np.ndarray,
+    user_loads: np.ndarray,
+) -> pa.Array:
+    """`USER SEGMENT:TS SEGMENT:TS ...\\n` per user (S2S-TS), from the kept loads in user
+    order (`user_loads`: where each user's loads start, and their end), as one list per user
+    (its ID, its loads, the last one with the line's end) joined by spaces. Loads with `0` or
+    `-1` (most) are taken from per-segment texts; only dated ones are formatted."""
+    users, distinct, loads = len(user_ids), len(seg_names), len(kept_ts)
+    dated = kept_ts > 0
+    dated_count = int(np.count_nonzero(dated))
+    dated_text = pc.binary_join_element_wise(
+        seg_names.take(pa.array(kept_segment[dated])),
+        pc.cast(pa.array(kept_ts[dated]), pa.large_string()),
+        _text(":"),
+    )
+    # The texts a list takes from: user IDs, then each load text without and with "\n".
+    load_texts = [
+        pc.binary_join_element_wise(seg_names, _text(":0"), _text("")),
+        pc.binary_join_element_wise(seg_names, _text(":-1"), _text("")),
+        dated_text,
+    ]
+    per_line_end = 2 * distinct + dated_count
+    texts = pa.concat_arrays(
+        [
+            user_ids.cast(pa.large_string()),
+            *load_texts,
+            *(pc.binary_join_element_wise(t, _text("\n"), _text("")) for t in load_texts),
+        ]
+    )
+    number = np.where(kept_ts == 0, kept_segment, kept_segment + distinct) + users
+    number[dated] = users + 2 * distinct + np.arange(dated_count)
+    number[user_loads[1:] - 1] += per_line_end  # each user's last load ends the line
+    # List i is user i's ID then its loads: the loads shift by one place per user before them.
+    values = np.empty(users + loads, dtype=np.int64)
+    values[user_loads[:-1] + np.arange(users)] = np.arange(users)
+    values[np.arange(loads) + np.repeat(np.arange(1, users + 1), np.diff(user_loads))] = number
+    offsets = pa.array(user_loads + np.arange(users + 1))
+    lists = pa.LargeListArray.from_arrays(offsets, texts.take(pa.array(values)))
+    return pc.binary_join(lists, _text(" "))
+
+
+def _text(value: str) -> pa.Scalar:
+    return pa.scalar(value, pa.large_string())
 
 
 def _snapshot_seam(con, bucket: Path, snapshot: SnapshotDiff) -> None:

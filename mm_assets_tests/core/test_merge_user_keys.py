@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from mm_assets.core.bucket_loads import LOAD_SCHEMA, LOADS_SUFFIX
 from mm_assets.core.line_parts import read_part_text, read_parts_index
 from mm_assets.core.segment_merge import merge_segment_loads
 from mm_assets_tests.conftest import make_settings
 
 
-def write_loads(folder, rows):
+def write_loads(folder, rows, *, arrow=False):
+    """Loads as the reader writes them (Arrow IPC, `arrow`) or as an earlier version did."""
     folder.mkdir(parents=True)
+    if arrow:
+        agency, mobile, user_id, segment, ts, user_key = zip(*rows, strict=True)
+        table = pa.table([user_key, agency, mobile, user_id, segment, ts], schema=LOAD_SCHEMA)
+        with pa.ipc.new_file(str(folder / f"part{LOADS_SUFFIX}"), LOAD_SCHEMA) as writer:
+            writer.write_table(table)
+        return
     agency, mobile, user_id, segment, ts, user_key = zip(*rows, strict=True)
     pq.write_table(
         pa.table(
@@ -36,7 +45,8 @@ def merged_lines(report):
     return sorted(line + "\n" for line in text.splitlines())
 
 
-def test_users_sharing_a_user_key_keep_their_own_lines_and_loads(tmp_path):
+@pytest.mark.parametrize("arrow", [True, False])
+def test_users_sharing_a_user_key_keep_their_own_lines_and_loads(tmp_path, arrow):
     same_key = 42
     write_loads(
         tmp_path / "loads" / "bucket=0",
@@ -49,6 +59,7 @@ def test_users_sharing_a_user_key_keep_their_own_lines_and_loads(tmp_path):
             ("", True, "alice", "3", 0, same_key),
             ("", False, "carol", "4", 0, 7),
         ],
+        arrow=arrow,
     )
     report = merge_segment_loads(tmp_path / "loads", tmp_path / "merged", make_settings())
     lines = merged_lines(report)
@@ -82,3 +93,26 @@ def test_loads_read_before_user_keys_existed_still_merge(tmp_path):
         ["1:0", "2:-1"],
         ["2:-1", "1:0"],
     )
+
+
+def test_users_whose_keys_share_their_top_bits_keep_their_own_lines_and_loads(tmp_path):
+    """The sort orders rows by their key's top bits first: keys that share them (small keys
+    here, all top bits zero) interleave in the sort and must still be told apart exactly."""
+    rows = []
+    for key in (3, 1, 2):
+        for segment in ("9", "10", "2"):
+            rows += [
+                ("", False, f"user{key}", segment, 1765000000 + key, key),
+                ("", False, f"user{key}", segment, 1765000100 + key, key),
+            ]
+    rows += [("", False, "user1", "5", -1, 1), ("", False, "user1", "5", 0, 1)]
+    rows += [("", False, "user2", "5", 0, 2), ("", False, "user2", "5", 17, 2)]
+    write_loads(tmp_path / "loads" / "bucket=0", rows, arrow=True)
+    report = merge_segment_loads(tmp_path / "loads", tmp_path / "merged", make_settings())
+    lines = merged_lines(report)
+    assert lines == [
+        "user1 10:1765000101 2:1765000101 5:-1 9:1765000101\n",
+        "user2 10:1765000102 2:1765000102 5:0 9:1765000102\n",
+        "user3 10:1765000103 2:1765000103 9:1765000103\n",
+    ]
+    assert (report.rows_in, report.loads_out, report.users, report.conflicts) == (22, 11, 3, 11)
