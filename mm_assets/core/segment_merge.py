@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from mm_assets.core.batch_work import LINES
 from mm_assets.core.bucket_loads import (
+    LOAD_SCHEMA,
     LOADS_SUFFIX,
     bucket_load_files,
     bucket_loads_relation,
@@ -205,7 +206,11 @@ def _sorted_user_lines(
     n = table.num_rows
     if n == 0:
         return iter(()), (0, 0, 0)
-    column = {name: table.column(name).combine_chunks() for name in table.column_names}
+    # The user IDs (most of the bytes) stay in their mapped chunks: they are only taken from.
+    column = {
+        name: table.column(name) if name == "user_id" else table.column(name).combine_chunks()
+        for name in LOAD_SCHEMA.names
+    }
     key = column["user_key"].to_numpy()
     # Segment codes, numbered in the order of their text: a line lists its loads in that
     # order, whatever the order of the rows (the same lines from the same loads).
@@ -287,7 +292,7 @@ def _sort_shared_prefixes(
 
 
 def _users_of_keys(
-    column: dict[str, pa.Array], order: np.ndarray, new_user: np.ndarray
+    column: dict[str, pa.Array | pa.ChunkedArray], order: np.ndarray, new_user: np.ndarray
 ) -> tuple[pa.Array, pa.Array, pa.Array] | None:
     """Per user (a run of one key in the sorted rows): agency, mobile and user ID; None when
     a row names another user than the row before it with the same key (a key two users
@@ -299,7 +304,7 @@ def _users_of_keys(
     family = family[order]
     if np.any(same_user & (family[1:] != family[:-1])):
         return None
-    user_ids = column["user_id"].take(order)
+    user_ids = _one_array(column["user_id"].take(order))
     differs = pc.invert(pc.equal(user_ids.slice(1), user_ids.slice(0, len(order) - 1)))
     if np.any(same_user & differs.to_numpy(zero_copy_only=False)):
         return None
@@ -309,6 +314,10 @@ def _users_of_keys(
         pa.array(family % 2 == 1),
         user_ids.filter(pa.array(new_user)),
     )
+
+
+def _one_array(values: pa.ChunkedArray) -> pa.Array:
+    return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
 
 
 def _min_max_of_runs(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -336,41 +345,44 @@ def _lines_text(
     user_loads: np.ndarray,
 ) -> pa.Array:
     """`USER SEGMENT:TS SEGMENT:TS ...\\n` per user (S2S-TS), from the kept loads in user
-    order (`user_loads`: where each user's loads start, and their end), as one list per user
-    (its ID, its loads, the last one with the line's end) joined by spaces. Loads with `0` or
-    `-1` (most) are taken from per-segment texts; only dated ones are formatted."""
+    order (`user_loads`: where each user's loads start, and their end): one take of texts
+    that each end with what follows them (a space, or the line's end after a user's last
+    load), so the taken texts, one after the other, are the lines. Loads with `0` or `-1`
+    (most) are taken from per-segment texts; only dated ones are formatted."""
     users, distinct, loads = len(user_ids), len(seg_names), len(kept_ts)
     dated = kept_ts > 0
     dated_count = int(np.count_nonzero(dated))
-    dated_text = pc.binary_join_element_wise(
-        seg_names.take(pa.array(kept_segment[dated])),
-        pc.cast(pa.array(kept_ts[dated]), pa.large_string()),
-        _text(":"),
-    )
-    # The texts a list takes from: user IDs, then each load text without and with "\n".
     load_texts = [
         pc.binary_join_element_wise(seg_names, _text(":0"), _text("")),
         pc.binary_join_element_wise(seg_names, _text(":-1"), _text("")),
-        dated_text,
+        pc.binary_join_element_wise(
+            seg_names.take(pa.array(kept_segment[dated])),
+            pc.cast(pa.array(kept_ts[dated]), pa.large_string()),
+            _text(":"),
+        ),
     ]
-    per_line_end = 2 * distinct + dated_count
+    # The texts taken from: user IDs, then each load text followed by a space, then by "\n".
     texts = pa.concat_arrays(
         [
-            user_ids.cast(pa.large_string()),
-            *load_texts,
+            pc.binary_join_element_wise(user_ids.cast(pa.large_string()), _text(" "), _text("")),
+            *(pc.binary_join_element_wise(t, _text(" "), _text("")) for t in load_texts),
             *(pc.binary_join_element_wise(t, _text("\n"), _text("")) for t in load_texts),
         ]
     )
     number = np.where(kept_ts == 0, kept_segment, kept_segment + distinct) + users
     number[dated] = users + 2 * distinct + np.arange(dated_count)
-    number[user_loads[1:] - 1] += per_line_end  # each user's last load ends the line
-    # List i is user i's ID then its loads: the loads shift by one place per user before them.
+    number[user_loads[1:] - 1] += 2 * distinct + dated_count  # a user's last load ends its line
+    # User i's ID, then its loads: each load moves one place further per user before it.
     values = np.empty(users + loads, dtype=np.int64)
-    values[user_loads[:-1] + np.arange(users)] = np.arange(users)
+    firsts = user_loads[:-1] + np.arange(users)
+    values[firsts] = np.arange(users)
     values[np.arange(loads) + np.repeat(np.arange(1, users + 1), np.diff(user_loads))] = number
-    offsets = pa.array(user_loads + np.arange(users + 1))
-    lists = pa.LargeListArray.from_arrays(offsets, texts.take(pa.array(values)))
-    return pc.binary_join(lists, _text(" "))
+    taken = texts.take(pa.array(values))
+    ends = np.frombuffer(taken.buffers()[1], dtype=np.int64)[taken.offset :]
+    line_ends = ends[np.append(firsts, users + loads)]
+    return pa.LargeStringArray.from_buffers(
+        users, pa.py_buffer(line_ends - line_ends[0]), taken.buffers()[2].slice(int(line_ends[0]))
+    )
 
 
 def _text(value: str) -> pa.Scalar:
