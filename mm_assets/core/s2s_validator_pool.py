@@ -3,7 +3,9 @@
 A build writes one file per client and cookie/mobile family, and the validator reads each
 alone, so files are checked side by side in worker processes (spawned: the caller may be a
 Dagster step with threads of its own, where forking is unsafe). Small batches stay in the
-calling process: starting a worker costs more than validating a few megabytes.
+calling process: starting a worker costs more than validating a few megabytes. A spawned
+worker imports the caller's main module before anything else (`mm-assets build`'s is
+`mm_assets.cli`, which therefore imports nothing of Dagster at module level).
 """
 
 from __future__ import annotations
