@@ -117,6 +117,30 @@ def test_largest_32bit_segment_and_special_timestamps_are_accepted(tmp_path):
     ]
 
 
+def test_segment_codes_around_the_digits_of_the_maximum(tmp_path):
+    # Codes shorter than the maximum's 10 digits are accepted without a cast; 10-digit codes
+    # are compared by value (leading zeros included), longer ones never fit (S2S-SEG).
+    report = read(
+        tmp_path,
+        {
+            "p.csv": csv_bytes(
+                [
+                    ("u1", "999999999", "0", "", ""),
+                    ("u2", "0000000001", "0", "", ""),
+                    ("u3", "9999999999", "0", "", ""),
+                    ("u4", "00000000001", "0", "", ""),
+                ]
+            )
+        },
+    )
+    assert accepted_loads(report) == [
+        ("", False, "u1", "999999999", 0),
+        ("", False, "u2", "1", 0),
+    ]
+    assert [row["user_id"] for row in quarantine_rows(report)] == ["u3", "u4"]
+    assert report.quarantine_reasons == {er.SEGMENT_NOT_32BIT: 2}
+
+
 def test_hashed_taxonomy_accepts_string_segments(tmp_path):
     report = read(
         tmp_path,
