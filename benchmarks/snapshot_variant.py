@@ -10,6 +10,7 @@ the CPU figure says what the wall time cannot), and the diff's adds/removals/unc
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,9 @@ def snapshot_benchmark(root: Path, sizes: list[int], memory_budget: str, gzip_le
         if not second.exists():
             run([sys.executable, __file__, "--make-second", str(first), str(second)], check=True)
         work = root / f"snapshot_work_{rows}"
+        # A fresh state each time: a state left by an earlier run holds the second snapshot
+        # already (the diff run advances it), and seeding over it would measure no diff.
+        shutil.rmtree(work, ignore_errors=True)
         measure([str(first), str(work), "seed", *common], script=__file__)
         delta_out = str(root / f"delta_{rows}")
         delta, delta_rss, delta_cpu = measure(

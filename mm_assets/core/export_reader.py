@@ -735,7 +735,7 @@ WITH plain AS (
         WHEN ts < -1 OR ts > {MAX_TIMESTAMP} THEN '{TIMESTAMP_RANGE}'
         -- S2S-LINE: `USER SEGMENT:TS` must fit on one line, or it can never be written. A
         -- timestamp has at most 12 characters, so only long values need the exact sum; the
-        -- bytes bound the characters, and strlen, unlike length, counts nothing.
+        -- bytes bound the characters, and strlen reads the byte length without counting.
         WHEN strlen(u) + strlen(s) + 14 > {MAX_LINE_CHARS}
              AND length(u) + length(CASE WHEN hashed THEN s ELSE ltrim(s, '0') END)
              + length(CAST(ts AS VARCHAR)) + 2 > {MAX_LINE_CHARS} THEN '{_sq(LINE_TOO_LONG)}'
