@@ -46,18 +46,7 @@ def _resource(name: str):
     """A resource of the code location, resolved as a run would resolve it."""
     from mm_assets.definitions import build_definitions
 
-    return _initialized(build_definitions().resources[name])
-
-
-def _initialized(resource):
-    """`resource` with its settings resolved (`dg.EnvVar`s read), initialised against this
-    command's instance. Not `process_config_and_initialize()`: without an instance it creates
-    an ephemeral one each call (in-memory storages migrated by alembic, ~0.3 s of CPU each:
-    most of what `mm-assets build` spent outside the run on the sample batch)."""
-    import dagster as dg
-
-    with dg.build_resources({"resource": resource}, instance=_instance()) as resources:
-        return resources.resource
+    return build_definitions().resources[name].process_config_and_initialize()
 
 
 def _batch_error(batch: str) -> str | None:
@@ -283,7 +272,7 @@ def build(batch_dir: Path) -> int:
         # refuses instead of racing; the run's own steps inherit the right to it.
         with batch_build_lock(outbox_root, batch), delegated_build_lock(outbox_root, batch):
             outcome = _run(build_s2s_files_job.name, batch)
-        storage = _initialized(default_batch_storage())
+        storage = default_batch_storage().process_config_and_initialize()
     except BuildInProgress as exc:
         print(f"mm-assets build: {exc}", file=sys.stderr)
         return 2
