@@ -77,7 +77,8 @@ def _mapped_table(files: Iterable[Path]) -> pa.Table:
 
 
 def read_bucket(bucket_dir: Path) -> pa.Table:
-    """A bucket's Arrow loads as one memory-mapped table (the reader's own rare rewrites)."""
+    """A bucket's Arrow loads as one memory-mapped table (the merge's sorting path, and the
+    reader's own rare rewrites)."""
     return _mapped_table(p for p in bucket_load_files(bucket_dir) if p.suffix == LOADS_SUFFIX)
 
 

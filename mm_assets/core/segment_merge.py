@@ -126,9 +126,8 @@ def merge_segment_loads(
 def _merge_bucket(
     con, bucket: Path, number: int, parts: _PartCompressor, totals, by_file, snapshot=None
 ) -> None:
-    sorted_lines = None
-    if snapshot is None:
-        sorted_lines = _sorted_user_lines(bucket)
+    # Snapshot mode's diff works on the SQL path's tables (`_snapshot_seam`).
+    sorted_lines = _sorted_user_lines(bucket) if snapshot is None else None
     if sorted_lines is not None:
         user_lines, (rows_in, loads_out, conflicts) = sorted_lines
     else:
