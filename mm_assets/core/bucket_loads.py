@@ -45,6 +45,10 @@ LOAD_SCHEMA = pa.schema(
 # segments). While a bucket is merged its files are mapped, and their pages count in the
 # process's memory: the reader sizes the buckets with this too.
 LOAD_BYTES_PER_ROW = 80
+# User buckets the merge sorts at once, one per thread (numpy's sorts and gathers and Arrow's
+# kernels let go of the GIL): the reader sizes each bucket for this share of the budget.
+# Measured at 20 M rows, 24 buckets: 2 at once sorted them in 9.7 s instead of 14.5 s.
+BUCKETS_MERGED_AT_ONCE = 2
 # The columns every relation given to the merge has, in this order.
 RELATION_COLUMNS = ", ".join(LOAD_SCHEMA.names)
 

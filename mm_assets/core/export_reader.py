@@ -9,7 +9,7 @@ DuckDB does the reading and the row checks (vectorised, spilling to disk past th
 budget). CSV and JSONL files are read one physical line per row (a line is a row, whatever its
 quotes), so a malformed line costs that line only and line numbers are physical. The good rows
 come out of DuckDB as Arrow batches and are written as Arrow IPC files, split into hash buckets
-of users so the merge can work on one bucket at a time within the memory budget
+of users so the merge can work on a few buckets at a time within the memory budget
 (core/bucket_loads.py: the handoff's one definition).
 """
 
@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from mm_assets.core.batch_work import LOADS, QUARANTINE_TABLE
 from mm_assets.core.bucket_loads import (
+    BUCKETS_MERGED_AT_ONCE,
     LOAD_BYTES_PER_ROW,
     LOAD_SCHEMA,
     BucketWriter,
@@ -238,7 +239,8 @@ def read_export_batch(
     loads_dir.mkdir(parents=True)
     parts_dir.mkdir()
     files, issues = batch_files(batch_dir)
-    budget = max(settings.memory_budget_bytes // 2, 64 * 2**20)
+    # Half the budget for the buckets being merged, shared by those merged at once.
+    budget = max(settings.memory_budget_bytes // (2 * BUCKETS_MERGED_AT_ONCE), 64 * 2**20)
     if buckets is None:
         per_row = MERGE_BYTES_PER_ROW + LOAD_BYTES_PER_ROW
         buckets = max(1, -(-sum(map(_estimated_rows, files)) * per_row // budget))

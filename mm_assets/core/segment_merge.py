@@ -8,7 +8,8 @@ for one user and segment in one file, exactly one load is kept,
 3. otherwise the latest Unix timestamp wins.
 
 Identical repeats are folded silently (counted); differing timestamps are counted as conflicts.
-Users are processed one hash bucket at a time, so memory follows the budget, not the batch.
+Users are processed by hash bucket, a few at a time (BUCKETS_MERGED_AT_ONCE: the next ones are
+sorted on threads while one is written), so memory follows the budget, not the batch.
 A bucket is merged by sorting its rows (`_sorted_user_lines`: numpy and Arrow); snapshot mode
 (its diff works on DuckDB tables), loads written as Parquet by an earlier version and users that
 share a user key go through DuckDB instead (`_resolve`, `_user_lines`): the same lines either way.
@@ -17,7 +18,7 @@ share a user key go through DuckDB instead (`_resolve`, `_user_lines`): the same
 from __future__ import annotations
 
 import shutil
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import pyarrow.compute as pc
 
 from mm_assets.core.batch_work import LINES
 from mm_assets.core.bucket_loads import (
+    BUCKETS_MERGED_AT_ONCE,
     LOAD_SCHEMA,
     LOADS_SUFFIX,
     bucket_load_files,
@@ -101,12 +103,16 @@ def merge_segment_loads(
     totals = defaultdict(int)
     by_file: dict[FileKey, FileKeyStats] = defaultdict(FileKeyStats)
     parts = _PartCompressor(merged_dir, settings)
+    # Snapshot mode's diff works on the SQL path's tables (`_snapshot_seam`): one at a time.
+    at_once = 1 if snapshot is not None else max(1, min(BUCKETS_MERGED_AT_ONCE, settings.threads))
+    sorting = ThreadPoolExecutor(at_once, thread_name_prefix="bucket-sort")
     try:
-        for number, bucket in enumerate(buckets):
-            if bucket_load_files(bucket):
-                _merge_bucket(con, bucket, number, parts, totals, by_file, snapshot)
+        filled = [(n, b) for n, b in enumerate(buckets) if bucket_load_files(b)]
+        for number, bucket, sorted_lines in _sorted_ahead(filled, sorting, at_once, snapshot):
+            _merge_bucket(con, bucket, number, parts, totals, by_file, snapshot, sorted_lines)
         write_parts_index(merged_dir, parts.finish())
     finally:
+        sorting.shutdown(wait=True, cancel_futures=True)
         parts.close()
         con.close()
         shutil.rmtree(out_dir / "spill", ignore_errors=True)
@@ -123,11 +129,49 @@ def merge_segment_loads(
     )
 
 
+_SortedLines = tuple[Iterator[pa.RecordBatch], tuple[int, int, int]]
+
+
+def _sorted_ahead(
+    buckets: list[tuple[int, Path]],
+    sorting: ThreadPoolExecutor,
+    at_once: int,
+    snapshot: SnapshotDiff | None,
+) -> Iterator[tuple[int, Path, _SortedLines | None]]:
+    """Each bucket with its sorted lines (`_sorted_user_lines`; None for the SQL path), in
+    bucket order, the next ones sorted on `sorting`'s threads meanwhile. Bounded: at most
+    `at_once` buckets are held at a time, counting the one whose lines are being consumed
+    (a bucket is sized for that share of the budget: BUCKETS_MERGED_AT_ONCE)."""
+    if snapshot is not None:
+        yield from ((number, bucket, None) for number, bucket in buckets)
+        return
+    ahead: deque[tuple[int, Path, Future[_SortedLines | None]]] = deque()
+    pending = iter(buckets)
+    for number, bucket in pending:
+        ahead.append((number, bucket, sorting.submit(_sorted_user_lines, bucket)))
+        if len(ahead) == at_once:
+            break
+    while ahead:
+        number, bucket, future = ahead.popleft()
+        sorted_lines = future.result()
+        del future
+        yield number, bucket, sorted_lines
+        del sorted_lines  # consumed and released: the next bucket may start
+        for number, bucket in pending:
+            ahead.append((number, bucket, sorting.submit(_sorted_user_lines, bucket)))
+            break
+
+
 def _merge_bucket(
-    con, bucket: Path, number: int, parts: _PartCompressor, totals, by_file, snapshot=None
+    con,
+    bucket: Path,
+    number: int,
+    parts: _PartCompressor,
+    totals,
+    by_file,
+    snapshot: SnapshotDiff | None,
+    sorted_lines: _SortedLines | None,
 ) -> None:
-    # Snapshot mode's diff works on the SQL path's tables (`_snapshot_seam`).
-    sorted_lines = _sorted_user_lines(bucket) if snapshot is None else None
     if sorted_lines is not None:
         user_lines, (rows_in, loads_out, conflicts) = sorted_lines
     else:

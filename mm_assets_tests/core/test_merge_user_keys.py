@@ -116,3 +116,42 @@ def test_users_whose_keys_share_their_top_bits_keep_their_own_lines_and_loads(tm
         "user3 10:1765000103 2:1765000103 9:1765000103\n",
     ]
     assert (report.rows_in, report.loads_out, report.users, report.conflicts) == (22, 11, 3, 11)
+
+
+def test_buckets_sorted_side_by_side_give_the_same_lines_as_one_at_a_time(tmp_path):
+    """The merge sorts the next buckets on threads while it writes one (BUCKETS_MERGED_AT_ONCE):
+    each file family gets the lines of a merge of one bucket at a time, with a bucket of the
+    SQL path (Parquet, from an earlier version) and an empty one among them."""
+    loads = tmp_path / "loads"
+    for bucket in range(6):
+        rows = [
+            (agency, mobile, f"user-{bucket}-{user}", str(seg), ts, bucket * 1000 + user * 8)
+            for user in range(40)
+            for agency, mobile in [("Acme", False), ("", bool(user % 2))]
+            for seg, ts in [(user % 7, 0), (user % 5 + 10, 1765000000 + user), (3, -1)]
+        ]
+        rows = [(a, m, u, s, t, k + (2 if m else 0) + (4 if a else 0)) for a, m, u, s, t, k in rows]
+        if bucket == 4:
+            (loads / f"bucket={bucket}").mkdir(parents=True)  # nothing in this bucket
+        else:
+            write_loads(loads / f"bucket={bucket}", rows, arrow=bucket != 2)
+
+    def merged_families(threads):
+        report = merge_segment_loads(
+            loads, tmp_path / f"merged{threads}", make_settings(threads=threads)
+        )
+        parts = read_parts_index(report.merged_dir)
+        text = {
+            # A line's loads in any order: the SQL path's string_agg keeps none.
+            family: sorted(
+                tuple(sorted(line.split()))
+                for p in family_parts
+                for line in read_part_text(report.merged_dir, p).splitlines()
+            )
+            for family, family_parts in parts.items()
+        }
+        return report.users, report.loads_out, text
+
+    one_at_a_time, side_by_side = merged_families(1), merged_families(2)
+    assert side_by_side == one_at_a_time
+    assert one_at_a_time[0] == 5 * 40 * 2
