@@ -22,6 +22,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,12 +104,17 @@ def merge_segment_loads(
     totals = defaultdict(int)
     by_file: dict[FileKey, FileKeyStats] = defaultdict(FileKeyStats)
     parts = _PartCompressor(merged_dir, settings)
-    # Snapshot mode's diff works on the SQL path's tables (`_snapshot_seam`): one at a time.
-    at_once = 1 if snapshot is not None else max(1, min(BUCKETS_MERGED_AT_ONCE, settings.threads))
+    at_once = max(1, min(BUCKETS_MERGED_AT_ONCE, settings.threads))
     sorting = ThreadPoolExecutor(at_once, thread_name_prefix="bucket-sort")
     try:
         filled = [(n, b) for n, b in enumerate(buckets) if bucket_load_files(b)]
-        for number, bucket, sorted_lines in _sorted_ahead(filled, sorting, at_once, snapshot):
+        # Snapshot mode's diff works on the SQL path's tables (`_snapshot_seam`): no sorting.
+        ordered = (
+            ((n, b, None) for n, b in filled)
+            if snapshot is not None
+            else _sorted_ahead(filled, sorting, at_once)
+        )
+        for number, bucket, sorted_lines in ordered:
             _merge_bucket(con, bucket, number, parts, totals, by_file, snapshot, sorted_lines)
         write_parts_index(merged_dir, parts.finish())
     finally:
@@ -133,33 +139,25 @@ _SortedLines = tuple[Iterator[pa.RecordBatch], tuple[int, int, int]]
 
 
 def _sorted_ahead(
-    buckets: list[tuple[int, Path]],
-    sorting: ThreadPoolExecutor,
-    at_once: int,
-    snapshot: SnapshotDiff | None,
+    buckets: list[tuple[int, Path]], sorting: ThreadPoolExecutor, at_once: int
 ) -> Iterator[tuple[int, Path, _SortedLines | None]]:
     """Each bucket with its sorted lines (`_sorted_user_lines`; None for the SQL path), in
     bucket order, the next ones sorted on `sorting`'s threads meanwhile. Bounded: at most
     `at_once` buckets are held at a time, counting the one whose lines are being consumed
     (a bucket is sized for that share of the budget: BUCKETS_MERGED_AT_ONCE)."""
-    if snapshot is not None:
-        yield from ((number, bucket, None) for number, bucket in buckets)
-        return
-    ahead: deque[tuple[int, Path, Future[_SortedLines | None]]] = deque()
     pending = iter(buckets)
-    for number, bucket in pending:
-        ahead.append((number, bucket, sorting.submit(_sorted_user_lines, bucket)))
-        if len(ahead) == at_once:
-            break
+
+    def submit(count: int) -> None:
+        for number, bucket in islice(pending, count):
+            ahead.append((number, bucket, sorting.submit(_sorted_user_lines, bucket)))
+
+    ahead: deque[tuple[int, Path, Future[_SortedLines | None]]] = deque()
+    submit(at_once)
     while ahead:
         number, bucket, future = ahead.popleft()
-        sorted_lines = future.result()
-        del future
-        yield number, bucket, sorted_lines
-        del sorted_lines  # consumed and released: the next bucket may start
-        for number, bucket in pending:
-            ahead.append((number, bucket, sorting.submit(_sorted_user_lines, bucket)))
-            break
+        yield number, bucket, future.result()
+        del future  # its lines are consumed: released before the next bucket starts
+        submit(1)
 
 
 def _merge_bucket(
