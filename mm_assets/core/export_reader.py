@@ -677,36 +677,55 @@ def _first_line(exc: Exception) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def _normalise_sql(source: str, buckets: int, integer_timestamps: bool = False) -> str:
+def _normalise_sql(
+    source: str, buckets: int, integer_timestamps: bool = False, *, fast_path: bool = True
+) -> str:
     """Check and normalise the rows of `source` (INPUT_COLUMNS, all text but the timestamp
     when `integer_timestamps`: a Parquet integer column, used as it is) into bucketed rows.
 
     A good row goes to its user's bucket (a hash, so one user's loads meet in one bucket); a
     bad row goes to the quarantine partition with its reason and raw values.
     Parameters: $1 the file's name in the batch, $2 the hashed taxonomies, $3 the sanitised
-    client names that collide (all lower case).
+    client names that collide (all lower case). `fast_path=False` leaves out the proof of
+    plain rows (see `checked`): the same outcome for every row, slower (its tests compare).
     """
+    # The timestamp as text, its value, "it is no integer" and "it is an integer's own digits"
+    # (the fast path's cheap proof of the third's negation).
     if integer_timestamps:
-        timestamp_text, timestamp_value, timestamp_invalid = "timestamp", "coalesce(tr, 0)", "false"
+        timestamp_text, timestamp_value = "timestamp", "coalesce(tr, 0)"
+        timestamp_invalid, timestamp_plain = "false", "true"
     else:
         timestamp_text = "coalesce(nullif(trim(timestamp), ''), '0')"
         timestamp_value = "TRY_CAST(tr AS BIGINT)"
         timestamp_invalid = "ts IS NULL OR NOT regexp_full_match(tr, '-?[0-9]+')"
+        timestamp_plain = "CAST(ts AS VARCHAR) = tr"
+    fast = (
+        f"""
+        -- A row every check passes as read (nearly all): proved by cheap tests at once, so
+        -- the checks below, each a pass over the rows left, see only the others.
+        WHEN bad_row IS NULL AND u_ok AND s_ok AND d_ok IS NOT false AND c_ok IS NOT false
+             AND NOT hashed AND strlen(s) <= {SHORT_SEGMENT_DIGITS} AND {timestamp_plain}
+             AND ts BETWEEN -1 AND {MAX_TIMESTAMP}
+             AND strlen(u) + strlen(s) + 14 <= {MAX_LINE_CHARS}
+             AND strlen(c) <= {MAX_NAME_PART_CHARS} AND len($3) = 0 THEN NULL"""
+        if fast_path
+        else ""
+    )
     return f"""
 WITH plain AS (
     -- The common value needs no trimming and passes its check as read: each is tested once
     -- (trim, replace and casts cost more than the test) and worked on only when it fails.
-    SELECT *, regexp_full_match(user_id, '{TOKEN_CHARS}') AS u_ok,
-           regexp_full_match(segment, '{SEGMENT_DIGITS}') AS s_ok,
-           regexp_full_match(client, '[A-Za-z0-9]*') AS c_ok
+    SELECT *, {_token_test("user_id")} AS u_ok, {_segment_digits_test("segment")} AS s_ok,
+           {_letters_and_digits_test("client")} AS c_ok,
+           {_is_device_type("device_type")} AS d_ok
     FROM ({source})
 ), t AS (
-    SELECT line, bad_row, raw, u_ok, s_ok,
+    SELECT line, bad_row, raw, u_ok, s_ok, d_ok,
            CASE WHEN u_ok THEN user_id ELSE trim(user_id) END AS u,
            CASE WHEN s_ok THEN segment ELSE trim(segment) END AS s,
            {timestamp_text} AS tr,
            CASE WHEN c_ok THEN client ELSE coalesce(trim(client), '') END AS c, c_ok,
-           CASE WHEN {_is_device_type("device_type")} THEN device_type
+           CASE WHEN d_ok THEN device_type
                 ELSE lower(coalesce(trim(device_type), '')) END AS d,
            user_id AS r_u, segment AS r_s, CAST(timestamp AS VARCHAR) AS r_t, client AS r_c,
            device_type AS r_d
@@ -722,7 +741,7 @@ WITH plain AS (
                                      ELSE lower(agency) END) AS hashed
     FROM v
 ), checked AS (
-    SELECT *, CASE
+    SELECT *, CASE{fast}
         WHEN bad_row IS NOT NULL THEN bad_row
         WHEN u IS NULL OR u = '' THEN '{MISSING_USER}'
         WHEN NOT u_ok AND NOT regexp_full_match(u, '{TOKEN_CHARS}') THEN '{_sq(BAD_USER)}'
@@ -768,6 +787,41 @@ SELECT CASE WHEN reason IS NULL THEN {user_bucket_sql(buckets)} END AS bucket,
            'file', $1, 'line', line, 'reason', reason, 'user_id', r_u, 'segment', r_s,
            'timestamp', r_t, 'client', r_c, 'device_type', r_d, 'raw', raw) END AS quarantine
 FROM normalised"""
+
+
+def _token_test(value: str) -> str:
+    """SQL: `value` matches TOKEN_CHARS (S2S-FMT: printable ASCII, no space or ':').
+
+    RE2 costs ~130 ns on a 36-character ID, a third of the row checks' time; these built-ins
+    prove the common ID a token for a fraction of it (all ASCII, none of ' ', ':' or DEL, and
+    nothing JSON must escape: no control character, quote or backslash), and only what they
+    cannot prove is matched by the regex. They only ever prove, never refute: the value is
+    the regex's (tested on every character, test_export_reader.py).
+    """
+    return (
+        f"CASE WHEN strlen({value}) > 0 AND strlen({value}) = length({value}) "
+        f"AND NOT contains({value}, ' ') AND NOT contains({value}, ':') "
+        f"AND NOT contains({value}, chr(127)) "
+        f"AND strlen(to_json({value})) = strlen({value}) + 2 THEN true "
+        f"ELSE regexp_full_match({value}, '{TOKEN_CHARS}') END"
+    )
+
+
+def _segment_digits_test(value: str) -> str:
+    """SQL: `value` matches SEGMENT_DIGITS. A code written as a 32-bit number's own digits
+    (the common case) is proved by casts, which DuckDB computes once per distinct value of a
+    dictionary-encoded column (a Parquet export's segments); the regex sees the rest."""
+    return (
+        f"CASE WHEN CAST(TRY_CAST({value} AS UINTEGER) AS VARCHAR) = {value} THEN true "
+        f"ELSE regexp_full_match({value}, '{SEGMENT_DIGITS}') END"
+    )
+
+
+def _letters_and_digits_test(value: str) -> str:
+    """SQL: `value` is ASCII letters and digits only (or empty), as `[A-Za-z0-9]*` would
+    match. A GLOB is computed once per distinct value of a dictionary-encoded column (a
+    client column has a few dozen), a regex once per row (measured 0.03 s vs 0.20 s at 5 M)."""
+    return f"NOT ({value} GLOB '*[!A-Za-z0-9]*')"
 
 
 def _is_device_type(value: str) -> str:
