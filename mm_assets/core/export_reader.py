@@ -727,7 +727,7 @@ WITH plain AS (
            CASE WHEN c_ok THEN client ELSE coalesce(trim(client), '') END AS c, c_ok,
            CASE WHEN d_ok THEN device_type
                 ELSE lower(coalesce(trim(device_type), '')) END AS d,
-           user_id AS r_u, segment AS r_s, CAST(timestamp AS VARCHAR) AS r_t, client AS r_c,
+           user_id AS r_u, segment AS r_s, timestamp AS r_t, client AS r_c,
            device_type AS r_d
     FROM plain
 ), v AS (
@@ -785,7 +785,7 @@ SELECT CASE WHEN reason IS NULL THEN {user_bucket_sql(buckets)} END AS bucket,
        -- One column, NULL on good rows: six mostly-NULL columns cost 25 % of the write.
        CASE WHEN reason IS NOT NULL THEN json_object(
            'file', $1, 'line', line, 'reason', reason, 'user_id', r_u, 'segment', r_s,
-           'timestamp', r_t, 'client', r_c, 'device_type', r_d, 'raw', raw) END AS quarantine
+           'timestamp', CAST(r_t AS VARCHAR), 'client', r_c, 'device_type', r_d, 'raw', raw) END AS quarantine
 FROM normalised"""
 
 
