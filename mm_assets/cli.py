@@ -544,8 +544,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _freeze_dagster() -> None:
+    """Import Dagster and move every object alive then into the garbage collector's permanent
+    generation, which no collection walks or frees: at exit the interpreter otherwise collects
+    and frees Dagster's ~110,000 objects one by one (~0.5 s of each command's CPU and wall), and
+    each full collection during the run walks them. None of them is garbage: modules live until
+    the process exits anyway.
+
+    Only in a command's own process (freezing is for good), and before the code location is
+    imported: duckdb's bindings report their types as leaked when they are still alive at exit.
+    """
+    import gc
+
+    import dagster  # noqa: F401  (imported for its objects, frozen below)
+
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     global _TRACEBACK
+    is_the_process = argv is None  # run as the command (its console script), not by a caller
     argv = sys.argv[1:] if argv is None else argv
     # `validate` and `sandbox` own their arguments (their modules parse them).
     if argv[:1] == ["validate"]:
@@ -557,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _TRACEBACK = getattr(args, "traceback", False)
+    if is_the_process:
+        _freeze_dagster()
     try:
         if args.command == "build":
             return build(args.batch_dir)
