@@ -22,9 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self, TypeVar
-
-import paramiko
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from mm_assets.clients.retry import Backoff, RetriesExhausted, retry
 from mm_assets.clients.transport import (
@@ -38,6 +36,11 @@ from mm_assets.clients.transport import (
     UploadResult,
 )
 from mm_assets.core.quota import MAX_FILE_BYTES
+
+if TYPE_CHECKING:
+    # Imported where a key is parsed or a connection made: the code location imports this
+    # module (for its defaults) in every command, and paramiko costs ~0.2 s of each one's CPU.
+    import paramiko
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -110,6 +113,8 @@ def _parse_pinned_key(host_key: str, entry_name: str) -> paramiko.PKey:
         fields = fields[1:]
     if len(fields) < 2:
         raise ValueError("pinned host key must be 'type base64' or '[host]:port type base64'")
+    import paramiko
+
     try:
         return paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1]))
     except (binascii.Error, paramiko.SSHException, ValueError) as exc:
@@ -201,6 +206,8 @@ class MediaMathSftp:
     def _load_trusted_keys(
         self, known_hosts: Path | str | None, host_key: str | None
     ) -> list[paramiko.PKey]:
+        import paramiko
+
         keys = paramiko.HostKeys()
         if known_hosts is not None:
             path = Path(known_hosts)
@@ -246,6 +253,8 @@ class MediaMathSftp:
     def _connect(self) -> _Session:
         logger.debug("connecting to %s:%d", self.host, self.port)
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        import paramiko
+
         transport: paramiko.Transport | None = None
         try:
             transport = paramiko.Transport(
@@ -299,6 +308,8 @@ class MediaMathSftp:
     def _negotiate_write_size(self, sftp: paramiko.SFTPClient) -> int:
         if self.write_request_bytes is not None:
             return self.write_request_bytes
+        import paramiko
+
         try:
             # paramiko drops the server's extension list (and has no public API for
             # extended requests), so ask limits@openssh.com directly.
@@ -350,6 +361,8 @@ class MediaMathSftp:
             return False
         if isinstance(exc, TransientDeliveryError):
             return True
+        import paramiko
+
         if isinstance(exc, paramiko.AuthenticationException):
             return False
         if isinstance(exc, (paramiko.SSHException, EOFError, socket.timeout, ConnectionError)):
