@@ -117,9 +117,9 @@ def measure(name: str, paths: list[Path]) -> None:
     slow = _timed("per-line path, 1 process", paths, lambda ps: [exact_report(p) for p in ps])
     fast = _timed("block path, 1 process", paths, lambda ps: [validate_file(p) for p in ps])
     both = _timed(
-        f"block path, {cpus} processes",
+        f"block path, {cpus} threads",
         paths,
-        lambda ps: validate_files(ps, cpus=cpus, pool_min_bytes=0),
+        lambda ps: validate_files(ps, cpus=cpus),
     )
     print(
         f"  speed-up per core (cpu): {slow[1] / fast[1]:.1f}x; wall: {slow[0] / fast[0]:.1f}x "

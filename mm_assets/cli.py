@@ -33,9 +33,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-# Nothing of Dagster at import: the spec check's validator workers are spawned processes, and a
-# spawned process imports its parent's main module first, here this one (`mm-assets build`
-# runs the check in its own process); Dagster at import cost each worker ~1 s of CPU.
+# Nothing of Dagster at import: `mm-assets validate` and `sandbox` need none of it, and
+# importing it costs ~1 s of CPU.
 from mm_assets.core import s2s_validator
 
 # A batch is one folder name of the export: no path separators, no `.`/`..`.

@@ -785,7 +785,8 @@ SELECT CASE WHEN reason IS NULL THEN {user_bucket_sql(buckets)} END AS bucket,
        -- One column, NULL on good rows: six mostly-NULL columns cost 25 % of the write.
        CASE WHEN reason IS NOT NULL THEN json_object(
            'file', $1, 'line', line, 'reason', reason, 'user_id', r_u, 'segment', r_s,
-           'timestamp', CAST(r_t AS VARCHAR), 'client', r_c, 'device_type', r_d, 'raw', raw) END AS quarantine
+           'timestamp', CAST(r_t AS VARCHAR), 'client', r_c, 'device_type', r_d,
+           'raw', raw) END AS quarantine
 FROM normalised"""
 
 
