@@ -170,6 +170,9 @@ def _merge_bucket(
     if sorted_lines is not None:
         families, (rows_in, loads_out, conflicts) = sorted_lines
         batches: Iterator[list[_FamilyLines]] = iter([families] if families else [])
+        # The bucket's parts share its text: they are queued once the previous bucket's are
+        # written, so no more than one bucket's text waits to be compressed.
+        in_flight = 0
     else:
         _resolve(con, bucket_loads_relation(con, bucket))
         if snapshot is not None:
@@ -183,6 +186,7 @@ def _merge_bucket(
         # bucket's lines (a snapshot diff replaces `kept` and adds the users it removes from
         # `users`).
         batches = (_batch_family_lines(lines) for lines in _user_lines(con))
+        in_flight = 1
     totals["rows_in"] += rows_in or 0
     totals["loads_out"] += loads_out or 0
     totals["conflicts"] += conflicts or 0
@@ -195,7 +199,7 @@ def _merge_bucket(
             stats.text_bytes += family.text_bytes
             totals["users"] += family.users
             totals["continued"] += family.continued
-        parts.submit(f"b{number:05d}-{batch_number:05d}", families)
+        parts.submit(f"b{number:05d}-{batch_number:05d}", families, in_flight)
 
 
 def _resolve(con, loads: str) -> None:
@@ -635,9 +639,9 @@ def _write_part(lines_dir: Path, path: str, part: _PartText, level: int) -> Line
 
 class _PartCompressor:
     """Compresses each batch's parts on a thread pool while DuckDB makes the next batch or
-    groups the next bucket (zlib-ng and DuckDB both release the GIL, so both cores stay
-    busy). Bounded: a batch's parts are submitted only once those of the batch before the
-    previous one are written: at most two batches compress while a third is made."""
+    the next buckets are sorted (zlib-ng, DuckDB, numpy and Arrow all release the GIL, so
+    both cores stay busy). Bounded: a batch's parts are submitted only once at most
+    `in_flight` batches before it are still being written."""
 
     def __init__(self, lines_dir: Path, settings: BuildSettings) -> None:
         self.lines_dir, self.level = lines_dir, settings.gzip_level
@@ -647,9 +651,10 @@ class _PartCompressor:
         self.pending: list[list[tuple[FileKey, Future[LinePart]]]] = []
         self.parts: dict[tuple[str, bool], list[LinePart]] = defaultdict(list)
 
-    def submit(self, batch: str, families: list[_FamilyLines]) -> None:
-        """Queue one batch's parts (named after `batch`, which sorts in submission order)."""
-        self._collect(keep=1)
+    def submit(self, batch: str, families: list[_FamilyLines], in_flight: int) -> None:
+        """Queue one batch's parts (named after `batch`, which sorts in submission order)
+        once at most `in_flight` batches before it are still compressing."""
+        self._collect(keep=in_flight)
         futures = []
         for family in families:
             folder = family_folder(family.key)
