@@ -53,6 +53,9 @@ LINES_BATCH_ROWS = 131_072
 GLOBAL_KEY = "_global"  # the taxonomy folder of global data; `_` cannot start an agency name
 # Sort key of a load under the conflict rule: smaller wins. Timestamps are at most 2**38.
 RANK_REMOVE, RANK_NOW = -(2**62), -(2**62) + 1
+# Fewest bits of the user key a sort word keeps: with fewer, the users that share a key prefix
+# (their rows re-sorted by `_sort_shared_prefixes`) would be too many.
+MIN_KEY_BITS = 16
 
 
 @dataclass(frozen=True)
@@ -269,16 +272,20 @@ def _sorted_user_lines(bucket: Path) -> _SortedLines | None:
     family |= column["mobile"].to_numpy(zero_copy_only=False).astype(np.uint64)
     row_bits = _bits(n)
     seg_bits = _bits(distinct_segments)
+    # The family leads the word while the key keeps enough bits beside it; past that (very
+    # many agencies and segments) the lines are grouped by family afterwards, as SQL's are.
     family_bits = _bits(2 * len(agencies.dictionary))
+    if 64 - row_bits - seg_bits - family_bits < MIN_KEY_BITS:
+        family_bits = 0
     key_bits = 64 - row_bits - seg_bits - family_bits
-    if key_bits < 16:
+    if key_bits < MIN_KEY_BITS:
         return None
     low_bits = np.uint64(row_bits + seg_bits)
     # One word per row: the family, the key's top bits, the segment, the row; sorting the
     # words orders the rows by (family, key prefix, segment) and says where each came from.
-    words = family << np.uint64(64 - family_bits)
-    del family
-    words |= (key >> np.uint64(64 - key_bits)) << low_bits
+    words = (key >> np.uint64(64 - key_bits)) << low_bits
+    if family_bits:
+        words |= family << np.uint64(64 - family_bits)
     words |= seg_number[segments.indices.to_numpy()] << np.uint64(row_bits)
     words |= np.arange(n, dtype=np.uint64)
     words.sort()
@@ -294,8 +301,15 @@ def _sorted_user_lines(bucket: Path) -> _SortedLines | None:
     np.not_equal(prefix[1:], prefix[:-1], out=new_user[1:])
     new_user[1:] |= full[1:] != full[:-1]
     del full
-    user_family = (prefix[new_user] >> np.uint64(key_bits)).astype(np.int64)
-    del prefix
+    if family_bits:
+        user_family = (prefix[new_user] >> np.uint64(key_bits)).astype(np.int64)
+    else:
+        # Users of two families that share a key are not told apart by this sort.
+        row_family = family[order]
+        if np.any(~new_user[1:] & (row_family[1:] != row_family[:-1])):
+            return None
+        user_family = row_family[new_user].astype(np.int64)
+    del prefix, family
     new_load = new_user.copy()
     new_load[1:] |= segment[1:] != segment[:-1]
     user_ids = _user_ids_of_keys(column["user_id"], order, new_user)

@@ -158,11 +158,15 @@ def test_buckets_sorted_side_by_side_give_the_same_lines_as_one_at_a_time(tmp_pa
     assert one_at_a_time[0] == 5 * 40 * 2
 
 
-def test_the_sorting_path_gives_each_family_the_lines_of_the_sql_path(tmp_path, monkeypatch):
-    """The sorting path groups a bucket's lines by file family in its sort: each family gets
-    the lines the SQL path gives it, with several agencies and both kinds of ID in one bucket,
-    users long enough to continue on more lines (S2S-LINE), alone in their family or beside
-    short ones, and a key that users of two families share."""
+@pytest.mark.parametrize("family_in_sort", [True, False])
+def test_the_sorting_path_gives_each_family_the_lines_of_the_sql_path(
+    tmp_path, monkeypatch, family_in_sort
+):
+    """The sorting path groups a bucket's lines by file family in its sort (or afterwards,
+    when the family does not fit the sort word beside the key): each family gets the lines
+    the SQL path gives it, with several agencies and both kinds of ID in one bucket, users
+    long enough to continue on more lines (S2S-LINE), alone in their family or beside short
+    ones, and (when the sort tells families apart) a key that users of two families share."""
     rows = [
         (agency, mobile, f"user{n}", str(n % 9 + 1), [0, -1, 1765000000 + n][n % 3], 1000 + n)
         for n in range(300)
@@ -174,6 +178,11 @@ def test_the_sorting_path_gives_each_family_the_lines_of_the_sql_path(tmp_path, 
     rows += [("Acme", False, "long", str(100_000 + i), 1765000000, 5) for i in range(700)]
     rows += [("Zeta", False, "longer", str(200_000 + i), -1, 6) for i in range(900)]
     rows += [("Acme", True, "shared", "4", 0, 77), ("", True, "shared", "4", 0, 77)]
+    if not family_in_sort:
+        # 2,353 rows, 1,609 segments and 6 families: 12 + 11 + 3 bits leave the key 38
+        monkeypatch.setattr(segment_merge, "MIN_KEY_BITS", 40)
+        families = {("", False): 0, ("", True): 1, ("Acme", False): 2, ("Acme", True): 3}
+        rows = [(a, m, u, s, t, k * 8 + families.get((a, m), 4)) for a, m, u, s, t, k in rows]
     write_loads(tmp_path / "loads" / "bucket=0", rows, arrow=True)
     # merged by sorting, not handed to the SQL path
     assert segment_merge._sorted_user_lines(tmp_path / "loads" / "bucket=0") is not None
