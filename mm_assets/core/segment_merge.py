@@ -237,13 +237,14 @@ def _sorted_user_lines(bucket: Path) -> _SortedLines | None:
     """The bucket's lines, grouped by file family, and (rows in, loads out, conflicts), by
     sorting instead of DuckDB's hash aggregations: one sort of 64-bit words (file family, user
     key, segment, row), then the conflict rule and the text as vectorised numpy and Arrow
-    passes. Yields the same lines as `_resolve` + `_user_lines`; the family leads the sort so
+    passes. Gives the same lines as `_resolve` + `_user_lines`; the family leads the sort so
     that the lines come out in their families and are never gathered a second time.
 
     None when this path cannot be exact, and the SQL path merges the bucket instead: loads
     written as Parquet by an earlier version, a bucket too large to pack its sort words, or
     users that share a user key (the key is never trusted: every row's user ID is compared
-    with its key's first row; users of two families are told apart by the sort itself).
+    with its key's first row, and users of two families are told apart by the sort, or by
+    comparing their rows' families where the family does not fit the sort word).
     """
     files = bucket_load_files(bucket)
     if any(path.suffix != LOADS_SUFFIX for path in files):
