@@ -53,6 +53,9 @@ LINES_BATCH_ROWS = 131_072
 GLOBAL_KEY = "_global"  # the taxonomy folder of global data; `_` cannot start an agency name
 # Sort key of a load under the conflict rule: smaller wins. Timestamps are at most 2**38.
 RANK_REMOVE, RANK_NOW = -(2**62), -(2**62) + 1
+# Fewest bits of the user key a sort word keeps: with fewer, the users that share a key prefix
+# (their rows re-sorted by `_sort_shared_prefixes`) would be too many.
+MIN_KEY_BITS = 16
 
 
 @dataclass(frozen=True)
@@ -135,9 +138,6 @@ def merge_segment_loads(
     )
 
 
-_SortedLines = tuple[Iterator[pa.RecordBatch], tuple[int, int, int]]
-
-
 def _sorted_ahead(
     buckets: list[tuple[int, Path]], sorting: ThreadPoolExecutor, at_once: int
 ) -> Iterator[tuple[int, Path, _SortedLines | None]]:
@@ -171,7 +171,11 @@ def _merge_bucket(
     sorted_lines: _SortedLines | None,
 ) -> None:
     if sorted_lines is not None:
-        user_lines, (rows_in, loads_out, conflicts) = sorted_lines
+        families, (rows_in, loads_out, conflicts) = sorted_lines
+        batches: Iterator[list[_FamilyLines]] = iter([families] if families else [])
+        # The bucket's parts share its text: they are queued once the previous bucket's are
+        # written, so no more than one bucket's text waits to be compressed.
+        in_flight = 0
     else:
         _resolve(con, bucket_loads_relation(con, bucket))
         if snapshot is not None:
@@ -184,12 +188,12 @@ def _merge_bucket(
         # agency, mobile, user_id), one per key. Whatever these two tables hold becomes the
         # bucket's lines (a snapshot diff replaces `kept` and adds the users it removes from
         # `users`).
-        user_lines = _user_lines(con)
+        batches = (_batch_family_lines(lines) for lines in _user_lines(con))
+        in_flight = 1
     totals["rows_in"] += rows_in or 0
     totals["loads_out"] += loads_out or 0
     totals["conflicts"] += conflicts or 0
-    for batch_number, lines in enumerate(user_lines):
-        families = _family_lines(lines)
+    for batch_number, families in enumerate(batches):
         for family in families:
             stats = by_file[family.key]
             stats.users += family.users
@@ -198,7 +202,7 @@ def _merge_bucket(
             stats.text_bytes += family.text_bytes
             totals["users"] += family.users
             totals["continued"] += family.continued
-        parts.submit(f"b{number:05d}-{batch_number:05d}", families)
+        parts.submit(f"b{number:05d}-{batch_number:05d}", families, in_flight)
 
 
 def _resolve(con, loads: str) -> None:
@@ -229,19 +233,18 @@ def _resolve(con, loads: str) -> None:
         FROM {source} GROUP BY user_key, segment""")
 
 
-def _sorted_user_lines(
-    bucket: Path,
-) -> tuple[Iterator[pa.RecordBatch], tuple[int, int, int]] | None:
-    """The bucket's lines and (rows in, loads out, conflicts), by sorting instead of DuckDB's
-    hash aggregations: one sort of 64-bit words (user key, segment, row), then the conflict
-    rule and the text as vectorised numpy and Arrow passes (measured at 20 M rows, 12 buckets:
-    ~9.5 CPU seconds against ~21 for DISTINCT + GROUP BY + string_agg + JOIN and the family
-    sort). Yields the same lines as `_resolve` + `_user_lines`, in batches of whole users.
+def _sorted_user_lines(bucket: Path) -> _SortedLines | None:
+    """The bucket's lines, grouped by file family, and (rows in, loads out, conflicts), by
+    sorting instead of DuckDB's hash aggregations: one sort of 64-bit words (file family, user
+    key, segment, row), then the conflict rule and the text as vectorised numpy and Arrow
+    passes. Gives the same lines as `_resolve` + `_user_lines`; the family leads the sort so
+    that the lines come out in their families and are never gathered a second time.
 
     None when this path cannot be exact, and the SQL path merges the bucket instead: loads
     written as Parquet by an earlier version, a bucket too large to pack its sort words, or
-    users that share a user key (the key is never trusted: every row's agency, kind of ID and
-    user ID are compared with its key's first row).
+    users that share a user key (the key is never trusted: every row's user ID is compared
+    with its key's first row, and users of two families are told apart by the sort, or by
+    comparing their rows' families where the family does not fit the sort word).
     """
     files = bucket_load_files(bucket)
     if any(path.suffix != LOADS_SUFFIX for path in files):
@@ -249,7 +252,7 @@ def _sorted_user_lines(
     table = read_bucket(bucket)
     n = table.num_rows
     if n == 0:
-        return iter(()), (0, 0, 0)
+        return [], (0, 0, 0)
     # The user IDs (most of the bytes) stay in their mapped chunks: they are only taken from.
     column = {
         name: table.column(name) if name == "user_id" else table.column(name).combine_chunks()
@@ -264,41 +267,62 @@ def _sorted_user_lines(
     distinct_segments = len(seg_names)
     seg_number = np.empty(distinct_segments, dtype=np.uint64)
     seg_number[by_text] = np.arange(distinct_segments, dtype=np.uint64)
-    row_bits = max(1, (n - 1).bit_length())
-    seg_bits = max(1, (distinct_segments - 1).bit_length())
-    key_bits = 64 - row_bits - seg_bits
-    if key_bits < 16:
+    # A row's file family: its agency's number, twice, plus 1 for mobile IDs.
+    agencies = pc.dictionary_encode(column["agency"])
+    family = agencies.indices.to_numpy().astype(np.uint64) << np.uint64(1)
+    family |= column["mobile"].to_numpy(zero_copy_only=False).astype(np.uint64)
+    row_bits = _bits(n)
+    seg_bits = _bits(distinct_segments)
+    # The family leads the word while the key keeps enough bits beside it; past that (very
+    # many agencies and segments) the lines are grouped by family afterwards, as SQL's are.
+    family_bits = _bits(2 * len(agencies.dictionary))
+    if 64 - row_bits - seg_bits - family_bits < MIN_KEY_BITS:
+        family_bits = 0
+    key_bits = 64 - row_bits - seg_bits - family_bits
+    if key_bits < MIN_KEY_BITS:
         return None
     low_bits = np.uint64(row_bits + seg_bits)
-    # One word per row: the key's top bits, the segment, the row; sorting the words orders the
-    # rows by (key prefix, segment) and says where each row came from.
+    # One word per row: the family, the key's top bits, the segment, the row; sorting the
+    # words orders the rows by (family, key prefix, segment) and says where each came from.
     words = (key >> np.uint64(64 - key_bits)) << low_bits
+    if family_bits:
+        words |= family << np.uint64(64 - family_bits)
     words |= seg_number[segments.indices.to_numpy()] << np.uint64(row_bits)
     words |= np.arange(n, dtype=np.uint64)
     words.sort()
     order = (words & np.uint64((1 << row_bits) - 1)).astype(np.int64)
     segment = (words >> np.uint64(row_bits)) & np.uint64((1 << seg_bits) - 1)
-    prefix = words >> low_bits
+    prefix = words >> low_bits  # the family and the key's top bits
     del words
     full = key[order]
     _sort_shared_prefixes(prefix, full, segment, order)
-    del prefix
+    # A user is one (family, key): a run of one prefix and one full key.
     new_user = np.empty(n, dtype=bool)
     new_user[0] = True
-    np.not_equal(full[1:], full[:-1], out=new_user[1:])
+    np.not_equal(prefix[1:], prefix[:-1], out=new_user[1:])
+    new_user[1:] |= full[1:] != full[:-1]
     del full
+    if family_bits:
+        user_family = (prefix[new_user] >> np.uint64(key_bits)).astype(np.int64)
+    else:
+        # Users of two families that share a key are not told apart by this sort.
+        row_family = family[order]
+        if np.any(~new_user[1:] & (row_family[1:] != row_family[:-1])):
+            return None
+        user_family = row_family[new_user].astype(np.int64)
+    del prefix, family
     new_load = new_user.copy()
     new_load[1:] |= segment[1:] != segment[:-1]
-    users = _users_of_keys(column, order, new_user)
-    if users is None:
+    user_ids = _user_ids_of_keys(column["user_id"], order, new_user)
+    if user_ids is None:
         return None
-    agency, mobile, user_ids = users
     # The conflict rule (module docstring) with timestamps >= -1 (the reader's rule): the
     # smallest timestamp is -1 (a removal wins) or 0 (add now wins over a dated add),
     # otherwise the largest (latest) wins.
     load_starts = np.flatnonzero(new_load)
     ts = column["ts"].to_numpy()[order]
-    low, high = _min_max_of_runs(ts, load_starts)
+    low = np.minimum.reduceat(ts, load_starts)
+    high = np.maximum.reduceat(ts, load_starts)
     del ts, order
     conflicts = int(np.count_nonzero(low != high))
     kept_ts = np.where(low <= 0, low, high)
@@ -307,14 +331,13 @@ def _sorted_user_lines(
     user_loads = np.append(np.flatnonzero(new_user[load_starts]), loads_out)
     del low, high, segment, new_load, new_user
     text = _lines_text(user_ids, seg_names, kept_segment, kept_ts, user_loads)
-    lines = pa.RecordBatch.from_arrays(
-        [agency, mobile, pa.array(np.diff(user_loads)), text],
-        names=["agency", "mobile", "loads", "text"],
-    )
-    batches = (
-        lines.slice(first, LINES_BATCH_ROWS) for first in range(0, lines.num_rows, LINES_BATCH_ROWS)
-    )
-    return batches, (n, loads_out, conflicts)
+    families = _family_lines(text, np.diff(user_loads), user_family, agencies.dictionary)
+    return families, (n, loads_out, conflicts)
+
+
+def _bits(count: int) -> int:
+    """Bits that number `count` things from 0 (at least one)."""
+    return max(1, (count - 1).bit_length())
 
 
 def _sort_shared_prefixes(
@@ -335,50 +358,21 @@ def _sort_shared_prefixes(
         values[at] = values[moved]
 
 
-def _users_of_keys(
-    column: dict[str, pa.Array | pa.ChunkedArray], order: np.ndarray, new_user: np.ndarray
-) -> tuple[pa.Array, pa.Array, pa.Array] | None:
-    """Per user (a run of one key in the sorted rows): agency, mobile and user ID; None when
-    a row names another user than the row before it with the same key (a key two users
-    share is never trusted)."""
-    same_user = ~new_user[1:]
-    agencies = pc.dictionary_encode(column["agency"])
-    family = agencies.indices.to_numpy().astype(np.int64) * 2
-    family += column["mobile"].to_numpy(zero_copy_only=False)
-    family = family[order]
-    if np.any(same_user & (family[1:] != family[:-1])):
+def _user_ids_of_keys(
+    user_id: pa.ChunkedArray, order: np.ndarray, new_user: np.ndarray
+) -> pa.Array | None:
+    """Per user (a run of one family and key in the sorted rows), its user ID; None when a
+    row names another user ID than the row before it in its run (a key two users share is
+    never trusted)."""
+    user_ids = _one_array(user_id.take(order))
+    differs = pc.not_equal(user_ids.slice(1), user_ids.slice(0, len(order) - 1))
+    if np.any(~new_user[1:] & differs.to_numpy(zero_copy_only=False)):
         return None
-    user_ids = _one_array(column["user_id"].take(order))
-    differs = pc.invert(pc.equal(user_ids.slice(1), user_ids.slice(0, len(order) - 1)))
-    if np.any(same_user & differs.to_numpy(zero_copy_only=False)):
-        return None
-    family = family[new_user]
-    return (
-        agencies.dictionary.take(pa.array(family // 2)),
-        pa.array(family % 2 == 1),
-        user_ids.filter(pa.array(new_user)),
-    )
+    return user_ids.filter(pa.array(new_user))
 
 
 def _one_array(values: pa.ChunkedArray) -> pa.Array:
     return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
-
-
-def _min_max_of_runs(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest and largest value of each run (runs begin at `starts`): most runs are one
-    row long, so only the longer ones are reduced."""
-    low = values[starts]
-    lengths = np.diff(np.append(starts, len(values)))
-    longer = np.flatnonzero(lengths > 1)
-    if longer.size:
-        rows = np.repeat(lengths > 1, lengths)
-        sub_starts = np.cumsum(np.append(0, lengths[longer][:-1]))
-        sub = values[rows]
-        high = low.copy()
-        low[longer] = np.minimum.reduceat(sub, sub_starts)
-        high[longer] = np.maximum.reduceat(sub, sub_starts)
-        return low, high
-    return low, low.copy()
 
 
 def _lines_text(
@@ -528,6 +522,11 @@ class _FamilyLines:
             yield part
 
 
+# What the sorting path hands the bucket's writer: its lines by family and (rows in, loads
+# out, conflicts).
+_SortedLines = tuple[list[_FamilyLines], tuple[int, int, int]]
+
+
 @dataclass
 class _PartText:
     texts: list[memoryview] = field(default_factory=list)
@@ -555,41 +554,63 @@ def _text_buffer(text: pa.Array) -> tuple[memoryview, np.ndarray]:
     return data[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
-def _family_lines(lines: pa.RecordBatch) -> list[_FamilyLines]:
-    """Group a batch of lines by file family (one sort of integer codes and one gather of the
-    text), and continue the few users whose line would reach 8,000 characters (S2S-LINE)."""
-    if not lines.num_rows:
-        return []
-    text = lines.column("text").cast(pa.large_string())
+def _batch_family_lines(lines: pa.RecordBatch) -> list[_FamilyLines]:
+    """A batch of lines from the SQL path (agency, mobile, loads, text) by file family."""
     agencies = pc.unique(lines.column("agency"))
     family = pc.index_in(lines.column("agency"), value_set=agencies).to_numpy().astype(np.int64)
     family = family * 2 + lines.column("mobile").to_numpy(zero_copy_only=False)
-    long = pc.greater(pc.binary_length(text), MAX_LINE_CHARS + 1).to_numpy(zero_copy_only=False)
-    code = family * 2 + long
-    order = np.argsort(code, kind="stable")
-    code = code[order]
-    text = text.take(pa.array(order))
-    loads = lines.column("loads").to_numpy()[order]
+    return _family_lines(lines.column("text"), lines.column("loads").to_numpy(), family, agencies)
+
+
+def _family_lines(
+    text: pa.Array, loads: np.ndarray, family: np.ndarray, agencies: pa.Array
+) -> list[_FamilyLines]:
+    """Users' lines (`text`, and per user its loads and family: its agency's number in
+    `agencies`, twice, plus 1 for mobile IDs) grouped by file family, and the few users whose
+    line would reach 8,000 characters continued (S2S-LINE) after their family's other lines.
+    Lines that come grouped (the sorting path's) are cut in place; others are grouped by one
+    stable sort and one gather of the text."""
+    if not len(text):
+        return []
+    text = text.cast(pa.large_string())
+    if np.any(family[1:] < family[:-1]):
+        order = np.argsort(family, kind="stable")
+        family, loads, text = family[order], loads[order], text.take(pa.array(order))
     data, starts = _text_buffer(text)
-    runs = np.flatnonzero(np.diff(code)) + 1
-    families: dict[int, _FamilyLines] = {}
-    for first, end in zip([0, *runs], [*runs, len(code)], strict=True):
-        number, is_long = divmod(int(code[first]), 2)
-        agency_number, mobile = divmod(number, 2)
+    long = np.diff(starts) > MAX_LINE_CHARS + 1
+    runs = np.flatnonzero(np.diff(family)) + 1
+    families = []
+    for first, end in zip([0, *runs], [*runs, len(family)], strict=True):
+        agency_number, mobile = divmod(int(family[first]), 2)
         key = FileKey(agencies[agency_number].as_py(), bool(mobile))
-        family_lines = families.setdefault(number, _FamilyLines(key, [], 0))
-        if is_long:
-            piece = _continue_long_lines(text.slice(first, end - first), loads[first:end])
-            family_lines.continued += int(np.count_nonzero(np.diff(piece.lines) > 1))
-        else:
-            piece = _Lines(
-                data[starts[first] : starts[end]],
-                starts[first : end + 1] - starts[first],
-                np.arange(end - first + 1, dtype=np.int64),
-                _cumulative(loads[first:end]),
+        family_long, family_loads = long[first:end], loads[first:end]
+        if not family_long.any():
+            families.append(
+                _FamilyLines(key, [_short_lines(data, starts[first : end + 1], family_loads)], 0)
             )
-        family_lines.pieces.append(piece)
-    return list(families.values())
+            continue
+        texts, pieces = text.slice(first, end - first), []
+        if not family_long.all():
+            short_data, short_starts = _text_buffer(texts.filter(pa.array(~family_long)))
+            pieces.append(_short_lines(short_data, short_starts, family_loads[~family_long]))
+        continued = _continue_long_lines(
+            texts.filter(pa.array(family_long)), family_loads[family_long]
+        )
+        pieces.append(continued)
+        families.append(
+            _FamilyLines(key, pieces, int(np.count_nonzero(np.diff(continued.lines) > 1)))
+        )
+    return families
+
+
+def _short_lines(data: memoryview, starts: np.ndarray, loads: np.ndarray) -> _Lines:
+    """Users on one line each: `data[starts[i]:starts[i + 1]]` is user i's line."""
+    return _Lines(
+        data[starts[0] : starts[-1]],
+        starts - starts[0],
+        np.arange(len(starts), dtype=np.int64),
+        _cumulative(loads),
+    )
 
 
 def _continue_long_lines(texts: pa.Array, loads: np.ndarray) -> _Lines:
@@ -633,9 +654,9 @@ def _write_part(lines_dir: Path, path: str, part: _PartText, level: int) -> Line
 
 class _PartCompressor:
     """Compresses each batch's parts on a thread pool while DuckDB makes the next batch or
-    groups the next bucket (zlib-ng and DuckDB both release the GIL, so both cores stay
-    busy). Bounded: a batch's parts are submitted only once those of the batch before the
-    previous one are written: at most two batches compress while a third is made."""
+    the next buckets are sorted (zlib-ng, DuckDB, numpy and Arrow all release the GIL, so
+    both cores stay busy). Bounded: a batch's parts are submitted only once at most
+    `in_flight` batches before it are still being written."""
 
     def __init__(self, lines_dir: Path, settings: BuildSettings) -> None:
         self.lines_dir, self.level = lines_dir, settings.gzip_level
@@ -645,9 +666,10 @@ class _PartCompressor:
         self.pending: list[list[tuple[FileKey, Future[LinePart]]]] = []
         self.parts: dict[tuple[str, bool], list[LinePart]] = defaultdict(list)
 
-    def submit(self, batch: str, families: list[_FamilyLines]) -> None:
-        """Queue one batch's parts (named after `batch`, which sorts in submission order)."""
-        self._collect(keep=1)
+    def submit(self, batch: str, families: list[_FamilyLines], in_flight: int) -> None:
+        """Queue one batch's parts (named after `batch`, which sorts in submission order)
+        once at most `in_flight` batches before it are still compressing."""
+        self._collect(keep=in_flight)
         futures = []
         for family in families:
             folder = family_folder(family.key)

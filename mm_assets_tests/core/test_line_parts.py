@@ -63,12 +63,15 @@ def test_each_file_is_one_gzip_member_that_zlib_reads_whole(tmp_path):
         assert validate_file(result.outbox / built.name, max_file_bytes=20_000).ok
 
 
-@pytest.mark.parametrize("batch_rows", [131_072, 97])
+@pytest.mark.parametrize("sql_batch_rows", [None, 97])
 def test_parts_hold_whole_users_and_their_index_figures_are_their_text(
-    tmp_path, monkeypatch, batch_rows
+    tmp_path, monkeypatch, sql_batch_rows
 ):
-    # 97 users a batch: a bucket's lines come in many batches, each cut into its own parts
-    monkeypatch.setattr(segment_merge, "LINES_BATCH_ROWS", batch_rows)
+    if sql_batch_rows:
+        # The SQL path, 97 users a batch: a bucket's lines come in many batches, each cut
+        # into its own parts (the sorting path cuts a bucket's families at once).
+        monkeypatch.setattr(segment_merge, "_sorted_user_lines", lambda bucket: None)
+        monkeypatch.setattr(segment_merge, "LINES_BATCH_ROWS", sql_batch_rows)
     result = build(tmp_path, audience(2000), max_file_bytes=4096)
     seen: Counter[tuple[str, bool, str]] = Counter()
     long_parts = 0

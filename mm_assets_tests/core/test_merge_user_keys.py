@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mm_assets.core import segment_merge
 from mm_assets.core.bucket_loads import LOAD_SCHEMA, LOADS_SUFFIX
 from mm_assets.core.line_parts import read_part_text, read_parts_index
 from mm_assets.core.segment_merge import merge_segment_loads
@@ -155,3 +156,57 @@ def test_buckets_sorted_side_by_side_give_the_same_lines_as_one_at_a_time(tmp_pa
     one_at_a_time, side_by_side = merged_families(1), merged_families(2)
     assert side_by_side == one_at_a_time
     assert one_at_a_time[0] == 5 * 40 * 2
+
+
+@pytest.mark.parametrize("family_in_sort", [True, False])
+def test_the_sorting_path_gives_each_family_the_lines_of_the_sql_path(
+    tmp_path, monkeypatch, family_in_sort
+):
+    """The sorting path groups a bucket's lines by file family in its sort (or afterwards,
+    when the family does not fit the sort word beside the key): each family gets the lines
+    the SQL path gives it, with several agencies and both kinds of ID in one bucket, users
+    long enough to continue on more lines (S2S-LINE), alone in their family or beside short
+    ones, and (when the sort tells families apart) a key that users of two families share."""
+    rows = [
+        (agency, mobile, f"user{n}", str(n % 9 + 1), [0, -1, 1765000000 + n][n % 3], 1000 + n)
+        for n in range(300)
+        for agency, mobile in [("", False), ("", True), ("Acme", False), ("Zeta", True)][
+            : n % 4 + 1
+        ]
+    ]
+    rows += [("", False, "user0", "1", 1765000005, 1000)]  # a conflict: "add now" wins
+    rows += [("Acme", False, "long", str(100_000 + i), 1765000000, 5) for i in range(700)]
+    rows += [("Zeta", False, "longer", str(200_000 + i), -1, 6) for i in range(900)]
+    rows += [("Acme", True, "shared", "4", 0, 77), ("", True, "shared", "4", 0, 77)]
+    if not family_in_sort:
+        # 2,353 rows, 1,609 segments and 6 families: 12 + 11 + 3 bits leave the key 38
+        monkeypatch.setattr(segment_merge, "MIN_KEY_BITS", 40)
+        families = {("", False): 0, ("", True): 1, ("Acme", False): 2, ("Acme", True): 3}
+        rows = [(a, m, u, s, t, k * 8 + families.get((a, m), 4)) for a, m, u, s, t, k in rows]
+    write_loads(tmp_path / "loads" / "bucket=0", rows, arrow=True)
+    # merged by sorting, not handed to the SQL path
+    assert segment_merge._sorted_user_lines(tmp_path / "loads" / "bucket=0") is not None
+
+    def merged(out: str):
+        report = merge_segment_loads(tmp_path / "loads", tmp_path / out, make_settings())
+        # Per family, each user's loads and lines: the SQL path's string_agg keeps no order
+        # of loads, so a continued user's loads may be split at other places.
+        users: dict[tuple[str, bool], dict[str, tuple[list[str], int]]] = {}
+        for family, family_parts in read_parts_index(report.merged_dir).items():
+            users[family] = {}
+            for p in family_parts:
+                for line in read_part_text(report.merged_dir, p).decode().splitlines():
+                    user, *loads = line.split(" ")
+                    seen, lines = users[family].get(user, ([], 0))
+                    users[family][user] = (sorted(seen + loads), lines + 1)
+        counts = (report.rows_in, report.loads_out, report.users, report.continued_users)
+        return counts, report.conflicts, {k: vars(v) for k, v in report.by_file.items()}, users
+
+    by_sorting = merged("sorted")
+    monkeypatch.setattr(segment_merge, "_sorted_user_lines", lambda bucket: None)
+    assert merged("sql") == by_sorting
+    counts, conflicts, _, users = by_sorting
+    assert counts[2:] == (750 + 4, 2) and conflicts == 1
+    assert users[("Zeta", False)]["longer"][1] == 2  # alone in its family, on two lines
+    assert users[("Acme", False)]["long"][1] == 2 and len(users[("Acme", False)]) == 151
+    assert users[("Acme", True)]["shared"] == users[("", True)]["shared"] == (["4:0"], 1)
