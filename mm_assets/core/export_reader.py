@@ -804,7 +804,7 @@ def _token_test(value: str) -> str:
     prove the common ID a token for a fraction of it (all ASCII, none of ' ', ':' or DEL, and
     nothing JSON must escape: no control character, quote or backslash), and only what they
     cannot prove is matched by the regex. They only ever prove, never refute: the value is
-    the regex's (tested on every character, test_export_reader.py).
+    the regex's (tested on every character, test_row_checks_fast_path.py).
     """
     return (
         f"CASE WHEN strlen({value}) > 0 AND strlen({value}) = length({value}) "
