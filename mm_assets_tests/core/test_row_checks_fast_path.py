@@ -39,7 +39,8 @@ def _values_around(character: str) -> list[str]:
 
 
 def _agree(con: duckdb.DuckDBPyConnection, proof: str, exact: str, values: list[str]) -> None:
-    """`proof` (SQL of column v) is true only where `exact` is, and equal to it where asked."""
+    """`proof` (SQL of column v) has `exact`'s value on every one of `values` (a proof falls
+    back to the exact check where it cannot decide, so the two must always agree)."""
     rows = con.execute(
         f"SELECT v, {proof}, {exact} FROM (SELECT unnest(?::VARCHAR[]) AS v)", [values]
     ).fetchall()
