@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from mm_assets.clients.retry import Backoff
 from mm_assets.core.quota import as_utc
 from mm_assets.delivery.ledger import Ledger, UtcDateTime
-from mm_assets.state.database import write
+from mm_assets.state.database import create_tables, write
 
 metadata = sa.MetaData()
 
@@ -62,7 +62,7 @@ class RetryBook:
 
     def __init__(self, ledger: Ledger) -> None:
         self.engine = ledger.engine
-        metadata.create_all(self.engine)
+        create_tables(self.engine, metadata)
 
     def failed(
         self, file_name: str, batch: str, error: str, now: datetime, policy: RetryPolicy
@@ -93,5 +93,5 @@ class RetryBook:
 
     def cleared(self, file_name: str) -> None:
         """The file was delivered: forget its failures."""
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(retries_table.delete().where(retries_table.c.file_name == file_name))

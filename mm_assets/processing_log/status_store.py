@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from mm_assets.delivery.ledger import UtcDateTime
-from mm_assets.state.database import Database, write
+from mm_assets.state.database import Database, create_tables, write
 
 
 class FileState(StrEnum):
@@ -110,7 +110,7 @@ class StatusStore(Database):
 
     def __init__(self, url: str | Path) -> None:
         super().__init__(url)
-        _metadata.create_all(self.engine, checkfirst=True)
+        create_tables(self.engine, _metadata)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

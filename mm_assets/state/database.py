@@ -78,7 +78,7 @@ def engine_for(url: str | Path, metadata: sa.MetaData) -> Engine:
             engine = _ENGINES[key] = open_engine(url)
         created = (*key, id(metadata))
         if created not in _CREATED:
-            _create_tables(engine, metadata)
+            create_tables(engine, metadata)
             _CREATED.add(created)
     return engine
 
@@ -146,7 +146,14 @@ def _use_wal(dbapi_connection: Any) -> None:
     )
 
 
-def _create_tables(engine: Engine, metadata: sa.MetaData) -> None:
+def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
+    """Create `metadata`'s missing tables in a write transaction.
+
+    Not `metadata.create_all(engine)`: that reads the schema in a deferred transaction and
+    then writes, and SQLite refuses such an upgrade outright ("database is locked", no busy
+    wait) when another process wrote in between. Two steps of one run opening the status
+    store on a fresh database did exactly that.
+    """
     try:
         with write(engine) as conn:
             metadata.create_all(conn)

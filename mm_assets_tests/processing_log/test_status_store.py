@@ -186,3 +186,38 @@ def test_many_concurrent_pollers_end_with_the_verdict(database_url: str) -> None
         assert {r.file_name: r.status for r in s.batch(BATCH)} == dict.fromkeys(
             names, FileState.ACCEPTED
         )
+
+
+@pytest.mark.parametrize("opens", ["status store", "retry book"])
+def test_stores_opened_at_once_on_a_fresh_ledger_all_open(database_url: str, opens: str) -> None:
+    """The check and the batch report of one delivery run open the status store at the same
+    moment, in two processes, on a ledger that has no status table yet. Creating the table in
+    a deferred transaction made one of them fail with "database is locked" (CI, once): SQLite
+    refuses outright to upgrade a reader that another writer overtook. Eight openers at once,
+    each on its own connection, all open and find one table."""
+    from mm_assets.delivery.ledger import Ledger
+    from mm_assets.delivery.retries import RetryBook
+
+    Ledger(database_url).close()  # the ledger's own tables, as after the delivery step
+    go = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def opener() -> None:
+        try:
+            go.wait(JOIN_SECONDS)
+            if opens == "status store":
+                with StatusStore(database_url) as s:
+                    assert s.batch(BATCH) == []
+            else:
+                with Ledger(database_url) as ledger:
+                    RetryBook(ledger).cleared(NAME)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_SECONDS)
+        assert not thread.is_alive()
+    assert errors == []
