@@ -81,8 +81,28 @@ def _instance():
     # the storages again. Keyed by the folder, so a process that runs commands against several
     # homes (the tests) gets each its own.
     if (instance := _INSTANCES.get(home)) is None:
-        instance = _INSTANCES[home] = dg.DagsterInstance.get()
+        with _creating_storage_of(home):
+            instance = _INSTANCES[home] = dg.DagsterInstance.get()
     return instance
+
+
+@contextmanager
+def _creating_storage_of(home: str) -> Iterator[None]:
+    """Open one Dagster instance of `home` at a time on this machine.
+
+    Dagster's SQLite storages create their tables on first use without a lock: two commands
+    started at once on a new (or deleted) storage failed with "table runs already exists",
+    or stamped an old schema revision. Once the tables exist, the lock is held a moment.
+    """
+    import fcntl
+
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".mm-assets-storage.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 _INSTANCES: dict[str, object] = {}

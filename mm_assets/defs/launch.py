@@ -33,6 +33,7 @@ from typing import Any
 
 import dagster as dg
 import psutil
+import sqlalchemy as sa
 from dagster._cli.api import _execute_run_command_body  # the body of the run worker
 from dagster._cli.job import _create_run  # the body of `dagster job launch`
 from dagster._cli.workspace.cli_target import (
@@ -117,6 +118,19 @@ def _fresh_definitions(origin: CodeLocationOrigin) -> Iterator[None]:
         ReconstructableJob.get_repository_definition.cache_clear()
 
 
+def register_export_batch(instance: dg.DagsterInstance, batch: str) -> None:
+    """Add the batch's partition, also when another process adds it at the same moment.
+
+    Dagster reads which keys exist and then inserts the others: the batch sensor and a
+    command adding one new batch together meet its unique index, and the later one fails.
+    """
+    try:
+        instance.add_dynamic_partitions(export_batches.name, [batch])
+    except sa.exc.IntegrityError:
+        if not instance.has_dynamic_partition(export_batches.name, batch):
+            raise
+
+
 def launch_and_wait(
     instance: dg.DagsterInstance,
     job_name: str,
@@ -125,7 +139,7 @@ def launch_and_wait(
     run_config: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
     """Create one partition run of `job_name` for the workspace's code location and run it."""
-    instance.add_dynamic_partitions(export_batches.name, [batch])
+    register_export_batch(instance, batch)
     fail_runs_of_dead_commands(instance)
     origin = workspace_origin()
     with _fresh_definitions(origin):
