@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -159,29 +159,16 @@ def test_many_concurrent_pollers_end_with_the_verdict(database_url: str) -> None
     names = [f"ExamplePartner_2026112012{i:04d}.log.gz" for i in range(5)]
     with StatusStore(database_url) as setup:
         pending = {name: register_delivered(setup, name) for name in names}
-    go = threading.Barrier(9)
-    errors: list[BaseException] = []
 
-    def poller(verdict: bool) -> None:
-        try:
-            with StatusStore(database_url) as s:
-                go.wait(JOIN_SECONDS)
-                for round_ in range(6):
-                    for name in names:
-                        state = FileState.ACCEPTED if verdict and round_ == 2 else None
-                        s.save(
-                            polled(pending[name], state or FileState.PENDING, "OK" * bool(state))
-                        )
-        except BaseException as exc:
-            errors.append(exc)
+    def poller(n: int, go: threading.Barrier) -> None:
+        with StatusStore(database_url) as s:
+            go.wait(JOIN_SECONDS)
+            for round_ in range(6):
+                for name in names:
+                    state = FileState.ACCEPTED if n == 0 and round_ == 2 else None
+                    s.save(polled(pending[name], state or FileState.PENDING, "OK" * bool(state)))
 
-    threads = [threading.Thread(target=poller, args=(i == 0,)) for i in range(9)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_SECONDS)
-        assert not thread.is_alive()
-    assert errors == []
+    _all_at_once(poller, 9)
     with StatusStore(database_url) as s:
         assert {r.file_name: r.status for r in s.batch(BATCH)} == dict.fromkeys(
             names, FileState.ACCEPTED
@@ -199,22 +186,32 @@ def test_stores_opened_at_once_on_a_fresh_ledger_all_open(database_url: str, ope
     from mm_assets.delivery.retries import RetryBook
 
     Ledger(database_url).close()  # the ledger's own tables, as after the delivery step
-    go = threading.Barrier(8)
+
+    def opener(_n: int, go: threading.Barrier) -> None:
+        go.wait(JOIN_SECONDS)
+        if opens == "status store":
+            with StatusStore(database_url) as s:
+                assert s.batch(BATCH) == []
+        else:
+            with Ledger(database_url) as ledger:
+                RetryBook(ledger).cleared(NAME)
+
+    _all_at_once(opener, 8)
+
+
+def _all_at_once(work: Callable[[int, threading.Barrier], None], count: int) -> None:
+    """Run `work(n, barrier)` on `count` threads that meet at the barrier; every one ends,
+    and none raised."""
+    go = threading.Barrier(count)
     errors: list[BaseException] = []
 
-    def opener() -> None:
+    def run(n: int) -> None:
         try:
-            go.wait(JOIN_SECONDS)
-            if opens == "status store":
-                with StatusStore(database_url) as s:
-                    assert s.batch(BATCH) == []
-            else:
-                with Ledger(database_url) as ledger:
-                    RetryBook(ledger).cleared(NAME)
+            work(n, go)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=opener) for _ in range(8)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
