@@ -98,11 +98,8 @@ def _creating_storage_of(home: str) -> Iterator[None]:
 
     Path(home).mkdir(parents=True, exist_ok=True)
     with open(Path(home) / ".mm-assets-storage.lock", "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 _INSTANCES: dict[str, object] = {}

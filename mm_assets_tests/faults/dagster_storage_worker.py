@@ -1,29 +1,23 @@
-"""`python -m mm_assets_tests.faults.dagster_storage_worker READY GO BATCH WAIT_BEFORE`: start
-as an `mm-assets` command does (DAGSTER_HOME from the environment), open the command's Dagster
-instance and add BATCH's partition, as `build` and `deliver` do before their run. READY is
-touched and GO awaited before the step named by WAIT_BEFORE (`open` or `add`), so several
-workers race the storage's creation or the partition's insert."""
+"""`python -m mm_assets_tests.faults.dagster_storage_worker BATCH WAIT_BEFORE`: start as an
+`mm-assets` command does (DAGSTER_HOME from the environment), open the command's Dagster
+instance and add BATCH's partition, as `build` and `deliver` do before their run. Before the
+step named by WAIT_BEFORE (`open` or `add`) it prints "ready" and waits for a line on its
+standard input, so several workers released together race the storage's creation or the
+partition's insert."""
 
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 from mm_assets.cli import _instance
 from mm_assets.defs.launch import register_export_batch
 
-GO_TIMEOUT_S = 120
 
-
-def main(ready: str, go: str, batch: str, wait_before: str) -> int:
+def main(batch: str, wait_before: str) -> int:
     instance = _instance() if wait_before == "add" else None
-    Path(ready).touch()
-    deadline = time.monotonic() + GO_TIMEOUT_S
-    while not Path(go).exists():
-        if time.monotonic() > deadline:
-            return 3
-        time.sleep(0.005)
+    print("ready", flush=True)
+    if sys.stdin.readline() != "go\n":
+        return 3  # the test ended without releasing us
     register_export_batch(instance or _instance(), batch)
     print("registered", batch)
     return 0
