@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKET = "prod-default-cft"
 DEFAULT_REGION = "us-east-1"
-DEFAULT_MAX_FILE_BYTES = 5 * 1024**3  # CFT-PUT: 5 GB strict limit per object
+# CFT-PUT: 5 GB strict limit per object, read as decimal (the smaller meaning, as the quotas)
+DEFAULT_MAX_FILE_BYTES = 5 * 10**9
 DEFAULT_CREDENTIALS_LIFETIME = 3600.0  # CFT-CRED: credentials expire after one hour
 
 _T = TypeVar("_T")

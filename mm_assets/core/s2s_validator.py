@@ -58,7 +58,9 @@ RULE_MOB = "S2S-MOB"
 RULE_NAME = "S2S-NAME"
 RULE_QUOTA = "S2S-QUOTA"
 
-MAX_FILE_BYTES = 4 * 1024**3
+# S2S-QUOTA's "4 GB", read as decimal: the smaller of the vendor's two possible meanings, so
+# a file this passes is within whichever one MediaMath enforces (as the quotas read it).
+MAX_FILE_BYTES = 4 * 10**9
 MAX_LINE_CHARS = 8000  # every line must have FEWER than this many characters
 MAX_SEGMENT_CODE = 2_147_483_647
 HEADER_ORDER = (
@@ -812,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=MAX_FILE_BYTES,
         metavar="BYTES",
-        help="largest allowed gzipped size (S2S-QUOTA; default 4 GiB)",
+        help="largest allowed gzipped size (S2S-QUOTA; default 4 GB = 4,000,000,000 bytes)",
     )
     try:
         args = parser.parse_args(argv)

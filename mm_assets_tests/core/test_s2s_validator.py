@@ -182,6 +182,18 @@ def test_quota(tmp_path: Path) -> None:
     assert found(report) == [("S2S-QUOTA", None)]
 
 
+def test_default_quota_is_4_gb_decimal(tmp_path: Path) -> None:
+    """S2S-QUOTA's "4 GB" read as 4 * 10**9 bytes, the smaller meaning (as core/quota.py does):
+    a file one byte past it is refused, though it is under 4 GiB. The file is sparse, so it
+    takes no disk space; it is not gzip either, which is reported beside the quota."""
+    path = tmp_path / NAME
+    with path.open("wb") as sparse:
+        sparse.truncate(4 * 10**9 + 1)
+    report = validate_file(path)
+    assert ("S2S-QUOTA", None) in found(report)
+    assert "at most 4,000,000,000 are allowed" in " ".join(v.message for v in report.violations)
+
+
 # -- S2S-FMT ---------------------------------------------------------------------------------
 
 
