@@ -204,7 +204,7 @@ _TRACEBACK = False  # set by main from --traceback / -v
 
 def _shown(text: str) -> str:
     """`text` as the terminal may show it: secrets of the environment redacted."""
-    from mm_assets.clients.moloco_export.errors import redact
+    from mm_assets.clients.redaction import redact
 
     return redact(text, (os.environ.get(name) for name in _SECRET_SETTINGS))
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import json
 import logging
 import re
@@ -37,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.loaders import create_loader
 
+from mm_assets.clients.redaction import SecretRedactingFilter
 from mm_assets.clients.retry import Backoff, RetriesExhausted, retry
 from mm_assets.clients.transport import (
     AuthenticationFailed,
@@ -106,49 +106,7 @@ _BOTOCORE_LOGGERS = (
 )
 
 
-class _RedactSecrets(logging.Filter):
-    """Redacts known secrets and the session-token header from records of chatty loggers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        # Bounded: a long run fetches a new set every hour.
-        self._secrets: collections.deque[str] = collections.deque(maxlen=64)
-
-    def add(self, *values: str) -> None:
-        with self._lock:
-            for value in values:
-                if value and value not in self._secrets:
-                    self._secrets.append(value)
-
-    def redact(self, text: str) -> str:
-        text = _TOKEN_HEADER_RE.sub(r"\1<redacted>", text)
-        with self._lock:
-            known = list(self._secrets)
-        for value in known:
-            if value in text:
-                text = text.replace(value, "<redacted>")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):  # a broken log call is not ours to fix
-            return True
-        redacted = self.redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-_REDACTOR = _RedactSecrets()
-
-
-def _install_redaction() -> None:
-    for name in _BOTOCORE_LOGGERS:
-        target = logging.getLogger(name)
-        if _REDACTOR not in target.filters:
-            target.addFilter(_REDACTOR)
+_REDACTOR = SecretRedactingFilter(patterns=(_TOKEN_HEADER_RE,))
 
 
 @dataclass(frozen=True)
@@ -416,7 +374,7 @@ class MediaMathCft:
         self._closed = False
         # One credentials outage per transport life: later calls fail at once (CFT-CRED).
         self._outage: ServiceDown | None = None
-        _install_redaction()
+        _REDACTOR.install(_BOTOCORE_LOGGERS)
 
     def __repr__(self) -> str:
         return (

@@ -30,6 +30,7 @@ from typing import Any
 
 import requests
 
+from mm_assets.clients.redaction import redact
 from mm_assets.clients.retry import Backoff, RetriesExhausted, retry
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ _TIME_KEYS = (
 )
 _TOTAL_KEYS = ("total", "totalcount", "count", "totalrecords")
 # An Authorization value (`Basic xxx`, `Bearer xxx`) quoted anywhere in a server's text.
-_AUTH_VALUE_RE = re.compile(r"(?i)\b(basic|bearer|digest)\s+[A-Za-z0-9+/=._~-]+")
+_AUTH_VALUE_RE = re.compile(r"(?i)\b((?:basic|bearer|digest)\s+)[A-Za-z0-9+/=._~-]+")
 
 
 class Outcome(StrEnum):
@@ -497,10 +498,7 @@ class ProcessingLogClient:
 
     def redact(self, text: str) -> str:
         """`text` without the credentials or any Authorization value (invariant 4)."""
-        text = _AUTH_VALUE_RE.sub(r"\1 <redacted>", text)
-        for secret in self._secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
+        return redact(text, self._secrets, (_AUTH_VALUE_RE,))
 
     def _excerpt(self, body: bytes) -> str:
         return repr(

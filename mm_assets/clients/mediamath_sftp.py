@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Self, TypeVar
 
+from mm_assets.clients.redaction import SecretRedactingFilter
 from mm_assets.clients.retry import Backoff, RetriesExhausted, retry
 from mm_assets.clients.transport import (
     AuthenticationFailed,
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     import paramiko
 
 logger = logging.getLogger(__name__)
+# The server's words (status messages, disconnect reasons, banners) reach our errors and logs,
+# and paramiko logs them too: a server may echo the password we logged in with (invariant 4).
+_REDACTOR = SecretRedactingFilter()
+_LOGGERS_OF_SERVER_TEXT = (__name__, "paramiko", "paramiko.transport", "paramiko.transport.sftp")
 _T = TypeVar("_T")
 
 DEFAULT_HOST = "sftp.datasvc.mediamath.com"
@@ -181,6 +186,8 @@ class MediaMathSftp:
         self.port = port
         self.username = username
         self._password = password
+        _REDACTOR.add(password)
+        _REDACTOR.install(_LOGGERS_OF_SERVER_TEXT)
         self.remote_dir = remote_dir
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
@@ -434,7 +441,9 @@ class MediaMathSftp:
     def _permanent(self, exc: BaseException, what: str) -> BaseException:
         if isinstance(exc, DeliveryError) or not isinstance(exc, OSError):
             return exc
-        return DeliveryError(f"SFTP server refused {what!r}: {exc.strerror or exc}")
+        return DeliveryError(
+            _REDACTOR.redact(f"SFTP server refused {what!r}: {exc.strerror or exc}")
+        )
 
     def _rename(self, session: _Session, temp: str, final: str) -> None:
         """posix-rename, or a plain rename where the server lacks the extension (S2S-SFTP).
@@ -628,5 +637,5 @@ def _unsupported(exc: OSError) -> bool:
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no error recorded"
-    text = str(exc)
+    text = _REDACTOR.redact(str(exc))  # often the server's own words
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

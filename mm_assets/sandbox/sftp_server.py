@@ -50,6 +50,11 @@ class _Faults:
         self.paused = threading.Event()
         self.release = threading.Event()
         self.renames: collections.Counter[str] = collections.Counter()
+        # A hostile or careless server: every file open is refused with a status message that
+        # echoes the password the client logged in with. `echo_password_refusal` is "failure"
+        # (SSH_FX_FAILURE, which a client may retry) or "permission" (SSH_FX_PERMISSION_DENIED).
+        self.echo_password_refusal: str | None = None
+        self.last_password: str | None = None
 
 
 async def _hold(faults: _Faults) -> None:
@@ -98,6 +103,7 @@ class _PasswordServer(asyncssh.SSHServer):
             )
             if ok:
                 self._faults.successful_logins += 1
+                self._faults.last_password = password
             return ok
 
 
@@ -109,6 +115,16 @@ class _FaultySftpServer(asyncssh.SFTPServer):
         self._faults = faults
         self._written = 0
         self._received = 0  # every byte written on this connection (for pause_after_bytes)
+
+    def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        with self._faults.lock:
+            refusal, password = self._faults.echo_password_refusal, self._faults.last_password
+        if refusal is not None:
+            message = f"cannot open {path.decode(errors='replace')}: login was {password}"
+            if refusal == "permission":
+                raise asyncssh.SFTPPermissionDenied(message)
+            raise asyncssh.SFTPFailure(message)
+        return super().open(path, pflags, attrs)
 
     def write(self, file_obj: object, offset: int, data: bytes) -> Any:
         with self._faults.lock:
@@ -235,7 +251,8 @@ class SandboxSftpServer:
     @property
     def faults(self) -> _Faults:
         """The fault switches (refuse_posix_rename, pause_after_bytes, pause_after_rename,
-        paused / release events) and what the server saw (renames by final name)."""
+        paused / release events, echo_password_refusal) and what the server saw (renames by
+        final name)."""
         return self._faults
 
     @property

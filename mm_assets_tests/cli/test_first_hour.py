@@ -97,7 +97,7 @@ def test_a_failed_command_prints_its_cause_once_without_secrets_and_the_trace_on
     assert plain.returncode == 1 and plain.stdout == ""
     assert lines(plain.stderr) == [
         "mm-assets deliver: MM_DELIVERY_TRANSPORT must be one of sandbox, sftp, cft, not "
-        "'[redacted]'  (the trace: --traceback)"
+        "'<redacted>'  (the trace: --traceback)"
     ]
     traced = mm_assets("deliver", "--traceback", "batch_20261120", env=env)
     assert traced.returncode == 1

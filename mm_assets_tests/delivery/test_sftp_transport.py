@@ -21,6 +21,7 @@ import pytest
 from mm_assets.clients.mediamath_sftp import MediaMathSftp, known_hosts_line
 from mm_assets.clients.transport import (
     AuthenticationFailed,
+    DeliveryError,
     FileRefused,
     HostKeyRejected,
     OutgoingFile,
@@ -277,6 +278,45 @@ def test_no_password_in_messages_or_logs(
     for text in texts:
         assert PASSWORD not in text
         assert WRONG_PASSWORD not in text
+
+
+@pytest.mark.parametrize("refusal", ["failure", "permission"])
+def test_a_server_echoing_the_password_in_its_refusals_leaks_it_nowhere(
+    sandbox_server: SandboxSftpServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    refusal: str,
+) -> None:
+    """Invariant 4, for text the server writes: its status messages reach our errors and logs
+    (paramiko's included, at DEBUG) without the password. A failure is retried, then given up;
+    a permission refusal is not retried."""
+    server = sandbox_server
+    caplog.set_level(logging.DEBUG)
+    file = _make_file(tmp_path, "Partner_20250101171500.log.gz", 1000)
+    server.faults.echo_password_refusal = refusal
+    try:
+        with (
+            _client(server, tmp_path, max_attempts=2) as client,
+            pytest.raises(DeliveryError) as refused,
+        ):
+            client.upload(file)
+    finally:
+        server.faults.echo_password_refusal = None
+    assert server.faults.last_password == PASSWORD  # the server did have it to echo
+    expected = TransientDeliveryError if refusal == "failure" else DeliveryError
+    assert type(refused.value) is expected
+    message = str(refused.value)
+    assert "login was <redacted>" in message  # the server's text is kept, its secret is not
+    # Our side's records (the client's and paramiko's); the in-process server logs its own.
+    ours = [
+        r.getMessage()
+        for r in caplog.records
+        if not r.name.startswith(("asyncssh", "mm_assets.sandbox"))
+    ]
+    assert any(r.startswith("[chan") for r in ours)  # paramiko's DEBUG records were captured
+    for text in (message, repr(refused.value), *ours):
+        assert PASSWORD not in text
+    assert "Partner_20250101171500.log.gz" not in _drop_listing(server)
 
 
 def test_file_over_limit_is_refused_before_connecting(tmp_path: Path) -> None:

@@ -7,8 +7,6 @@ token: `redact` is applied wherever text from a remote system or a library is qu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 SUPPORTED_METHODS = (
     "Workload Identity Federation (MM_MOLOCO_METHOD=wif), "
     "Dynamic Key Rotation (MM_MOLOCO_METHOD=dkr), "
@@ -55,12 +53,3 @@ class ChecksumMismatch(MolocoExportError):
 
 class UnsafeObjectName(MolocoExportError):
     """An object name that would escape the staging folder (`..`, absolute paths)."""
-
-
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every non-empty secret replaced; secrets shorter than 4 characters are kept
-    because replacing them would mangle ordinary words without protecting anything."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return text

@@ -37,8 +37,8 @@ from mm_assets.clients.moloco_export.errors import (
     CredentialError,
     KeyNotActiveError,
     TransientSourceError,
-    redact,
 )
+from mm_assets.clients.redaction import redact
 from mm_assets.clients.retry import Backoff, retry
 from mm_assets.state.leases import Lease, last_time, record_time
 

@@ -23,8 +23,8 @@ from mm_assets.clients.moloco_export.errors import (
     CredentialError,
     MolocoExportError,
     TransientSourceError,
-    redact,
 )
+from mm_assets.clients.redaction import redact
 
 SUCCESS_MARKER = "_SUCCESS"
 DEFAULT_PAGE_SIZE = 1000

@@ -35,8 +35,8 @@ from mm_assets.clients.moloco_export.errors import (
     SUPPORTED_METHODS,
     CredentialError,
     LegacyCredentialsRefused,
-    redact,
 )
+from mm_assets.clients.redaction import redact
 
 logger = logging.getLogger(__name__)
 

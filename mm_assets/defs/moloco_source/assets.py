@@ -4,7 +4,8 @@ import os
 
 import dagster as dg
 
-from mm_assets.clients.moloco_export.errors import MolocoExportError, redact
+from mm_assets.clients.moloco_export.errors import MolocoExportError
+from mm_assets.clients.redaction import redact
 from mm_assets.defs.metadata import byte_count, table
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches

@@ -31,13 +31,13 @@ import dagster as dg
 from mm_assets.clients.moloco_export.errors import (
     CredentialError,
     TransientSourceError,
-    redact,
 )
 from mm_assets.clients.moloco_export.listing import (
     ExportObject,
     batch_fingerprint,
     has_success_marker,
 )
+from mm_assets.clients.redaction import redact
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
 from mm_assets.defs.partitions import export_batches
 from mm_assets.defs.resources import BatchStorage
