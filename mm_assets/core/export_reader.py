@@ -185,7 +185,10 @@ def batch_files(batch_dir: Path) -> tuple[list[Path], list[FileIssue]]:
                 continue
             mode = path.lstat().st_mode
             rel = path.relative_to(batch_dir).as_posix()
-            if stat.S_ISLNK(mode):
+            if not _is_utf8(rel):
+                # Named by its bytes escaped: the name travels on through UTF-8 only.
+                refused.append(FileIssue(_escaped(rel), "refused: the file name is not UTF-8"))
+            elif stat.S_ISLNK(mode):
                 target = os.readlink(path)
                 refused.append(
                     FileIssue(rel, f"refused: a link to {target} (links are not followed)")
@@ -195,6 +198,20 @@ def batch_files(batch_dir: Path) -> tuple[list[Path], list[FileIssue]]:
             else:
                 files.append(path)
     return sorted(files), sorted(refused, key=lambda i: i.file)
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a name from the file system was valid UTF-8 (undecodable bytes come back as
+    surrogates, which no UTF-8 text, DuckDB's included, can hold)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(name: str) -> str:
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def file_format(path: Path) -> str | None:
@@ -381,14 +398,16 @@ def _csv_header(name: str, gz: bool) -> list[str]:
     head = _first_bytes(name, gz)
     if not head:
         raise _Unusable("file is empty (the gzip holds no data)", blocks_batch=False)
-    line, newline, _ = head.partition(b"\n")
-    if not newline and len(head) == MAX_HEADER_BYTES:
+    # The header ends where DuckDB's line reader ends the first line: at a CR or an LF.
+    end = LINE_END.search(head)
+    line = head[: end.start()] if end else head
+    if end is None and len(head) == MAX_HEADER_BYTES:
         raise _Unusable(
             f"cannot be read: no line end in the first {MAX_HEADER_BYTES:,} bytes, so no CSV "
             f"header (a corrupt file, or a gzip bomb)"
         )
     try:
-        text = line.rstrip(b"\r").decode("utf-8-sig")
+        text = line.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _Unusable("cannot be read: the header line is not UTF-8") from exc
     try:
@@ -487,7 +506,9 @@ SELECT line, {select},
 FROM (SELECT line, raw,
              CASE WHEN plain IS NOT NULL THEN string_split(plain, ',')
                   WHEN regexp_full_match(j, {sql_string(CSV_LINE)}) THEN list_transform(
-                      regexp_extract_all(j, {sql_string(f"(?:^|,)({CSV_FIELD})")}, 1),
+                      -- Every field after a comma: `(?:^|,)` would match an empty first
+                      -- field as an empty match, after which the scan skips the next field.
+                      regexp_extract_all(',' || j, {sql_string(f",({CSV_FIELD})")}, 1),
                       lambda x: CASE WHEN starts_with(x, '"')
                                      THEN replace(x[2:-2], '""', '"') ELSE x END)
              END AS f

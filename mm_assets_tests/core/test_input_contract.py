@@ -122,6 +122,37 @@ def test_a_row_with_too_few_or_too_many_fields_is_quarantined(tmp_path):
     assert_conserved(report)
 
 
+def test_a_quoted_line_whose_first_field_is_empty_keeps_every_field(tmp_path):
+    """Writers that quote every non-empty value start a global row with an empty client:
+    each field of such a line is its own (a malformed row is never read with one dropped)."""
+    body = b'client,user_id,segment\n,"u1",5\n,SURPLUS,"u2",6\n,,"7"\n"",u3,"8"\n'
+    report = read(tmp_path, {"p.csv": body})
+    assert accepted_loads(report) == [("", False, "u1", "5", 0), ("", False, "u3", "8", 0)]
+    assert [(r["line"], r["reason"]) for r in quarantine_rows(report)] == [
+        (3, er.FIELD_COUNT),
+        (4, er.MISSING_USER),
+    ]
+    assert_conserved(report)
+
+
+def test_lone_cr_line_ends_are_lines(tmp_path):
+    """A CSV from an old Mac writer ends its lines with CR alone: read as lines, header too."""
+    report = read(tmp_path, {"p.csv": b"user_id,segment\ru1,5\ru2,6\r"})
+    assert report.file_issues == []
+    assert accepted_loads(report) == [("", False, "u1", "5", 0), ("", False, "u2", "6", 0)]
+    assert_conserved(report)
+
+
+def test_a_file_name_that_is_not_utf8_costs_that_file_only(tmp_path):
+    batch = write_batch(tmp_path, {"ok.csv": b"user_id,segment\nu1,1\n"})
+    (batch / os.fsdecode(b"\xff.csv")).write_bytes(b"user_id,segment\nu2,2\n")
+    report = read_export_batch(batch, tmp_path / "work", make_settings())
+    assert accepted_loads(report) == [("", False, "u1", "1", 0)]
+    assert [(i.file, i.blocks_batch) for i in report.file_issues] == [("\\xff.csv", True)]
+    assert "not UTF-8" in report.file_issues[0].message
+    assert_conserved(report)
+
+
 def test_crlf_line_ends_are_read_and_quarantine_lines_are_the_files_own(tmp_path):
     body = b"user_id,segment,device_type\r\nU1,1,idfa\r\nbad\xff,1,\r\nu2,2,cookie\r\nu3,x,\r\n"
     report = read(tmp_path, {"p.csv": body})
