@@ -524,29 +524,42 @@ FROM (SELECT line, raw,
         )
     scan = f"read_parquet({sql_string(name)}, file_row_number=true)"
     columns = _source_columns(con, scan)
-    _check_columns(list(columns), settings)
-    present = [c for c in INPUT_COLUMNS if settings.source_column(c) in columns]
-    blobs = [c for c in present if columns[settings.source_column(c)] == "BLOB"]
+    # Names are case-sensitive (the contract), DuckDB's are not: it renames the second of
+    # `User_Id` and `user_id` to `user_id_1`, and the second of two `user_id` too. The file's
+    # own names are checked, and each is bound by the name DuckDB gave its column.
+    try:
+        names = pq.read_schema(name).names
+    except (OSError, pa.ArrowException):
+        names = list(columns)[:-1]  # DuckDB reads what Arrow cannot: its names, then
+    _check_columns(names, settings)
+    duck_name = dict(zip(names, columns, strict=False))
+    present = [c for c in INPUT_COLUMNS if settings.source_column(c) in duck_name]
+
+    def column(c: str) -> str:
+        return _ident(duck_name[settings.source_column(c)])
+
+    blobs = [c for c in present if columns[duck_name[settings.source_column(c)]] == "BLOB"]
     # BINARY columns hold bytes: decoded as UTF-8, or the row is quarantined with its bytes
     # (never the escaped text DuckDB would cast them to).
-    source_ts = settings.source_column("timestamp")
-    integer_timestamps = columns.get(source_ts) in INTEGER_TYPES
+    timestamp_type = (
+        columns[duck_name[settings.source_column("timestamp")]] if "timestamp" in present else None
+    )
+    integer_timestamps = timestamp_type in INTEGER_TYPES
     select = ", ".join(
         (
-            f"CAST({_ident(source_ts)} AS BIGINT) AS {c}"
+            f"CAST({column(c)} AS BIGINT) AS {c}"
             if c == "timestamp" and integer_timestamps
-            else f"try(decode({_ident(settings.source_column(c))})) AS {c}"
+            else f"try(decode({column(c)})) AS {c}"
             if c in blobs
-            else f"CAST({_ident(settings.source_column(c))} AS VARCHAR) AS {c}"
+            else f"CAST({column(c)} AS VARCHAR) AS {c}"
             if c in present
             else f"NULL AS {c}"
         )
         for c in INPUT_COLUMNS
     )
     undecodable = [
-        f"WHEN {_ident(settings.source_column(c))} IS NOT NULL "
-        f"AND try(decode({_ident(settings.source_column(c))})) IS NULL "
-        f"THEN to_base64({_ident(settings.source_column(c))})"
+        f"WHEN {column(c)} IS NOT NULL AND try(decode({column(c)})) IS NULL "
+        f"THEN to_base64({column(c)})"
         for c in blobs
     ]
     raw = f"CASE {' '.join(undecodable)} END" if blobs else "NULL"

@@ -313,6 +313,20 @@ def test_parquet_columns_named_like_the_readers_own_are_fine(tmp_path):
     assert accepted_loads(report) == [("", False, "u1", "1", 0)]
 
 
+def test_parquet_column_names_are_case_sensitive_and_a_repeated_one_is_refused(tmp_path):
+    """`User_Id` beside `user_id` is another column (DuckDB alone would rename the second);
+    a file naming `user_id` twice is refused, as a CSV header doing so is."""
+    cased = pa.table([["X1"], ["u1"], ["5"]], names=["User_Id", "user_id", "segment"])
+    twice = pa.table([["u2"], ["6"], ["u3"]], names=["user_id", "segment", "user_id"])
+    report = read(
+        tmp_path, {"cased.parquet": parquet_bytes(cased), "twice.parquet": parquet_bytes(twice)}
+    )
+    assert accepted_loads(report) == [("", False, "u1", "5", 0)]
+    assert [(i.file, i.blocks_batch) for i in report.file_issues] == [("twice.parquet", True)]
+    assert "more than once" in report.file_issues[0].message
+    assert_conserved(report)
+
+
 # --- any legal folder name ---------------------------------------------------------------------
 
 
