@@ -324,7 +324,7 @@ def build(batch_dir: Path) -> int:
                 f" + {counts['quarantined']:,} quarantined"
             )
         for name, message, blocks in raw.unusable_files:
-            kind = "unreadable file " if blocks else "empty file      "
+            kind = "unreadable file " if blocks else "not read        "
             print(f"  {kind} {name}: {message}")
     files = outcome.materializations.get("s2s_files")
     if files is not None:

@@ -124,6 +124,10 @@ MALFORMED_QUOTES = "malformed CSV row: a quote is not closed, or text follows a 
 FIELD_COUNT = "malformed CSV row: not as many fields as the header has"
 OVERLONG_LINE = f"line is longer than {MAX_LINE_BYTES:,} bytes (a corrupt file, or a gzip bomb)"
 UNREADABLE_LINE = "line could not be read"
+HIDDEN_FOLDER = (
+    "not read: a folder whose name starts with '_' or '.' holds no data "
+    "(Spark's _temporary attempts, hidden folders)"
+)
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,9 @@ def _is_data_name(name: str) -> bool:
 def batch_files(batch_dir: Path) -> tuple[list[Path], list[FileIssue]]:
     """The data files of a batch, and the entries refused by name.
 
-    Markers and hidden files (`_SUCCESS`, `.x`) are not data. Links are never followed (they
+    Markers and hidden files (`_SUCCESS`, `.x`) are not data, nor is anything in a folder so
+    named (Spark's `_temporary/` attempts, hidden folders): such a folder is named, as a notice
+    that blocks nothing, and never read. Links are never followed (they
     could lead out of the batch, to files the export never held), nor is anything that is not
     a regular file or a folder opened.
     """
@@ -178,7 +184,10 @@ def batch_files(batch_dir: Path) -> tuple[list[Path], list[FileIssue]]:
                 refused.append(
                     FileIssue(rel, "refused: a link to a folder (links are not followed)")
                 )
-        dirs[:] = sorted(d for d in dirs if not (folder / d).is_symlink())
+            elif not _is_data_name(name):
+                rel = (folder / name).relative_to(batch_dir).as_posix()
+                refused.append(FileIssue(_escaped(rel) + "/", HIDDEN_FOLDER, blocks_batch=False))
+        dirs[:] = sorted(d for d in dirs if not (folder / d).is_symlink() and _is_data_name(d))
         for name in names:
             path = folder / name
             if not _is_data_name(name):

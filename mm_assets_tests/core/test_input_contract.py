@@ -143,6 +143,28 @@ def test_lone_cr_line_ends_are_lines(tmp_path):
     assert_conserved(report)
 
 
+def test_folders_named_like_markers_are_named_and_never_read(tmp_path):
+    """A Spark job's leftover `_temporary/` attempt (or a hidden folder) holds copies or
+    fragments of the batch's files: read, they would load rows twice."""
+    row = b"user_id,segment\nu1,1\n"
+    report = read(
+        tmp_path,
+        {
+            "part-0.csv": row,
+            "_temporary/0/part-0.csv": row,
+            ".hidden/part-0.csv": b"user_id,segment\nu2,2\n",
+        },
+    )
+    assert accepted_loads(report) == [("", False, "u1", "1", 0)]
+    assert list(report.files) == ["part-0.csv"]
+    assert [(i.file, i.message, i.blocks_batch) for i in report.file_issues] == [
+        (".hidden/", er.HIDDEN_FOLDER, False),
+        ("_temporary/", er.HIDDEN_FOLDER, False),
+    ]
+    assert report.complete
+    assert_conserved(report)
+
+
 def test_a_file_name_that_is_not_utf8_costs_that_file_only(tmp_path):
     batch = write_batch(tmp_path, {"ok.csv": b"user_id,segment\nu1,1\n"})
     (batch / os.fsdecode(b"\xff.csv")).write_bytes(b"user_id,segment\nu2,2\n")
