@@ -135,6 +135,20 @@ def test_a_quoted_line_whose_first_field_is_empty_keeps_every_field(tmp_path):
     assert_conserved(report)
 
 
+def test_values_are_trimmed_of_unicode_spaces_around_them_not_of_tabs(tmp_path):
+    """The README's rule, pinned (DuckDB's trim decides it): U+00A0, U+2003 and U+3000 around
+    a value go; a tab stays, and a user ID holding one is quarantined."""
+    body = (
+        "user_id,segment,timestamp,device_type\n"
+        "\u00a0u1\u00a0,\u30007,\u2003 5,idfa\u00a0\n"
+        "\tu2,8,0,cookie\n"
+    ).encode()
+    report = read(tmp_path, {"p.csv": body})
+    assert accepted_loads(report) == [("", True, "u1", "7", 5)]
+    assert [(r["line"], r["reason"]) for r in quarantine_rows(report)] == [(3, er.BAD_USER)]
+    assert_conserved(report)
+
+
 def test_lone_cr_line_ends_are_lines(tmp_path):
     """A CSV from an old Mac writer ends its lines with CR alone: read as lines, header too."""
     report = read(tmp_path, {"p.csv": b"user_id,segment\ru1,5\ru2,6\r"})
