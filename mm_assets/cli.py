@@ -64,7 +64,10 @@ def _initialized(resource, instance=None):
 
 def _batch_error(batch: str) -> str | None:
     if not _BATCH_RE.match(batch) or batch in (".", ".."):
-        return f"{batch!r} is not a batch name (one folder name of the export, no '/' or '..')"
+        return (
+            f"{batch!r} is not a batch name (one folder name of the export: ASCII letters, "
+            f"digits, '.', '_' and '-', not starting with '.' or '-')"
+        )
     return None
 
 

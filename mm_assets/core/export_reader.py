@@ -119,6 +119,7 @@ CLIENT_TOO_LONG = f"client name has more than {MAX_NAME_PART_CHARS} letters and 
 CLIENT_COLLISION = "client name sanitises to the same file name as another client (S2S-NAME)"
 INVALID_JSON = "line is not a JSON object"
 DUPLICATE_KEY = "JSON object names a column twice (which value holds the data is ambiguous)"
+NOT_A_SCALAR = "a JSON value we read is true/false, an array or an object (not a string or number)"
 UNDECODABLE = "undecodable bytes (not UTF-8)"
 MALFORMED_QUOTES = "malformed CSV row: a quote is not closed, or text follows a closing quote"
 FIELD_COUNT = "malformed CSV row: not as many fields as the header has"
@@ -480,10 +481,21 @@ def _file_source(
         # A key we read that the object names twice: which value holds the data is ambiguous.
         ours = "[" + ", ".join(sql_string(settings.source_column(c)) for c in INPUT_COLUMNS) + "]"
         named = f"list_filter(json_keys(j), lambda k: list_contains({ours}, k))"
+        # A value is a string, a number or null: `true`, `[...]` or `{...}` would otherwise be
+        # read as its JSON text (a user ID `true`, a client `["Acme"]` routed to Acme).
+        paths = (
+            "["
+            + ", ".join(
+                sql_string("$." + _json_key(settings.source_column(c))) for c in INPUT_COLUMNS
+            )
+            + "]"
+        )
+        structured = f"list_has_any(json_type(j, {paths}), ['BOOLEAN', 'ARRAY', 'OBJECT'])"
         return (
             f"SELECT line, {extract}, "
             f"CASE WHEN NOT json_valid(j) OR json_type(j) <> 'OBJECT' THEN '{INVALID_JSON}' "
-            f"WHEN len({named}) <> len(list_distinct({named})) THEN '{_sq(DUPLICATE_KEY)}' END "
+            f"WHEN len({named}) <> len(list_distinct({named})) THEN '{_sq(DUPLICATE_KEY)}' "
+            f"WHEN {structured} THEN '{_sq(NOT_A_SCALAR)}' END "
             f"AS bad_row, to_base64(encode(raw)) AS raw "
             f"FROM (SELECT ordinality AS line, line AS raw, line AS j "
             f"      FROM {_line_scan(name, gz, rejects)} WITH ORDINALITY) "

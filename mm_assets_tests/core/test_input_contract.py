@@ -149,6 +149,24 @@ def test_values_are_trimmed_of_unicode_spaces_around_them_not_of_tabs(tmp_path):
     assert_conserved(report)
 
 
+def test_json_values_that_are_not_strings_or_numbers_are_quarantined(tmp_path):
+    """`true`, arrays and objects are no user ID, segment or client: read as their JSON text
+    they would be written (`true 1:0`) or routed to a client (`["Acme"]` -> Acme)."""
+    body = (
+        b'{"user_id":true,"segment":1}\n'
+        b'{"user_id":"u1","segment":["a","b"]}\n'
+        b'{"user_id":"u2","segment":1,"client":["Acme"]}\n'
+        b'{"user_id":"u3","segment":2,"timestamp":{"t":1}}\n'
+        b'{"user_id":"u4","segment":3,"timestamp":5,"client":null}\n'
+    )
+    report = read(tmp_path, {"p.jsonl": body})
+    assert accepted_loads(report) == [("", False, "u4", "3", 5)]
+    assert [(r["line"], r["reason"]) for r in quarantine_rows(report)] == [
+        (n, er.NOT_A_SCALAR) for n in (1, 2, 3, 4)
+    ]
+    assert_conserved(report)
+
+
 def test_lone_cr_line_ends_are_lines(tmp_path):
     """A CSV from an old Mac writer ends its lines with CR alone: read as lines, header too."""
     report = read(tmp_path, {"p.csv": b"user_id,segment\ru1,5\ru2,6\r"})

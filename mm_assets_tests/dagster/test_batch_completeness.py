@@ -5,6 +5,7 @@ empty file is reported but passes, and `mm-assets build` says which happened by 
 from __future__ import annotations
 
 import gzip
+import os
 
 import dagster as dg
 import pytest
@@ -117,6 +118,17 @@ def test_cli_build_of_an_incomplete_batch_exits_3_and_prints_the_counts(cli_env,
     assert "file good.csv: 2 rows seen = 2 accepted + 0 quarantined" in captured.out
     assert "unreadable file  cut.csv.gz: cannot be read" in captured.out
     assert "batch incomplete" in captured.err
+
+
+def test_cli_build_with_a_file_name_that_is_not_utf8_names_it_and_exits_3(cli_env, capsys):
+    """The listing, the fingerprint and the reader all take the name as its bytes: the file is
+    refused by name and the batch is incomplete, not a crash of the build."""
+    batch = write_batch(cli_env, {"good.csv": GOOD}, name="b1")
+    (batch / os.fsdecode(b"bad\xffname.csv")).write_bytes(GOOD)
+    assert main(["build", str(batch)]) == EXIT_BATCH_INCOMPLETE
+    captured = capsys.readouterr()
+    assert "file good.csv: 2 rows seen = 2 accepted + 0 quarantined" in captured.out
+    assert "unreadable file  bad\\xffname.csv: refused: the file name is not UTF-8" in captured.out
 
 
 def test_cli_build_accepting_partial_batches_exits_0(cli_env, capsys, monkeypatch):

@@ -85,7 +85,7 @@ def batch_fingerprint(objects: list[ExportObject]) -> str:
     """A version fingerprint of a batch: hash of its sorted (name, version) pairs."""
     digest = hashlib.sha256()
     for obj in sorted(objects, key=lambda o: o.name):
-        digest.update(obj.name.encode())
+        digest.update(obj.name.encode("utf-8", "surrogateescape"))  # a name as its bytes
         digest.update(b"\0")
         digest.update(obj.version.encode())
         digest.update(b"\n")
