@@ -180,14 +180,13 @@ def batch_files(batch_dir: Path) -> tuple[list[Path], list[FileIssue]]:
     for root, dirs, names in os.walk(batch_dir, followlinks=False):
         folder = Path(root)
         for name in sorted(dirs):
+            rel = _escaped((folder / name).relative_to(batch_dir).as_posix())
             if (folder / name).is_symlink():
-                rel = (folder / name).relative_to(batch_dir).as_posix()
                 refused.append(
                     FileIssue(rel, "refused: a link to a folder (links are not followed)")
                 )
             elif not _is_data_name(name):
-                rel = (folder / name).relative_to(batch_dir).as_posix()
-                refused.append(FileIssue(_escaped(rel) + "/", HIDDEN_FOLDER, blocks_batch=False))
+                refused.append(FileIssue(rel + "/", HIDDEN_FOLDER, blocks_batch=False))
         dirs[:] = sorted(d for d in dirs if not (folder / d).is_symlink() and _is_data_name(d))
         for name in names:
             path = folder / name
@@ -473,9 +472,9 @@ def _file_source(
     if fmt == "jsonl":
         if gz and not _first_bytes(name, gz):
             raise _Unusable("file is empty (the gzip holds no data)", blocks_batch=False)
+        path = {c: sql_string("$." + _json_key(settings.source_column(c))) for c in INPUT_COLUMNS}
         extract = ", ".join(
-            f"CASE WHEN json_valid(j) THEN json_extract_string(j, "
-            f"{sql_string('$.' + _json_key(settings.source_column(c)))}) END AS {c}"
+            f"CASE WHEN json_valid(j) THEN json_extract_string(j, {path[c]}) END AS {c}"
             for c in INPUT_COLUMNS
         )
         # A key we read that the object names twice: which value holds the data is ambiguous.
@@ -483,13 +482,7 @@ def _file_source(
         named = f"list_filter(json_keys(j), lambda k: list_contains({ours}, k))"
         # A value is a string, a number or null: `true`, `[...]` or `{...}` would otherwise be
         # read as its JSON text (a user ID `true`, a client `["Acme"]` routed to Acme).
-        paths = (
-            "["
-            + ", ".join(
-                sql_string("$." + _json_key(settings.source_column(c))) for c in INPUT_COLUMNS
-            )
-            + "]"
-        )
+        paths = "[" + ", ".join(path.values()) + "]"
         structured = f"list_has_any(json_type(j, {paths}), ['BOOLEAN', 'ARRAY', 'OBJECT'])"
         return (
             f"SELECT line, {extract}, "
