@@ -439,11 +439,15 @@ class MediaMathSftp:
             )
 
     def _permanent(self, exc: BaseException, what: str) -> BaseException:
-        if isinstance(exc, DeliveryError) or not isinstance(exc, OSError):
-            return exc
-        return DeliveryError(
-            _REDACTOR.redact(f"SFTP server refused {what!r}: {exc.strerror or exc}")
-        )
+        if isinstance(exc, DeliveryError):
+            return exc  # ours: its text never quotes the password
+        if isinstance(exc, OSError):
+            return DeliveryError(
+                _REDACTOR.redact(f"SFTP server refused {what!r}: {exc.strerror or exc}")
+            )
+        # Anything else (paramiko's own errors, a server's bytes it could not decode) may
+        # quote the server, so it leaves as our error with its text redacted.
+        return DeliveryError(f"{what} at {self.host}:{self.port} failed: {_describe(exc)}")
 
     def _rename(self, session: _Session, temp: str, final: str) -> None:
         """posix-rename, or a plain rename where the server lacks the extension (S2S-SFTP).

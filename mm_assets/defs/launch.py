@@ -33,7 +33,6 @@ from typing import Any
 
 import dagster as dg
 import psutil
-import sqlalchemy as sa
 from dagster._cli.api import _execute_run_command_body  # the body of the run worker
 from dagster._cli.job import _create_run  # the body of `dagster job launch`
 from dagster._cli.workspace.cli_target import (
@@ -46,7 +45,7 @@ from dagster._core.remote_origin import CodeLocationOrigin, InProcessCodeLocatio
 from dagster._core.remote_representation.code_location import InProcessCodeLocation
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.partitions import register_export_batch
 from mm_assets.defs.settings import PROJECT_ROOT
 
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
@@ -116,19 +115,6 @@ def _fresh_definitions(origin: CodeLocationOrigin) -> Iterator[None]:
     finally:
         ReconstructableJob.get_definition.cache_clear()
         ReconstructableJob.get_repository_definition.cache_clear()
-
-
-def register_export_batch(instance: dg.DagsterInstance, batch: str) -> None:
-    """Add the batch's partition, also when another process adds it at the same moment.
-
-    Dagster reads which keys exist and then inserts the others: the batch sensor and a
-    command adding one new batch together meet its unique index, and the later one fails.
-    """
-    try:
-        instance.add_dynamic_partitions(export_batches.name, [batch])
-    except sa.exc.IntegrityError:
-        if not instance.has_dynamic_partition(export_batches.name, batch):
-            raise
 
 
 def launch_and_wait(

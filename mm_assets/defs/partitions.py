@@ -3,6 +3,7 @@
 import warnings
 
 import dagster as dg
+import sqlalchemy as sa
 
 export_batches = dg.DynamicPartitionsDefinition(name="export_batches")
 
@@ -14,3 +15,17 @@ warnings.filterwarnings(
     message="Specifying a partitions_def on an AssetCheckSpec",
     category=dg.PreviewWarning,
 )
+
+
+def register_export_batch(instance: dg.DagsterInstance, batch: str) -> None:
+    """Add the batch's partition, also when another process adds it at the same moment.
+
+    Dagster reads which keys exist and then inserts the others: the batch sensor and a
+    command adding one new batch together meet its unique index, and the later one fails
+    (for the sensor, a failed tick shown red although nothing needs a person).
+    """
+    try:
+        instance.add_dynamic_partitions(export_batches.name, [batch])
+    except sa.exc.IntegrityError:
+        if not instance.has_dynamic_partition(export_batches.name, batch):
+            raise

@@ -93,10 +93,7 @@ def test_a_new_batch_reaches_mediamath_and_is_accepted_with_no_command(
             dg.build_sensor_context(instance=instance, resources=resources)
         )
         [request] = found.run_requests
-        for partitions_request in found.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(
-                partitions_request.partitions_def_name, list(partitions_request.partition_keys)
-            )
+        assert instance.has_dynamic_partition("export_batches", request.partition_key)
         build = defs.resolve_job_def(jobs.build_s2s_files_job.name).execute_in_process(
             instance=instance, partition_key=request.partition_key
         )

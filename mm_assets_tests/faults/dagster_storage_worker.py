@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from mm_assets.cli import _instance
-from mm_assets.defs.launch import register_export_batch
+from mm_assets.defs.partitions import register_export_batch
 
 
 def main(batch: str, wait_before: str) -> int:

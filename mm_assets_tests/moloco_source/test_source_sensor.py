@@ -78,7 +78,7 @@ def test_new_batch_relisted_rewritten_and_cursor_object_deleted(
     runs = _runs(result)
     assert [b for b, _ in runs] == ["b1"]
     assert isinstance(result, dg.SensorResult)
-    assert result.dynamic_partitions_requests[0].partition_keys == ["b1"]
+    assert instance.get_dynamic_partitions("export_batches") == ["b1"]
     first_key = runs[0][1]
 
     # Same batch re-listed: nothing.
@@ -90,7 +90,7 @@ def test_new_batch_relisted_rewritten_and_cursor_object_deleted(
     result, cursor = _tick(source, tmp_path, cursor, instance)
     runs = _runs(result)
     assert [b for b, _ in runs] == ["b1"] and runs[0][1] != first_key
-    assert not result.dynamic_partitions_requests  # type: ignore[union-attr]
+    assert instance.get_dynamic_partitions("export_batches") == ["b1"]  # known already
 
     # The cursor's objects deleted (the marker, then the newest object): no replay.
     gcs.delete(BUCKET, f"{PREFIX}/b1/_SUCCESS")
@@ -100,6 +100,19 @@ def test_new_batch_relisted_rewritten_and_cursor_object_deleted(
     result, cursor = _tick(source, tmp_path, cursor, instance)
     assert _runs(result) == []
     assert len(cursor or "") < 1000  # compact: per batch a fingerprint, not object lists
+
+
+def test_a_new_batch_whose_partition_a_command_added_already_is_requested_once(
+    wif_world, aws_env_keys, tmp_path, instance
+):
+    # `mm-assets build` of the batch registered its partition first (or at the same moment:
+    # the sensor adds it through the same insert that tolerates the other's).
+    wif_world.gcs.put(BUCKET, f"{PREFIX}/b4/part-0.csv", CSV)
+    wif_world.gcs.put(BUCKET, f"{PREFIX}/b4/_SUCCESS", b"")
+    instance.add_dynamic_partitions("export_batches", ["b4"])
+    result, _ = _tick(_source(wif_world), tmp_path, None, instance)
+    assert [b for b, _ in _runs(result)] == ["b4"]
+    assert instance.get_dynamic_partitions("export_batches") == ["b4"]
 
 
 def test_quiet_period_completes_a_batch_without_marker(wif_world, aws_env_keys, tmp_path, instance):

@@ -39,7 +39,7 @@ from mm_assets.clients.moloco_export.listing import (
 )
 from mm_assets.clients.redaction import redact
 from mm_assets.defs.moloco_source.resources import MolocoExportSource
-from mm_assets.defs.partitions import export_batches
+from mm_assets.defs.partitions import register_export_batch
 from mm_assets.defs.resources import BatchStorage
 from mm_assets.defs.s2s_build.jobs import build_s2s_files_job
 
@@ -186,6 +186,11 @@ def moloco_export_batches(
         if plan.waiting:
             reason += f"; waiting for the quiet period: {', '.join(plan.waiting[:10])}"
         return dg.SkipReason(reason + ")")
+    for batch in plan.new_batches:
+        # Added here, not as the result's dynamic_partitions_requests: `mm-assets build` may
+        # add the same new batch at this moment, and the daemon's insert would then fail the
+        # tick (see register_export_batch).
+        register_export_batch(context.instance, batch)
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
@@ -195,8 +200,5 @@ def moloco_export_batches(
             )
             for batch, fp in plan.run_requests
         ],
-        dynamic_partitions_requests=[export_batches.build_add_request(plan.new_batches)]
-        if plan.new_batches
-        else [],
         cursor=new_cursor,
     )
