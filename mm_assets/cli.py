@@ -218,6 +218,9 @@ def _cause(message: str) -> str:
     ours and already in the user's words."""
     lines = message.strip().splitlines() or ["(no message)"]
     first = lines[0]
+    if first.endswith(":") and len(lines) > 1:
+        # A list follows (Dagster's failed blocking checks, one asset per line): one line.
+        first += " " + "; ".join(line.strip() for line in lines[1:6] if line.strip())
     if match := _ERROR_PREFIX.match(first):
         rest = first[match.end() :]
         ours = match.group(1) == "Failure" or match.group(1).startswith("Dagster")

@@ -118,6 +118,11 @@ def test_cli_build_of_an_incomplete_batch_exits_3_and_prints_the_counts(cli_env,
     assert "file good.csv: 2 rows seen = 2 accepted + 0 quarantined" in captured.out
     assert "unreadable file  cut.csv.gz: cannot be read" in captured.out
     assert "batch incomplete" in captured.err
+    # The failed step's cause names the check on its one line (Dagster lists it below).
+    assert (
+        "failed: raw_audiences_batch_is_complete: 1 blocking asset check failed with ERROR "
+        "severity: raw_audiences: batch_is_complete\n"
+    ) in captured.err
 
 
 def test_cli_build_with_a_file_name_that_is_not_utf8_names_it_and_exits_3(cli_env, capsys):
