@@ -87,7 +87,8 @@ INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALL
 # DuckDB needs roughly this much memory per loaded row to group it (measured on the
 # benchmark's export); it sizes the user buckets so each merge fits the memory budget.
 MERGE_BYTES_PER_ROW = 240
-# DuckDB's longest line (its max_line_size default); a longer line is quarantined.
+# DuckDB's max_line_size default: a line of this many bytes or more (its line end not counted)
+# is quarantined; DuckDB refuses one of exactly this length too.
 MAX_LINE_BYTES = 2_000_000
 MAX_OVERLONG_LINES = 10_000  # past this many, a file is no export
 # A CSV header is looked for in the first MiB: past it the file is no export (or a gzip bomb).
@@ -123,7 +124,7 @@ NOT_A_SCALAR = "a JSON value we read is true/false, an array or an object (not a
 UNDECODABLE = "undecodable bytes (not UTF-8)"
 MALFORMED_QUOTES = "malformed CSV row: a quote is not closed, or text follows a closing quote"
 FIELD_COUNT = "malformed CSV row: not as many fields as the header has"
-OVERLONG_LINE = f"line is longer than {MAX_LINE_BYTES:,} bytes (a corrupt file, or a gzip bomb)"
+OVERLONG_LINE = f"line is {MAX_LINE_BYTES:,} bytes or longer (a corrupt file, or a gzip bomb)"
 UNREADABLE_LINE = "line could not be read"
 HIDDEN_FOLDER = (
     "not read: a folder whose name starts with '_' or '.' holds no data "
@@ -362,7 +363,7 @@ def _open_text_stream(name: str, gz: bool):
 
 
 def _measure_lines(name: str, gz: bool) -> tuple[list[int], bool]:
-    """The lines longer than MAX_LINE_BYTES, and whether the file holds a CR at all.
+    """The lines of MAX_LINE_BYTES or more, and whether the file holds a CR at all.
 
     Lines are counted as DuckDB's line reader counts them: every CR and every LF ends one (so
     CR LF is a line and an empty line). DuckDB rejects a long line up to some tens of MB but
@@ -378,17 +379,17 @@ def _measure_lines(name: str, gz: bool) -> tuple[list[int], bool]:
             if not ends:
                 run += len(chunk)
                 continue
-            if run + min(ends) > MAX_LINE_BYTES:
+            if run + min(ends) >= MAX_LINE_BYTES:
                 found.append(line)
             # Lines wholly inside the chunk are shorter than the chunk, so within the limit.
             line += chunk.count(b"\n") + (chunk.count(b"\r") if has_cr else 0)
             run = len(chunk) - max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) - 1
             if len(found) > MAX_OVERLONG_LINES:
                 raise _Unusable(
-                    f"cannot be read: more than {MAX_OVERLONG_LINES:,} lines are longer than "
-                    f"{MAX_LINE_BYTES:,} bytes (not an export, or a gzip bomb)"
+                    f"cannot be read: more than {MAX_OVERLONG_LINES:,} lines are "
+                    f"{MAX_LINE_BYTES:,} bytes or longer (not an export, or a gzip bomb)"
                 )
-    if run > MAX_LINE_BYTES:
+    if run >= MAX_LINE_BYTES:
         found.append(line)
     return found, has_cr
 

@@ -486,6 +486,21 @@ def test_a_gzip_bomb_line_is_quarantined_as_overlong_and_counted(tmp_path, suffi
     assert report.files["bomb" + suffix] == {"rows": 1, "accepted": 0, "quarantined": 1}
 
 
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_the_line_bound_counts_a_line_of_exactly_max_line_bytes_as_overlong(tmp_path, line_end):
+    """DuckDB refuses a line of exactly max_line_size bytes; the reason says so, and one byte
+    less is read as a line (here quarantined for its too-long user ID, by its own rule)."""
+    tail = b",1,0,,"
+    lines = [b"u" * (n - len(tail)) + tail for n in (er.MAX_LINE_BYTES, er.MAX_LINE_BYTES - 1)]
+    data = CSV_HEADER.encode() + b"".join(line + line_end for line in lines) + b"g,2,0,,\n"
+    report = read(tmp_path, {"long.csv": data})
+    reasons = {row["line"]: row["reason"] for row in quarantine_rows(report)}
+    assert reasons[2] == er.OVERLONG_LINE
+    assert f"{er.MAX_LINE_BYTES:,} bytes or longer" in er.OVERLONG_LINE
+    assert reasons[3] != er.OVERLONG_LINE and "fit on one line" in reasons[3]
+    assert report.files["long.csv"] == {"rows": 3, "accepted": 1, "quarantined": 2}
+
+
 def test_a_gzip_bomb_fails_in_bounded_memory(tmp_path):
     """1 GiB lines (DuckDB drops lines past ~64 MiB silently: they must still be counted).
 
